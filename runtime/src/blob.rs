@@ -1,0 +1,348 @@
+//! The policy blob: a fixed 16-byte header followed by a postcard payload.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic  b"FLMB"
+//!      4     2  format version, u16 LE (this crate reads FORMAT_VERSION only)
+//!      6     2  reserved, must be 0
+//!      8     4  payload length in bytes, u32 LE
+//!     12     4  CRC-32 (ISO-HDLC, as zlib) of the payload, u32 LE
+//!     16     …  payload: postcard encoding of [`PolicyBlob`]
+//! ```
+//!
+//! Every array in the payload is a postcard byte string borrowed from the blob (zero
+//! copy: on the MCU the weights stay in flash). Multi-byte numbers inside those arrays are
+//! little-endian; int8 values are stored as their two's-complement bytes. `docs/blob.md`
+//! in the repository describes every field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{quant, MAX_ACT, MAX_HIDDEN_LAYERS, MAX_NFE, MAX_OBS, MAX_WIDTH};
+
+pub const MAGIC: [u8; 4] = *b"FLMB";
+pub const FORMAT_VERSION: u16 = 1;
+pub const HEADER_LEN: usize = 16;
+
+/// CRC-32/ISO-HDLC, the zlib/PNG/Ethernet polynomial.
+pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+
+/// Which agent produced the policy; decides nothing at run time beyond `nfe`.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// MeanFlow, one network evaluation per action.
+    FlameM,
+    /// Rectified flow, `nfe` Euler steps per action.
+    FlameR,
+}
+
+/// Where the policy came from.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Provenance<'a> {
+    pub trainer_version: &'a str,
+    pub git_revision: &'a str,
+    pub env_steps: u64,
+    pub seed: u64,
+    /// Mean evaluation return of the float policy at export, if it was evaluated.
+    pub float_return: Option<f32>,
+    /// Mean return of this int8 policy (host runtime) at export, if it was evaluated.
+    pub int8_return: Option<f32>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Metadata<'a> {
+    /// Gymnasium id, e.g. `HalfCheetah-v5`.
+    pub env_id: &'a str,
+    pub algorithm: Algorithm,
+    pub obs_dim: u16,
+    pub act_dim: u16,
+    /// Flow steps per action (network evaluations): 1 for FLAME-M.
+    pub nfe: u16,
+    /// Env action bounds, f32 LE × act_dim each.
+    pub action_low: &'a [u8],
+    pub action_high: &'a [u8],
+    /// Std of the base noise z in stochastic mode (σ_z).
+    pub noise_std: f32,
+    #[serde(borrow)]
+    pub provenance: Provenance<'a>,
+}
+
+/// Observation normalization and input quantization:
+/// `n = clamp((obs − mean) · inv_std, −clip, clip)`, `q = sat8(round(n · inv_scale) + zero_point)`;
+/// the flow state z uses the same `inv_scale` and `zero_point` (one input tensor).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct InputStage<'a> {
+    /// f32 LE × obs_dim.
+    pub obs_mean: &'a [u8],
+    /// f32 LE × obs_dim.
+    pub obs_inv_std: &'a [u8],
+    pub obs_clip: f32,
+    /// 1 / (input tensor scale).
+    pub inv_scale: f32,
+    pub zero_point: i8,
+}
+
+/// A hidden layer: int8 dense, requantize per channel, then the activation as a
+/// 256-entry table from the pre-activation int8 code to the output int8 code.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct HiddenLayer<'a> {
+    pub in_dim: u16,
+    pub out_dim: u16,
+    pub input_zero_point: i8,
+    /// int8 × out_dim × in_dim, row-major (one row per output channel).
+    pub weights: &'a [u8],
+    /// int32 LE × out_dim (scale s_in·s_w). The first layer stores nfe sets, one per flow
+    /// step, with that step's time embedding folded in.
+    pub biases: &'a [u8],
+    /// int32 LE × out_dim, see [`crate::quant`].
+    pub multipliers: &'a [u8],
+    /// int8 × out_dim, in [`quant::SHIFT_RANGE`].
+    pub shifts: &'a [u8],
+    /// Zero point of the requantized pre-activation.
+    pub preact_zero_point: i8,
+    /// 256 int8: `activation[pre + 128]` is the output code.
+    pub activation: &'a [u8],
+}
+
+/// The output layer: int8 dense, then dequantized per channel in f32 to the mean velocity u.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct OutputLayer<'a> {
+    pub in_dim: u16,
+    pub out_dim: u16,
+    pub input_zero_point: i8,
+    /// int8 × out_dim × in_dim, row-major.
+    pub weights: &'a [u8],
+    /// int32 LE × out_dim.
+    pub biases: &'a [u8],
+    /// f32 LE × out_dim: s_in · s_w per channel.
+    pub scales: &'a [u8],
+}
+
+/// The whole payload.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct PolicyBlob<'a> {
+    #[serde(borrow)]
+    pub meta: Metadata<'a>,
+    #[serde(borrow)]
+    pub input: InputStage<'a>,
+    #[serde(borrow)]
+    pub hidden: heapless::Vec<HiddenLayer<'a>, MAX_HIDDEN_LAYERS>,
+    #[serde(borrow)]
+    pub output: OutputLayer<'a>,
+}
+
+/// Why a blob was refused. Each cause is its own value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobError {
+    /// Shorter than the header or than the length the header states.
+    Truncated,
+    /// Longer than the header states (trailing bytes).
+    TrailingBytes,
+    BadMagic,
+    UnsupportedVersion(u16),
+    ReservedNotZero,
+    BadCrc { stored: u32, computed: u32 },
+    /// The payload is not a valid postcard `PolicyBlob` (or has more layers than fit).
+    Malformed,
+    /// Dimensions that do not chain (layer inputs, outputs, obs + act).
+    DimensionMismatch,
+    /// An array whose byte length does not match its dimensions.
+    ArrayLength,
+    /// A dimension above the runtime's fixed capacity (`MAX_*` constants).
+    CapacityExceeded,
+    /// NaN/Inf or out-of-range numbers (shift range, multiplier sign, bounds order, nfe 0).
+    InvalidValue,
+}
+
+impl core::fmt::Display for BlobError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BlobError::Truncated => write!(f, "blob is truncated"),
+            BlobError::TrailingBytes => write!(f, "blob has trailing bytes after the payload"),
+            BlobError::BadMagic => write!(f, "not a policy blob (bad magic)"),
+            BlobError::UnsupportedVersion(v) => {
+                write!(f, "blob format version {v} is not supported (this runtime reads {FORMAT_VERSION})")
+            }
+            BlobError::ReservedNotZero => write!(f, "blob header reserved field is not zero"),
+            BlobError::BadCrc { stored, computed } => {
+                write!(f, "blob CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
+            }
+            BlobError::Malformed => write!(f, "blob payload is malformed"),
+            BlobError::DimensionMismatch => write!(f, "blob layer dimensions do not chain"),
+            BlobError::ArrayLength => write!(f, "blob array length does not match its dimensions"),
+            BlobError::CapacityExceeded => write!(f, "blob dimensions exceed the runtime's capacity"),
+            BlobError::InvalidValue => write!(f, "blob contains an invalid number"),
+        }
+    }
+}
+
+/// Read the i-th little-endian f32 of a byte array. Callers index within validated bounds.
+#[inline]
+pub fn f32_at(bytes: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]])
+}
+
+/// Read the i-th little-endian i32 of a byte array.
+#[inline]
+pub fn i32_at(bytes: &[u8], i: usize) -> i32 {
+    i32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]])
+}
+
+/// CRC-32 of a whole blob file; the firmware reports it as the blob's identity.
+pub fn blob_hash(bytes: &[u8]) -> u32 {
+    CRC32.checksum(bytes)
+}
+
+impl<'a> PolicyBlob<'a> {
+    /// Check the header, CRC and every invariant the evaluator relies on, borrowing all
+    /// arrays from `bytes`. Never panics.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, BlobError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(BlobError::Truncated);
+        }
+        if bytes[0..4] != MAGIC {
+            return Err(BlobError::BadMagic);
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if version != FORMAT_VERSION {
+            return Err(BlobError::UnsupportedVersion(version));
+        }
+        if bytes[6] != 0 || bytes[7] != 0 {
+            return Err(BlobError::ReservedNotZero);
+        }
+        let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+        let stored = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        let body = &bytes[HEADER_LEN..];
+        if body.len() < len {
+            return Err(BlobError::Truncated);
+        }
+        if body.len() > len {
+            return Err(BlobError::TrailingBytes);
+        }
+        let computed = CRC32.checksum(body);
+        if computed != stored {
+            return Err(BlobError::BadCrc { stored, computed });
+        }
+        let (blob, rest): (PolicyBlob<'a>, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|_| BlobError::Malformed)?;
+        if !rest.is_empty() {
+            return Err(BlobError::TrailingBytes);
+        }
+        blob.validate()?;
+        Ok(blob)
+    }
+
+    /// The invariants of a well-formed policy, independent of the header.
+    pub fn validate(&self) -> Result<(), BlobError> {
+        let m = &self.meta;
+        let (obs, act, nfe) = (m.obs_dim as usize, m.act_dim as usize, m.nfe as usize);
+        if obs == 0 || act == 0 || self.hidden.is_empty() {
+            return Err(BlobError::DimensionMismatch);
+        }
+        if obs > MAX_OBS || act > MAX_ACT || nfe > MAX_NFE {
+            return Err(BlobError::CapacityExceeded);
+        }
+        if nfe == 0 {
+            return Err(BlobError::InvalidValue);
+        }
+        check_len(m.action_low, 4 * act)?;
+        check_len(m.action_high, 4 * act)?;
+        for i in 0..act {
+            let (lo, hi) = (f32_at(m.action_low, i), f32_at(m.action_high, i));
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(BlobError::InvalidValue);
+            }
+        }
+        if !(m.noise_std.is_finite() && m.noise_std >= 0.0) {
+            return Err(BlobError::InvalidValue);
+        }
+
+        let inp = &self.input;
+        check_len(inp.obs_mean, 4 * obs)?;
+        check_len(inp.obs_inv_std, 4 * obs)?;
+        for i in 0..obs {
+            if !(f32_at(inp.obs_mean, i).is_finite() && f32_at(inp.obs_inv_std, i).is_finite()) {
+                return Err(BlobError::InvalidValue);
+            }
+        }
+        if !(inp.obs_clip.is_finite() && inp.obs_clip > 0.0)
+            || !(inp.inv_scale.is_finite() && inp.inv_scale > 0.0)
+        {
+            return Err(BlobError::InvalidValue);
+        }
+
+        let mut width = obs + act;
+        for (index, layer) in self.hidden.iter().enumerate() {
+            let (i, o) = (layer.in_dim as usize, layer.out_dim as usize);
+            if i > MAX_WIDTH || o > MAX_WIDTH || width > MAX_WIDTH {
+                return Err(BlobError::CapacityExceeded);
+            }
+            if i != width || o == 0 {
+                return Err(BlobError::DimensionMismatch);
+            }
+            let bias_sets = if index == 0 { nfe } else { 1 };
+            check_len(layer.weights, i * o)?;
+            check_len(layer.biases, 4 * o * bias_sets)?;
+            check_len(layer.multipliers, 4 * o)?;
+            check_len(layer.shifts, o)?;
+            check_len(layer.activation, 256)?;
+            for c in 0..o {
+                let shift = layer.shifts[c] as i8 as i32;
+                if i32_at(layer.multipliers, c) < 0 || !quant::SHIFT_RANGE.contains(&shift) {
+                    return Err(BlobError::InvalidValue);
+                }
+            }
+            check_weights(layer.weights)?;
+            width = o;
+        }
+
+        let out = &self.output;
+        let (i, o) = (out.in_dim as usize, out.out_dim as usize);
+        if i > MAX_WIDTH {
+            return Err(BlobError::CapacityExceeded);
+        }
+        if i != width || o != act {
+            return Err(BlobError::DimensionMismatch);
+        }
+        check_len(out.weights, i * o)?;
+        check_len(out.biases, 4 * o)?;
+        check_len(out.scales, 4 * o)?;
+        check_weights(out.weights)?;
+        for c in 0..o {
+            if !f32_at(out.scales, c).is_finite() {
+                return Err(BlobError::InvalidValue);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_len(array: &[u8], expected: usize) -> Result<(), BlobError> {
+    if array.len() == expected {
+        Ok(())
+    } else {
+        Err(BlobError::ArrayLength)
+    }
+}
+
+/// Symmetric int8 weights never use −128 (its negation does not fit).
+fn check_weights(weights: &[u8]) -> Result<(), BlobError> {
+    if weights.iter().any(|&w| w == 0x80) {
+        Err(BlobError::InvalidValue)
+    } else {
+        Ok(())
+    }
+}
+
+/// Encode a blob: header plus postcard payload. Host side (trainer export, tests).
+#[cfg(feature = "std")]
+pub fn encode(blob: &PolicyBlob<'_>) -> Result<std::vec::Vec<u8>, postcard::Error> {
+    let payload = postcard::to_stdvec(blob)?;
+    let mut out = std::vec::Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&CRC32.checksum(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}

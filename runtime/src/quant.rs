@@ -1,0 +1,182 @@
+//! Fixed-point requantization, the gemmlowp / TFLite / CMSIS-NN way.
+//!
+//! One rounding rule everywhere ("double rounding"): a real multiplier `M` is stored as an
+//! int32 `m` in [2^30, 2^31) and a power-of-two `shift` with `M ≈ m · 2^(shift − 31)`.
+//! Applying it to an int32 accumulator `x` is
+//! `rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x · 2^max(shift,0), m), max(−shift,0))`:
+//! the high multiply rounds to nearest (ties toward +∞, as gemmlowp), the divide rounds
+//! half away from zero. These functions
+//! are pure integer code, so every platform computes the same bits.
+
+/// `round(a · b / 2^31)` to nearest, saturating the one overflow case
+/// (`i32::MIN · i32::MIN`). As in gemmlowp, the nudge is added before a truncating
+/// division, so exact ties round toward +∞ (0.5 → 1, −0.5 → 0, −1.5 → −1).
+#[inline]
+pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
+    if a == i32::MIN && b == i32::MIN {
+        return i32::MAX;
+    }
+    let ab = a as i64 * b as i64;
+    let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
+    // Division (truncating toward zero), not an arithmetic shift: this is what makes the
+    // rounding symmetric around zero.
+    ((ab + nudge) / (1i64 << 31)) as i32
+}
+
+/// `round(x / 2^exponent)`, rounding half away from zero. `exponent` in 0..=31.
+#[inline]
+pub fn rounding_divide_by_pot(x: i32, exponent: u32) -> i32 {
+    debug_assert!(exponent <= 31);
+    let mask: i32 = ((1i64 << exponent) - 1) as i32;
+    let remainder = x & mask;
+    let threshold = (mask >> 1) + i32::from(x < 0);
+    (x >> exponent) + i32::from(remainder > threshold)
+}
+
+/// Apply a quantized multiplier `(m, shift)` (see [`quantize_multiplier`]) to `x`.
+#[inline]
+pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
+    let left = if shift > 0 { shift as u32 } else { 0 };
+    let right = if shift < 0 { (-shift) as u32 } else { 0 };
+    let scaled = x.saturating_mul(1i32 << left);
+    rounding_divide_by_pot(saturating_rounding_doubling_high_mul(scaled, multiplier), right)
+}
+
+/// Smallest and largest `shift` a blob may store: right shifts up to 31, left shifts up to 30.
+pub const SHIFT_RANGE: core::ops::RangeInclusive<i32> = -31..=30;
+
+/// Split a positive real multiplier into `(m, shift)` with `real ≈ m · 2^(shift − 31)` and
+/// `m` in [2^30, 2^31). Returns `None` for values that are not finite and positive or whose
+/// shift falls outside [`SHIFT_RANGE`] (the exporter must then pick other scales).
+/// Runs on the host at export; kept here because it defines the runtime's contract.
+pub fn quantize_multiplier(real: f64) -> Option<(i32, i32)> {
+    if !(real.is_finite() && real > 0.0) {
+        return None;
+    }
+    // Normalize to q in [0.5, 1) with real = q · 2^shift, by exact power-of-two steps.
+    let mut q = real;
+    let mut shift = 0i32;
+    while q >= 1.0 {
+        q *= 0.5;
+        shift += 1;
+    }
+    while q < 0.5 {
+        q *= 2.0;
+        shift -= 1;
+    }
+    let scaled = q * (1u64 << 31) as f64;
+    // Round half away from zero without std: q > 0 here.
+    let mut m = (scaled + 0.5) as i64;
+    if m == 1i64 << 31 {
+        m /= 2;
+        shift += 1;
+    }
+    if !SHIFT_RANGE.contains(&shift) {
+        return None;
+    }
+    Some((m as i32, shift))
+}
+
+/// Round an f32 to the nearest integer, half away from zero, saturating to i32. Written
+/// with plain IEEE operations (add, compare, truncating cast) so it gives the same result
+/// on every platform; `f32::round` is not available in `core`. NaN maps to 0.
+#[inline]
+pub fn round_half_away_f32(x: f32) -> i32 {
+    if x >= 0.0 {
+        (x + 0.5) as i32
+    } else {
+        (x - 0.5) as i32
+    }
+}
+
+/// Saturate an i32 to the int8 range.
+#[inline]
+pub fn saturate_i8(x: i32) -> i8 {
+    x.clamp(i8::MIN as i32, i8::MAX as i32) as i8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn high_mul_rounds_half_away_from_zero() {
+        // 2^30 · 2^30 / 2^31 = 2^29 exactly.
+        assert_eq!(saturating_rounding_doubling_high_mul(1 << 30, 1 << 30), 1 << 29);
+        // Ties go toward +∞: 0.5 → 1, −0.5 → 0, 1.5 → 2, −1.5 → −1.
+        assert_eq!(saturating_rounding_doubling_high_mul(1, 1 << 30), 1);
+        assert_eq!(saturating_rounding_doubling_high_mul(-1, 1 << 30), 0);
+        assert_eq!(saturating_rounding_doubling_high_mul(3, 1 << 30), 2);
+        assert_eq!(saturating_rounding_doubling_high_mul(-3, 1 << 30), -1);
+        // Just past the tie rounds away.
+        assert_eq!(saturating_rounding_doubling_high_mul(-3, (1 << 30) + 1), -2);
+        // 0.4999… → 0.
+        assert_eq!(saturating_rounding_doubling_high_mul(1, (1 << 30) - 1), 0);
+        assert_eq!(saturating_rounding_doubling_high_mul(-1, (1 << 30) - 1), 0);
+        // The one overflow case saturates.
+        assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
+    }
+
+    #[test]
+    fn divide_by_pot_half_way_cases() {
+        assert_eq!(rounding_divide_by_pot(5, 1), 3); // 2.5 → 3
+        assert_eq!(rounding_divide_by_pot(-5, 1), -3); // −2.5 → −3
+        assert_eq!(rounding_divide_by_pot(3, 1), 2); // 1.5 → 2
+        assert_eq!(rounding_divide_by_pot(-3, 1), -2);
+        assert_eq!(rounding_divide_by_pot(6, 2), 2); // 1.5 → 2
+        assert_eq!(rounding_divide_by_pot(5, 2), 1); // 1.25 → 1
+        assert_eq!(rounding_divide_by_pot(-5, 2), -1);
+        assert_eq!(rounding_divide_by_pot(-6, 2), -2);
+        assert_eq!(rounding_divide_by_pot(7, 0), 7);
+        assert_eq!(rounding_divide_by_pot(i32::MIN, 31), -1);
+        assert_eq!(rounding_divide_by_pot(i32::MAX, 31), 1);
+    }
+
+    #[test]
+    fn multiplier_round_trips_and_saturates() {
+        for &real in &[1.0e-6, 3.3e-3, 0.25, 0.5, 0.75, 0.999_999_999_9, 1.0, 7.5, 1000.0] {
+            let (m, shift) = quantize_multiplier(real).unwrap();
+            assert!((1 << 30..=i32::MAX).contains(&m), "{real}: m={m}");
+            let back = m as f64 * 2f64.powi(shift - 31);
+            assert!(((back - real) / real).abs() < 1e-9, "{real} -> {back}");
+        }
+        assert_eq!(quantize_multiplier(0.0), None);
+        assert_eq!(quantize_multiplier(-1.0), None);
+        assert_eq!(quantize_multiplier(f64::NAN), None);
+        assert_eq!(quantize_multiplier(1e-30), None);
+        // Saturation: with a multiplier > 1 the left shift saturates instead of wrapping
+        // (4.0 = 0.5 · 2^3: the accumulator saturates at ×8, then halves).
+        let (m, s) = quantize_multiplier(4.0).unwrap();
+        assert_eq!((m, s), (1 << 30, 3));
+        assert_eq!(multiply_by_quantized_multiplier(i32::MAX / 2, m, s), 1 << 30);
+        assert_eq!(multiply_by_quantized_multiplier(i32::MIN / 2, m, s), -(1 << 30));
+        assert_eq!(multiply_by_quantized_multiplier(1000, m, s), 4000);
+    }
+
+    #[test]
+    fn requantization_matches_real_arithmetic() {
+        // For moderate values the fixed-point result is the correctly rounded real product
+        // (ties away from zero), up to the multiplier's own rounding.
+        for &real in &[0.0123, 0.5, 0.3333, 0.9] {
+            let (m, s) = quantize_multiplier(real).unwrap();
+            for x in -5000..5000 {
+                let exact = x as f64 * m as f64 * 2f64.powi(s - 31);
+                let expect = if exact >= 0.0 { (exact + 0.5).floor() } else { (exact - 0.5).ceil() };
+                let got = multiply_by_quantized_multiplier(x, m, s) as f64;
+                assert!((got - expect).abs() <= 1.0, "x={x} real={real} got={got} expect={expect}");
+            }
+        }
+    }
+
+    #[test]
+    fn float_rounding_is_half_away() {
+        assert_eq!(round_half_away_f32(2.5), 3);
+        assert_eq!(round_half_away_f32(-2.5), -3);
+        assert_eq!(round_half_away_f32(2.4), 2);
+        assert_eq!(round_half_away_f32(-0.4), 0);
+        assert_eq!(round_half_away_f32(f32::NAN), 0);
+        assert_eq!(round_half_away_f32(1e20), i32::MAX);
+        assert_eq!(saturate_i8(300), 127);
+        assert_eq!(saturate_i8(-300), -128);
+    }
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Idempotent setup of everything the project needs on a fresh machine (DESIGN §3):
+#   - a Python venv with torch 2.11.0 (libtorch for tch), mujoco 3.17.0 (libmujoco and the
+#     reference envs) and gymnasium 1.4.0 (task XMLs and reference envs);
+#   - .deps/ (a link to the shared cache $FLAME_DEPS, default ~/.cache/flame-mcu) with
+#     libtorch, mujoco-lib (libmujoco.so link), mujoco-assets and python, which
+#     .cargo/config.toml points the builds at;
+#   - qemu-system-arm (Debian) and the thumbv7em-none-eabihf Rust target.
+# A second run checks and finishes in seconds. Prints one line per missing prerequisite.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEPS="${FLAME_DEPS:-$HOME/.cache/flame-mcu}"
+VENV="$DEPS/venv"
+TORCH_VERSION=2.11.0
+MUJOCO_VERSION=3.17.0
+GYMNASIUM_VERSION=1.4.0
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else die "need root to run '$*' (no sudo): install it by hand and re-run"; fi
+}
+
+# --- prerequisites -------------------------------------------------------------------
+command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs) and re-run"
+command -v rustup >/dev/null || die "rustup not found: the thumbv7em target is installed with rustup"
+PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null || die "python3 not found: install Python >= 3.10 (e.g. apt-get install python3 python3-venv) and re-run"
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
+    || die "python3 is $("$PYTHON" --version 2>&1); torch $TORCH_VERSION needs >= 3.10"
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
+    || die "python3 has no venv/ensurepip module: apt-get install python3-venv and re-run"
+
+# --- python venv ---------------------------------------------------------------------
+mkdir -p "$DEPS"
+versions_ok() {
+    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - <<PY 2>/dev/null
+import importlib.metadata as m, sys
+want = {"torch": "$TORCH_VERSION", "mujoco": "$MUJOCO_VERSION", "gymnasium": "$GYMNASIUM_VERSION"}
+sys.exit(0 if all(m.version(k).split("+")[0] == v for k, v in want.items()) else 1)
+PY
+}
+if ! versions_ok; then
+    say "creating venv $VENV with torch==$TORCH_VERSION mujoco==$MUJOCO_VERSION gymnasium==$GYMNASIUM_VERSION (~5 GB download, a few minutes)"
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip \
+        || die "pip could not reach the package index (PyPI): check the network or a PIP_INDEX_URL mirror"
+    "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" "mujoco==$MUJOCO_VERSION" "gymnasium==$GYMNASIUM_VERSION" \
+        || die "pip install of torch/mujoco/gymnasium failed (see above): check the network or PIP_INDEX_URL"
+    versions_ok || die "venv $VENV still lacks the pinned versions after pip install"
+fi
+
+SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+[ -f "$SITE/mujoco/libmujoco.so.$MUJOCO_VERSION" ] || die "mujoco wheel has no libmujoco.so.$MUJOCO_VERSION in $SITE/mujoco"
+[ -d "$SITE/gymnasium/envs/mujoco/assets" ] || die "gymnasium wheel has no envs/mujoco/assets in $SITE"
+[ -f "$SITE/torch/lib/libtorch_cpu.so" ] || die "torch wheel has no lib/libtorch_cpu.so in $SITE/torch"
+
+mkdir -p "$DEPS/mujoco-lib"
+ln -sfn "$SITE/mujoco/libmujoco.so.$MUJOCO_VERSION" "$DEPS/mujoco-lib/libmujoco.so.$MUJOCO_VERSION"
+ln -sfn "libmujoco.so.$MUJOCO_VERSION" "$DEPS/mujoco-lib/libmujoco.so"
+ln -sfn "$SITE/torch" "$DEPS/libtorch"
+ln -sfn "$SITE/gymnasium/envs/mujoco/assets" "$DEPS/mujoco-assets"
+ln -sfn "$VENV/bin/python" "$DEPS/python"
+# The checkout's view of the cache (what .cargo/config.toml names).
+if [ "$(readlink "$ROOT/.deps" 2>/dev/null || true)" != "$DEPS" ]; then
+    rm -rf "$ROOT/.deps"
+    ln -s "$DEPS" "$ROOT/.deps"
+fi
+
+# --- QEMU ----------------------------------------------------------------------------
+if ! command -v qemu-system-arm >/dev/null; then
+    command -v apt-get >/dev/null || die "qemu-system-arm not found and no apt-get: install QEMU >= 7.2 with the netduinoplus2 machine"
+    say "installing qemu-system-arm (Debian)"
+    as_root apt-get update -qq || die "apt-get update failed: check the network or the Debian mirror"
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq qemu-system-arm >/dev/null \
+        || die "apt-get install qemu-system-arm failed"
+fi
+qemu-system-arm -machine help | grep -q netduinoplus2 || die "qemu-system-arm lacks the netduinoplus2 machine (need QEMU >= 5.2)"
+
+# --- Rust target ---------------------------------------------------------------------
+if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
+    say "adding Rust target thumbv7em-none-eabihf"
+    rustup target add thumbv7em-none-eabihf >/dev/null || die "rustup target add thumbv7em-none-eabihf failed"
+fi
+
+say "ok: deps in $DEPS (venv torch $TORCH_VERSION, mujoco $MUJOCO_VERSION, gymnasium $GYMNASIUM_VERSION), qemu, thumbv7em"
