@@ -1,0 +1,5 @@
+include!("../trainer/build_rpath.rs");
+
+fn main() {
+    emit_native_rpaths();
+}
