@@ -1,0 +1,28 @@
+//! Board support: one file per board, each exporting the same names
+//! (`Board { serial, clock, actuator }`, `Board::init`, `log`, `WATCHDOG_TICKS`,
+//! `FIRMWARE_VERSION`) and the panic handler.
+
+#[cfg(feature = "qemu")]
+mod qemu;
+#[cfg(feature = "qemu")]
+pub use qemu::*;
+
+#[cfg(feature = "stm32f407")]
+mod stm32f407;
+#[cfg(feature = "stm32f407")]
+pub use stm32f407::*;
+
+mod usart;
+pub use usart::Usart;
+
+use core::sync::atomic::{AtomicBool, Ordering};
+
+/// Guards `Board::init`: the board owns its peripherals, so it may exist only once.
+static TAKEN: AtomicBool = AtomicBool::new(false);
+
+fn take() {
+    assert!(
+        !TAKEN.swap(true, Ordering::AcqRel),
+        "Board::init called twice"
+    );
+}
