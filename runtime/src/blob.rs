@@ -67,8 +67,11 @@ pub struct Metadata<'a> {
 }
 
 /// Observation normalization and input quantization:
-/// `n = clamp((obs − mean) · inv_std, −clip, clip)`, `q = sat8(round(n · inv_scale) + zero_point)`;
-/// the flow state z uses the same `inv_scale` and `zero_point` (one input tensor).
+/// `n_i = clamp((obs_i − mean_i) · inv_std_i, −clip, clip)`,
+/// `q_i = sat8(round(n_i · inv_scale_i) + zero_point)`, and for the flow state
+/// `q_{obs+j} = sat8(round(z_j · inv_scale_{obs+j}) + zero_point)`.
+/// Each input element has its own scale (the exporter folds it into the first layer's
+/// weight columns), so every observation dimension uses the full int8 range.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct InputStage<'a> {
     /// f32 LE × obs_dim.
@@ -76,8 +79,8 @@ pub struct InputStage<'a> {
     /// f32 LE × obs_dim.
     pub obs_inv_std: &'a [u8],
     pub obs_clip: f32,
-    /// 1 / (input tensor scale).
-    pub inv_scale: f32,
+    /// f32 LE × (obs_dim + act_dim): 1 / (scale of each input element).
+    pub inv_scales: &'a [u8],
     pub zero_point: i8,
 }
 
@@ -140,7 +143,10 @@ pub enum BlobError {
     BadMagic,
     UnsupportedVersion(u16),
     ReservedNotZero,
-    BadCrc { stored: u32, computed: u32 },
+    BadCrc {
+        stored: u32,
+        computed: u32,
+    },
     /// The payload is not a valid postcard `PolicyBlob` (or has more layers than fit).
     Malformed,
     /// Dimensions that do not chain (layer inputs, outputs, obs + act).
@@ -164,12 +170,17 @@ impl core::fmt::Display for BlobError {
             }
             BlobError::ReservedNotZero => write!(f, "blob header reserved field is not zero"),
             BlobError::BadCrc { stored, computed } => {
-                write!(f, "blob CRC mismatch (stored {stored:#010x}, computed {computed:#010x})")
+                write!(
+                    f,
+                    "blob CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
+                )
             }
             BlobError::Malformed => write!(f, "blob payload is malformed"),
             BlobError::DimensionMismatch => write!(f, "blob layer dimensions do not chain"),
             BlobError::ArrayLength => write!(f, "blob array length does not match its dimensions"),
-            BlobError::CapacityExceeded => write!(f, "blob dimensions exceed the runtime's capacity"),
+            BlobError::CapacityExceeded => {
+                write!(f, "blob dimensions exceed the runtime's capacity")
+            }
             BlobError::InvalidValue => write!(f, "blob contains an invalid number"),
         }
     }
@@ -178,13 +189,23 @@ impl core::fmt::Display for BlobError {
 /// Read the i-th little-endian f32 of a byte array. Callers index within validated bounds.
 #[inline]
 pub fn f32_at(bytes: &[u8], i: usize) -> f32 {
-    f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]])
+    f32::from_le_bytes([
+        bytes[4 * i],
+        bytes[4 * i + 1],
+        bytes[4 * i + 2],
+        bytes[4 * i + 3],
+    ])
 }
 
 /// Read the i-th little-endian i32 of a byte array.
 #[inline]
 pub fn i32_at(bytes: &[u8], i: usize) -> i32 {
-    i32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]])
+    i32::from_le_bytes([
+        bytes[4 * i],
+        bytes[4 * i + 1],
+        bytes[4 * i + 2],
+        bytes[4 * i + 3],
+    ])
 }
 
 /// CRC-32 of a whole blob file; the firmware reports it as the blob's identity.
@@ -264,9 +285,14 @@ impl<'a> PolicyBlob<'a> {
                 return Err(BlobError::InvalidValue);
             }
         }
-        if !(inp.obs_clip.is_finite() && inp.obs_clip > 0.0)
-            || !(inp.inv_scale.is_finite() && inp.inv_scale > 0.0)
-        {
+        check_len(inp.inv_scales, 4 * (obs + act))?;
+        for i in 0..obs + act {
+            let s = f32_at(inp.inv_scales, i);
+            if !(s.is_finite() && s > 0.0) {
+                return Err(BlobError::InvalidValue);
+            }
+        }
+        if !(inp.obs_clip.is_finite() && inp.obs_clip > 0.0) {
             return Err(BlobError::InvalidValue);
         }
 

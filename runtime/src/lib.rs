@@ -13,6 +13,7 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 pub mod blob;
+pub mod golden;
 pub mod kernels;
 pub mod noise;
 pub mod policy;

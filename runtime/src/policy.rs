@@ -55,7 +55,12 @@ pub struct Scratch {
 
 impl Scratch {
     pub const fn new() -> Self {
-        Self { input: [0; MAX_WIDTH], ping: [0; MAX_WIDTH], pong: [0; MAX_WIDTH], z: [0.0; MAX_ACT] }
+        Self {
+            input: [0; MAX_WIDTH],
+            ping: [0; MAX_WIDTH],
+            pong: [0; MAX_WIDTH],
+            z: [0.0; MAX_ACT],
+        }
     }
 }
 
@@ -73,7 +78,9 @@ pub struct Policy<'a> {
 
 impl<'a> Policy<'a> {
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, BlobError> {
-        Ok(Self { blob: PolicyBlob::parse(bytes)? })
+        Ok(Self {
+            blob: PolicyBlob::parse(bytes)?,
+        })
     }
 
     pub fn blob(&self) -> &PolicyBlob<'a> {
@@ -90,13 +97,24 @@ impl<'a> Policy<'a> {
 
     /// Multiply-accumulates per action (all layers, all flow steps).
     pub fn macs_per_action(&self) -> u64 {
-        let per_step: u64 = self.blob.hidden.iter().map(|l| l.in_dim as u64 * l.out_dim as u64).sum::<u64>()
+        let per_step: u64 = self
+            .blob
+            .hidden
+            .iter()
+            .map(|l| l.in_dim as u64 * l.out_dim as u64)
+            .sum::<u64>()
             + self.blob.output.in_dim as u64 * self.blob.output.out_dim as u64;
         per_step * self.blob.meta.nfe as u64
     }
 
     /// Compute the action for `obs` into `action` (env units, within the env's bounds).
-    pub fn act(&self, obs: &[f32], mode: NoiseMode, scratch: &mut Scratch, action: &mut [f32]) -> Result<(), ActError> {
+    pub fn act(
+        &self,
+        obs: &[f32],
+        mode: NoiseMode,
+        scratch: &mut Scratch,
+        action: &mut [f32],
+    ) -> Result<(), ActError> {
         let (obs_dim, act_dim) = (self.obs_dim(), self.act_dim());
         if obs.len() != obs_dim {
             return Err(ActError::ObservationLength);
@@ -109,11 +127,17 @@ impl<'a> Policy<'a> {
         }
         let meta = &self.blob.meta;
         let inp = &self.blob.input;
-        let Scratch { input, ping, pong, z } = scratch;
+        let Scratch {
+            input,
+            ping,
+            pong,
+            z,
+        } = scratch;
 
         for (i, (&o, q)) in obs.iter().zip(input.iter_mut()).enumerate() {
-            let n = ((o - f32_at(inp.obs_mean, i)) * f32_at(inp.obs_inv_std, i)).clamp(-inp.obs_clip, inp.obs_clip);
-            *q = quantize_input(n, inp.inv_scale, inp.zero_point);
+            let n = ((o - f32_at(inp.obs_mean, i)) * f32_at(inp.obs_inv_std, i))
+                .clamp(-inp.obs_clip, inp.obs_clip);
+            *q = quantize_input(n, f32_at(inp.inv_scales, i), inp.zero_point);
         }
         let z = &mut z[..act_dim];
         match mode {
@@ -129,8 +153,12 @@ impl<'a> Policy<'a> {
         let nfe = meta.nfe as usize;
         let step = 1.0 / nfe as f32;
         for k in 0..nfe {
-            for (q, &zi) in input[obs_dim..obs_dim + act_dim].iter_mut().zip(z.iter()) {
-                *q = quantize_input(zi, inp.inv_scale, inp.zero_point);
+            for (j, (q, &zi)) in input[obs_dim..obs_dim + act_dim]
+                .iter_mut()
+                .zip(z.iter())
+                .enumerate()
+            {
+                *q = quantize_input(zi, f32_at(inp.inv_scales, obs_dim + j), inp.zero_point);
             }
             let mut width = obs_dim + act_dim;
             for (index, layer) in self.blob.hidden.iter().enumerate() {
@@ -145,7 +173,11 @@ impl<'a> Policy<'a> {
                 hidden_layer(layer, bias_set, x, y);
                 width = layer.out_dim as usize;
             }
-            let x: &[i8] = if self.blob.hidden.len() % 2 == 1 { &ping[..width] } else { &pong[..width] };
+            let x: &[i8] = if self.blob.hidden.len() % 2 == 1 {
+                &ping[..width]
+            } else {
+                &pong[..width]
+            };
             let out = &self.blob.output;
             let zp = out.input_zero_point as i32;
             for (c, zc) in z.iter_mut().enumerate() {
@@ -173,7 +205,11 @@ fn hidden_layer(layer: &HiddenLayer<'_>, bias_set: usize, x: &[i8], y: &mut [i8]
     for (c, out) in y[..out_dim].iter_mut().enumerate() {
         let row = &layer.weights[c * width..(c + 1) * width];
         let acc = dot(row, x, zp).wrapping_add(i32_at(layer.biases, bias_set * out_dim + c));
-        let pre = multiply_by_quantized_multiplier(acc, i32_at(layer.multipliers, c), layer.shifts[c] as i8 as i32);
+        let pre = multiply_by_quantized_multiplier(
+            acc,
+            i32_at(layer.multipliers, c),
+            layer.shifts[c] as i8 as i32,
+        );
         let code = saturate_i8(pre.saturating_add(layer.preact_zero_point as i32));
         *out = layer.activation[(code as i32 + 128) as usize] as i8;
     }

@@ -39,7 +39,10 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
     let left = if shift > 0 { shift as u32 } else { 0 };
     let right = if shift < 0 { (-shift) as u32 } else { 0 };
     let scaled = x.saturating_mul(1i32 << left);
-    rounding_divide_by_pot(saturating_rounding_doubling_high_mul(scaled, multiplier), right)
+    rounding_divide_by_pot(
+        saturating_rounding_doubling_high_mul(scaled, multiplier),
+        right,
+    )
 }
 
 /// Smallest and largest `shift` a blob may store: right shifts up to 31, left shifts up to 30.
@@ -102,7 +105,10 @@ mod tests {
     #[test]
     fn high_mul_rounds_half_away_from_zero() {
         // 2^30 · 2^30 / 2^31 = 2^29 exactly.
-        assert_eq!(saturating_rounding_doubling_high_mul(1 << 30, 1 << 30), 1 << 29);
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(1 << 30, 1 << 30),
+            1 << 29
+        );
         // Ties go toward +∞: 0.5 → 1, −0.5 → 0, 1.5 → 2, −1.5 → −1.
         assert_eq!(saturating_rounding_doubling_high_mul(1, 1 << 30), 1);
         assert_eq!(saturating_rounding_doubling_high_mul(-1, 1 << 30), 0);
@@ -114,7 +120,10 @@ mod tests {
         assert_eq!(saturating_rounding_doubling_high_mul(1, (1 << 30) - 1), 0);
         assert_eq!(saturating_rounding_doubling_high_mul(-1, (1 << 30) - 1), 0);
         // The one overflow case saturates.
-        assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
+            i32::MAX
+        );
     }
 
     #[test]
@@ -134,7 +143,17 @@ mod tests {
 
     #[test]
     fn multiplier_round_trips_and_saturates() {
-        for &real in &[1.0e-6, 3.3e-3, 0.25, 0.5, 0.75, 0.999_999_999_9, 1.0, 7.5, 1000.0] {
+        for &real in &[
+            1.0e-6,
+            3.3e-3,
+            0.25,
+            0.5,
+            0.75,
+            0.999_999_999_9,
+            1.0,
+            7.5,
+            1000.0,
+        ] {
             let (m, shift) = quantize_multiplier(real).unwrap();
             assert!((1 << 30..=i32::MAX).contains(&m), "{real}: m={m}");
             let back = m as f64 * 2f64.powi(shift - 31);
@@ -148,8 +167,14 @@ mod tests {
         // (4.0 = 0.5 · 2^3: the accumulator saturates at ×8, then halves).
         let (m, s) = quantize_multiplier(4.0).unwrap();
         assert_eq!((m, s), (1 << 30, 3));
-        assert_eq!(multiply_by_quantized_multiplier(i32::MAX / 2, m, s), 1 << 30);
-        assert_eq!(multiply_by_quantized_multiplier(i32::MIN / 2, m, s), -(1 << 30));
+        assert_eq!(
+            multiply_by_quantized_multiplier(i32::MAX / 2, m, s),
+            1 << 30
+        );
+        assert_eq!(
+            multiply_by_quantized_multiplier(i32::MIN / 2, m, s),
+            -(1 << 30)
+        );
         assert_eq!(multiply_by_quantized_multiplier(1000, m, s), 4000);
     }
 
@@ -161,9 +186,16 @@ mod tests {
             let (m, s) = quantize_multiplier(real).unwrap();
             for x in -5000..5000 {
                 let exact = x as f64 * m as f64 * 2f64.powi(s - 31);
-                let expect = if exact >= 0.0 { (exact + 0.5).floor() } else { (exact - 0.5).ceil() };
+                let expect = if exact >= 0.0 {
+                    (exact + 0.5).floor()
+                } else {
+                    (exact - 0.5).ceil()
+                };
                 let got = multiply_by_quantized_multiplier(x, m, s) as f64;
-                assert!((got - expect).abs() <= 1.0, "x={x} real={real} got={got} expect={expect}");
+                assert!(
+                    (got - expect).abs() <= 1.0,
+                    "x={x} real={real} got={got} expect={expect}"
+                );
             }
         }
     }

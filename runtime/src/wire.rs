@@ -23,7 +23,11 @@ pub const MAX_FRAME: usize = MAX_MESSAGE + MAX_MESSAGE / 254 + 2;
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Request {
     /// Compute one action for this observation.
-    Act { seq: u32, mode: NoiseMode, obs: heapless::Vec<f32, MAX_OBS> },
+    Act {
+        seq: u32,
+        mode: NoiseMode,
+        obs: heapless::Vec<f32, MAX_OBS>,
+    },
     /// Describe the loaded policy and firmware.
     Info { seq: u32 },
     /// Re-run the golden vectors embedded with the policy and report mismatches.
@@ -45,7 +49,11 @@ pub enum CostUnit {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum Response {
     /// The action for `Act { seq }`, in env units, and what computing it cost.
-    Action { seq: u32, action: heapless::Vec<f32, MAX_ACT>, cost: u32 },
+    Action {
+        seq: u32,
+        action: heapless::Vec<f32, MAX_ACT>,
+        cost: u32,
+    },
     Info {
         seq: u32,
         /// CRC-32 of the whole embedded blob file.
@@ -56,10 +64,19 @@ pub enum Response {
         cost_unit: CostUnit,
         firmware_version: heapless::String<16>,
     },
-    SelfTest { seq: u32, vectors: u16, mismatches: u16 },
-    ResetDone { seq: u32 },
+    SelfTest {
+        seq: u32,
+        vectors: u16,
+        mismatches: u16,
+    },
+    ResetDone {
+        seq: u32,
+    },
     /// The request could not be served. `seq` is `None` when the frame was unreadable.
-    Error { seq: Option<u32>, code: ErrorCode },
+    Error {
+        seq: Option<u32>,
+        code: ErrorCode,
+    },
 }
 
 /// Why the device answered with an error.
@@ -106,8 +123,14 @@ impl FrameError {
 
 /// Encode `message` as one delimited frame into `out`, using `scratch` for the plain
 /// bytes. Returns the frame (ending with 0x00).
-pub fn encode_frame<'o, T: Serialize>(message: &T, scratch: &mut [u8], out: &'o mut [u8]) -> Result<&'o [u8], FrameError> {
-    let used = postcard::to_slice(message, scratch).map_err(|_| FrameError::BufferTooSmall)?.len();
+pub fn encode_frame<'o, T: Serialize>(
+    message: &T,
+    scratch: &mut [u8],
+    out: &'o mut [u8],
+) -> Result<&'o [u8], FrameError> {
+    let used = postcard::to_slice(message, scratch)
+        .map_err(|_| FrameError::BufferTooSmall)?
+        .len();
     let crc = CRC32.checksum(&scratch[..used]);
     if scratch.len() < used + 4 {
         return Err(FrameError::BufferTooSmall);
@@ -166,7 +189,11 @@ impl<const N: usize> Default for FrameReader<N> {
 
 impl<const N: usize> FrameReader<N> {
     pub const fn new() -> Self {
-        Self { buf: [0; N], len: 0, overflowed: false }
+        Self {
+            buf: [0; N],
+            len: 0,
+            overflowed: false,
+        }
     }
 
     /// Drop any partial frame.
@@ -210,10 +237,17 @@ mod tests {
         for i in 0..n {
             obs.push(i as f32 * 0.25 - 1.0).unwrap();
         }
-        Request::Act { seq, mode: NoiseMode::Stochastic { seed: 99 }, obs }
+        Request::Act {
+            seq,
+            mode: NoiseMode::Stochastic { seed: 99 },
+            obs,
+        }
     }
 
-    fn feed_all<const N: usize>(reader: &mut FrameReader<N>, bytes: &[u8]) -> Vec<Result<Request, FrameError>> {
+    fn feed_all<const N: usize>(
+        reader: &mut FrameReader<N>,
+        bytes: &[u8],
+    ) -> Vec<Result<Request, FrameError>> {
         let mut out = Vec::new();
         for &b in bytes {
             match reader.feed(b) {
@@ -239,7 +273,9 @@ mod tests {
     #[test]
     fn garbage_bit_flips_and_overflow_resynchronize() {
         let (mut scratch, mut out) = ([0u8; MAX_MESSAGE], [0u8; MAX_FRAME]);
-        let good = encode_frame(&act(1, 17), &mut scratch, &mut out).unwrap().to_vec();
+        let good = encode_frame(&act(1, 17), &mut scratch, &mut out)
+            .unwrap()
+            .to_vec();
         let mut reader = FrameReader::<MAX_FRAME>::new();
 
         // Leading garbage without delimiter joins the next frame and fails its CRC/COBS;

@@ -1,1 +1,19 @@
+//! The FLAME trainer: MuJoCo v5 environments, the flow policy network (tch), and the
+//! int8 exporter that writes `runtime` blobs.
+
 pub mod env;
+pub mod export;
+pub mod init;
+pub mod policy_net;
+pub mod quantize;
+pub mod rollout;
+pub mod run_dir;
+
+/// Devices libtorch can use here, e.g. `["cpu", "cuda:0"]`.
+pub fn devices() -> Vec<String> {
+    let mut out = vec!["cpu".to_string()];
+    if tch::Cuda::is_available() {
+        out.extend((0..tch::Cuda::device_count()).map(|i| format!("cuda:{i}")));
+    }
+    out
+}

@@ -1,0 +1,271 @@
+//! `trainer export`: run directory → int8 blob, golden vectors and a fidelity report.
+//!
+//! Calibrates activation ranges on the run's recorded states, quantizes
+//! ([`crate::quantize`]), then measures the int8 policy against the float one: action
+//! error on held-out states and returns over the same episode seeds. A blob whose action
+//! error exceeds the stated bound is not written.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use runtime::golden::{push_record, GoldenSet};
+use runtime::{NoiseMode, Policy, Scratch};
+use serde::Serialize;
+use tch::nn;
+
+use crate::env;
+use crate::policy_net::{flow_steps, FloatPolicyMeta, FlowPolicyNet};
+use crate::quantize::{quantize, FloatPolicy, ProvenanceInfo};
+use crate::rollout::{run_episode, to_f32};
+use crate::run_dir::{write_json, RunDir};
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub out: PathBuf,
+    /// Episodes (seeds 0..n) over which float and int8 returns are compared; 0 skips.
+    pub episodes: usize,
+    /// Largest accepted |a_int8 − a_float| on held-out states, in units of the action's
+    /// half-range (actions live in [−1, 1] before scaling to the env's bounds).
+    pub max_action_error: f64,
+    /// Golden vectors to write (half deterministic, half stochastic).
+    pub golden: usize,
+}
+
+/// What the export measured. Written next to the blob as `<blob>.report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FidelityReport {
+    pub blob: PathBuf,
+    pub blob_bytes: usize,
+    pub blob_hash: u32,
+    pub macs_per_action: u64,
+    pub calibration_states: usize,
+    pub held_out_states: usize,
+    pub max_action_error: f64,
+    pub mean_action_error: f64,
+    pub action_error_bound: f64,
+    pub episodes: usize,
+    pub float_return: Option<f64>,
+    pub int8_return: Option<f64>,
+    pub golden_vectors: usize,
+}
+
+impl std::fmt::Display for FidelityReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "blob            {} ({} bytes, crc32 {:#010x})",
+            self.blob.display(),
+            self.blob_bytes,
+            self.blob_hash
+        )?;
+        writeln!(f, "MACs/action     {}", self.macs_per_action)?;
+        writeln!(
+            f,
+            "action error    max {:.5}  mean {:.6}  (bound {}; {} held-out states, {} calibration)",
+            self.max_action_error,
+            self.mean_action_error,
+            self.action_error_bound,
+            self.held_out_states,
+            self.calibration_states
+        )?;
+        match (self.float_return, self.int8_return) {
+            (Some(fl), Some(q)) => writeln!(
+                f,
+                "return          float {fl:.2}  int8 {q:.2}  ({} episodes, same seeds)",
+                self.episodes
+            )?,
+            _ => writeln!(f, "return          not evaluated")?,
+        }
+        write!(f, "golden vectors  {}", self.golden_vectors)
+    }
+}
+
+/// Load a run's policy as a [`FloatPolicy`] plus its recorded states.
+pub fn load_float_policy(run: &Path) -> Result<(FloatPolicy, Vec<Vec<f32>>)> {
+    let run = RunDir::open(run)?;
+    let config = run.read_config()?;
+    let normalizer = run.read_normalizer()?;
+    let spec = env::make(&config.env_id)?.spec().clone();
+    let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    let net = FlowPolicyNet::new(&vs.root(), config.shape.clone());
+    vs.load(run.weights())
+        .with_context(|| format!("loading {}", run.weights().display()))?;
+    let meta = FloatPolicyMeta {
+        env_id: config.env_id.clone(),
+        algorithm: config.algo.blob_algorithm(),
+        action_low: to_f32(&spec.action_low),
+        action_high: to_f32(&spec.action_high),
+        obs_mean: normalizer.mean,
+        obs_std: normalizer.std,
+        obs_clip: config.obs_clip,
+        noise_std: config.noise_std,
+        provenance: ProvenanceInfo {
+            git_revision: config.git_revision.clone(),
+            env_steps: config.env_steps,
+            seed: config.seed,
+            float_return: None,
+            int8_return: None,
+        },
+    };
+    let policy =
+        net.to_float_policy(meta, &flow_steps(config.algo.blob_algorithm(), config.nfe))?;
+    let states = run.read_states(config.shape.obs_dim)?;
+    Ok((policy, states))
+}
+
+/// Largest and mean action error (in half-range units) of the int8 policy on `states`.
+fn action_error(
+    float: &FloatPolicy,
+    policy: &Policy<'_>,
+    states: &[Vec<f32>],
+) -> Result<(f64, f64)> {
+    let mut scratch = Scratch::new();
+    let mut action = vec![0f32; float.act_dim];
+    let zero = vec![0f32; float.act_dim];
+    let (mut max, mut sum, mut n) = (0f64, 0f64, 0usize);
+    for obs in states {
+        policy
+            .act(obs, NoiseMode::Deterministic, &mut scratch, &mut action)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (c, (&q, f)) in action.iter().zip(float.act(obs, &zero)).enumerate() {
+            let half = 0.5 * (float.action_high[c] - float.action_low[c]) as f64;
+            let err = (q as f64 - f as f64).abs() / half;
+            max = max.max(err);
+            sum += err;
+            n += 1;
+        }
+    }
+    Ok((max, sum / n.max(1) as f64))
+}
+
+/// Mean return over `episodes` seeds of the float and of the int8 policy (deterministic).
+fn compare_returns(
+    float: &FloatPolicy,
+    policy: &Policy<'_>,
+    episodes: usize,
+) -> Result<(f64, f64)> {
+    let mut env = env::make(&float.env_id)?;
+    let zero = vec![0f32; float.act_dim];
+    let mut scratch = Scratch::new();
+    let (mut float_sum, mut int8_sum) = (0.0, 0.0);
+    for seed in 0..episodes as u64 {
+        float_sum += run_episode(env.as_mut(), seed, |obs| Ok(float.act(obs, &zero)))?.total_return;
+        int8_sum += run_episode(env.as_mut(), seed, |obs| {
+            let mut a = vec![0f32; float.act_dim];
+            policy
+                .act(obs, NoiseMode::Deterministic, &mut scratch, &mut a)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(a)
+        })?
+        .total_return;
+    }
+    let n = episodes.max(1) as f64;
+    Ok((float_sum / n, int8_sum / n))
+}
+
+/// Golden vectors from the held-out states: alternating deterministic and stochastic.
+fn golden_vectors(
+    policy: &Policy<'_>,
+    blob_hash: u32,
+    states: &[Vec<f32>],
+    count: usize,
+) -> Result<Vec<u8>> {
+    let mut scratch = Scratch::new();
+    let mut records = Vec::new();
+    let mut action = vec![0f32; policy.act_dim()];
+    for (i, obs) in states
+        .iter()
+        .cycle()
+        .take(count.min(states.len() * 2))
+        .enumerate()
+    {
+        let mode = if i % 2 == 0 {
+            NoiseMode::Deterministic
+        } else {
+            NoiseMode::Stochastic {
+                seed: 0x5EED_0000 + i as u64,
+            }
+        };
+        policy
+            .act(obs, mode, &mut scratch, &mut action)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        push_record(&mut records, mode, obs, &action);
+    }
+    let set = GoldenSet {
+        blob_hash,
+        obs_dim: policy.obs_dim() as u16,
+        act_dim: policy.act_dim() as u16,
+        records: &records,
+    };
+    Ok(postcard::to_stdvec(&set)?)
+}
+
+/// The golden-vector file that belongs to a blob path.
+pub fn golden_path(blob: &Path) -> PathBuf {
+    blob.with_extension("golden")
+}
+
+pub fn export(run: &Path, opts: &ExportOptions) -> Result<FidelityReport> {
+    let (mut float, states) = load_float_policy(run)?;
+    if states.len() < 20 {
+        bail!(
+            "{} holds only {} states; export needs at least 20",
+            run.display(),
+            states.len()
+        );
+    }
+    // Every 5th state is held out; the rest calibrate.
+    let (held_out, calibration): (Vec<_>, Vec<_>) = states
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| i % 5 == 0);
+    let held_out: Vec<Vec<f32>> = held_out.into_iter().map(|(_, s)| s).collect();
+    let calibration: Vec<Vec<f32>> = calibration.into_iter().map(|(_, s)| s).collect();
+
+    let draft = quantize(&float, &calibration, 0)?;
+    let draft_policy = Policy::from_bytes(&draft)
+        .map_err(|e| anyhow::anyhow!("exported blob does not parse: {e}"))?;
+    let (max_err, mean_err) = action_error(&float, &draft_policy, &held_out)?;
+    if max_err > opts.max_action_error {
+        bail!(
+            "int8 policy diverges from the float policy: max action error {max_err:.4} > bound {} (half-range units); blob not written",
+            opts.max_action_error
+        );
+    }
+    let returns = if opts.episodes > 0 {
+        Some(compare_returns(&float, &draft_policy, opts.episodes)?)
+    } else {
+        None
+    };
+    float.provenance.float_return = returns.map(|r| r.0 as f32);
+    float.provenance.int8_return = returns.map(|r| r.1 as f32);
+    // Re-encode with the measured returns in the provenance (weights are identical).
+    let bytes = quantize(&float, &calibration, 0)?;
+    let policy = Policy::from_bytes(&bytes)
+        .map_err(|e| anyhow::anyhow!("exported blob does not parse: {e}"))?;
+    let blob_hash = runtime::blob::blob_hash(&bytes);
+    let golden = golden_vectors(&policy, blob_hash, &held_out, opts.golden)?;
+
+    if let Some(dir) = opts.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&opts.out, &bytes).with_context(|| format!("writing {}", opts.out.display()))?;
+    std::fs::write(golden_path(&opts.out), &golden)?;
+    let report = FidelityReport {
+        blob: opts.out.clone(),
+        blob_bytes: bytes.len(),
+        blob_hash,
+        macs_per_action: policy.macs_per_action(),
+        calibration_states: calibration.len(),
+        held_out_states: held_out.len(),
+        max_action_error: max_err,
+        mean_action_error: mean_err,
+        action_error_bound: opts.max_action_error,
+        episodes: opts.episodes,
+        float_return: returns.map(|r| r.0),
+        int8_return: returns.map(|r| r.1),
+        golden_vectors: opts.golden.min(held_out.len() * 2),
+    };
+    write_json(&opts.out.with_extension("report.json"), &report)?;
+    Ok(report)
+}

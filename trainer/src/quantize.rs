@@ -1,0 +1,440 @@
+//! Post-training int8 quantization of a flow policy into a runtime blob (DESIGN §6).
+//!
+//! Input: the policy as plain f32 arrays ([`FloatPolicy`], extracted from the tch network
+//! with the time embedding already folded into per-step first-layer biases) and
+//! calibration observations. Output: the blob bytes the `runtime` evaluates.
+//!
+//! The scheme (TFLite / CMSIS-NN):
+//! - weights: symmetric per output channel, int8 in [−127, 127], `s_w[c] = max|W[c,:]| / 127`;
+//! - activations: asymmetric per tensor, `s = (max − min) / 255` over the calibration
+//!   data (the range always contains 0), zero point so that `min ↦ −128`;
+//! - bias: int32 at scale `s_in · s_w[c]`;
+//! - requantization of each hidden pre-activation by the fixed-point multiplier
+//!   `s_in · s_w[c] / s_pre` (see `runtime::quant`);
+//! - the activation function as a 256-entry table from the pre-activation code to the
+//!   output code, computed here in f64: exact by construction on every platform;
+//! - the output layer is dequantized per channel in f32 (`u = acc · s_in · s_w[c]`).
+
+use anyhow::{bail, ensure, Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use runtime::blob::{
+    self, Algorithm, HiddenLayer, InputStage, Metadata, OutputLayer, PolicyBlob, Provenance,
+};
+use runtime::quant::quantize_multiplier;
+
+/// A dense layer in f32: `y = W x + b`, `W` row-major `[out][in]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseF32 {
+    pub in_dim: usize,
+    pub out_dim: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl DenseF32 {
+    /// `W x + bias` in f64 (the float reference the quantizer calibrates against).
+    pub fn apply(&self, x: &[f64], bias: &[f32]) -> Vec<f64> {
+        (0..self.out_dim)
+            .map(|c| {
+                let row = &self.weight[c * self.in_dim..(c + 1) * self.in_dim];
+                bias[c] as f64 + row.iter().zip(x).map(|(&w, &v)| w as f64 * v).sum::<f64>()
+            })
+            .collect()
+    }
+}
+
+/// Hidden-layer nonlinearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Activation {
+    Mish,
+    Relu,
+}
+
+impl Activation {
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            // mish(x) = x · tanh(softplus(x)), softplus computed without overflow.
+            Activation::Mish => {
+                let softplus = if x > 20.0 { x } else { x.exp().ln_1p() };
+                x * softplus.tanh()
+            }
+            Activation::Relu => x.max(0.0),
+        }
+    }
+}
+
+/// Where a policy came from (owned form of `runtime::blob::Provenance`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProvenanceInfo {
+    pub git_revision: String,
+    pub env_steps: u64,
+    pub seed: u64,
+    pub float_return: Option<f32>,
+    pub int8_return: Option<f32>,
+}
+
+/// A flow policy in f32, structured exactly as the runtime evaluates it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatPolicy {
+    pub env_id: String,
+    pub algorithm: Algorithm,
+    pub obs_dim: usize,
+    pub act_dim: usize,
+    pub action_low: Vec<f32>,
+    pub action_high: Vec<f32>,
+    pub obs_mean: Vec<f32>,
+    pub obs_std: Vec<f32>,
+    pub obs_clip: f32,
+    /// σ_z of the base noise in stochastic mode.
+    pub noise_std: f32,
+    /// Hidden layers; the first takes `[normalized obs, z]` and its `bias` is unused:
+    /// `step_biases[k]` (bias plus the folded time embedding of flow step k) replaces it.
+    pub hidden: Vec<DenseF32>,
+    pub step_biases: Vec<Vec<f32>>,
+    pub activation: Activation,
+    pub output: DenseF32,
+    pub provenance: ProvenanceInfo,
+}
+
+/// What one float forward pass saw, for calibration.
+#[derive(Debug, Clone, Default)]
+struct Ranges {
+    /// Per input element (obs_dim + act_dim).
+    input: Vec<(f64, f64)>,
+    preact: Vec<(f64, f64)>,
+    postact: Vec<(f64, f64)>,
+}
+
+fn widen(r: &mut (f64, f64), values: &[f64]) {
+    for &v in values {
+        r.0 = r.0.min(v);
+        r.1 = r.1.max(v);
+    }
+}
+
+impl FloatPolicy {
+    pub fn nfe(&self) -> usize {
+        self.step_biases.len()
+    }
+
+    /// Normalized, clipped observation (same operation order as the runtime, in f32).
+    pub fn normalize(&self, obs: &[f32]) -> Vec<f32> {
+        obs.iter()
+            .enumerate()
+            .map(|(i, &o)| {
+                ((o - self.obs_mean[i]) * (1.0 / self.obs_std[i]))
+                    .clamp(-self.obs_clip, self.obs_clip)
+            })
+            .collect()
+    }
+
+    /// The float action for `obs` from base sample `z0`, optionally recording ranges.
+    fn act_recording(&self, obs: &[f32], z0: &[f32], mut ranges: Option<&mut Ranges>) -> Vec<f32> {
+        let n: Vec<f64> = self.normalize(obs).iter().map(|&v| v as f64).collect();
+        let mut z: Vec<f64> = z0.iter().map(|&v| v as f64).collect();
+        let nfe = self.nfe();
+        for k in 0..nfe {
+            let mut x: Vec<f64> = n.iter().chain(z.iter()).copied().collect();
+            if let Some(r) = ranges.as_deref_mut() {
+                for (range, &v) in r.input.iter_mut().zip(&x) {
+                    widen(range, &[v]);
+                }
+            }
+            for (l, layer) in self.hidden.iter().enumerate() {
+                let bias = if l == 0 {
+                    &self.step_biases[k]
+                } else {
+                    &layer.bias
+                };
+                let pre = layer.apply(&x, bias);
+                x = pre.iter().map(|&v| self.activation.apply(v)).collect();
+                if let Some(r) = ranges.as_deref_mut() {
+                    widen(&mut r.preact[l], &pre);
+                    widen(&mut r.postact[l], &x);
+                }
+            }
+            let u = self.output.apply(&x, &self.output.bias);
+            for (zi, ui) in z.iter_mut().zip(u) {
+                *zi -= ui / nfe as f64;
+            }
+        }
+        z.iter()
+            .enumerate()
+            .map(|(c, &v)| {
+                let (lo, hi) = (self.action_low[c] as f64, self.action_high[c] as f64);
+                (lo + (v.clamp(-1.0, 1.0) + 1.0) * 0.5 * (hi - lo)) as f32
+            })
+            .collect()
+    }
+
+    /// The float policy's action (env units) for `obs` from base sample `z0`.
+    pub fn act(&self, obs: &[f32], z0: &[f32]) -> Vec<f32> {
+        self.act_recording(obs, z0, None)
+    }
+
+    fn validate(&self) -> Result<()> {
+        ensure!(!self.hidden.is_empty(), "policy has no hidden layer");
+        ensure!(self.nfe() >= 1, "policy has no flow step");
+        ensure!(
+            self.hidden[0].in_dim == self.obs_dim + self.act_dim,
+            "first layer input is not obs+act"
+        );
+        ensure!(
+            self.obs_mean.len() == self.obs_dim && self.obs_std.len() == self.obs_dim,
+            "normalizer dims"
+        );
+        ensure!(
+            self.obs_std.iter().all(|&s| s > 0.0 && s.is_finite()),
+            "normalizer std must be positive"
+        );
+        ensure!(
+            self.output.out_dim == self.act_dim,
+            "output layer is not act_dim wide"
+        );
+        for b in &self.step_biases {
+            ensure!(b.len() == self.hidden[0].out_dim, "step bias width");
+        }
+        Ok(())
+    }
+}
+
+/// Affine int8 quantization of one tensor: `real = scale · (q − zero_point)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TensorQuant {
+    pub scale: f64,
+    pub zero_point: i32,
+}
+
+impl TensorQuant {
+    /// Cover `[min, max]` (widened to contain 0) with the 256 int8 codes.
+    pub fn from_range(min: f64, max: f64) -> Self {
+        let (min, max) = (min.min(0.0), max.max(0.0));
+        let scale = ((max - min) / 255.0).max(1e-8);
+        let zero_point = (-128.0 - min / scale).round().clamp(-128.0, 127.0) as i32;
+        Self { scale, zero_point }
+    }
+
+    pub fn quantize(&self, x: f64) -> i8 {
+        ((x / self.scale).round() + self.zero_point as f64).clamp(-128.0, 127.0) as i8
+    }
+
+    pub fn dequantize(&self, q: i8) -> f64 {
+        self.scale * (q as i32 - self.zero_point) as f64
+    }
+}
+
+/// Per-channel symmetric int8 weights; returns the codes and the scales.
+fn quantize_weights(layer: &DenseF32) -> (Vec<u8>, Vec<f64>) {
+    let mut codes = Vec::with_capacity(layer.weight.len());
+    let mut scales = Vec::with_capacity(layer.out_dim);
+    for c in 0..layer.out_dim {
+        let row = &layer.weight[c * layer.in_dim..(c + 1) * layer.in_dim];
+        let max_abs = row.iter().fold(0f64, |m, &w| m.max((w as f64).abs()));
+        let scale = if max_abs > 0.0 { max_abs / 127.0 } else { 1.0 };
+        codes.extend(
+            row.iter()
+                .map(|&w| ((w as f64 / scale).round().clamp(-127.0, 127.0) as i8) as u8),
+        );
+        scales.push(scale);
+    }
+    (codes, scales)
+}
+
+fn quantize_bias(bias: &[f32], s_in: f64, s_w: &[f64]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(4 * bias.len());
+    for (c, &b) in bias.iter().enumerate() {
+        let q = (b as f64 / (s_in * s_w[c])).round();
+        ensure!(
+            q.abs() < (1u64 << 30) as f64,
+            "bias {b} of channel {c} does not fit int32 at its scale"
+        );
+        out.extend_from_slice(&(q as i32).to_le_bytes());
+    }
+    Ok(out)
+}
+
+fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    values.into_iter().flat_map(f32::to_le_bytes).collect()
+}
+
+/// Calibration inputs: each observation in deterministic mode (z = 0) and with one
+/// stochastic base sample, so the ranges cover both runtime modes.
+fn calibrate(policy: &FloatPolicy, observations: &[Vec<f32>], seed: u64) -> Ranges {
+    let layers = policy.hidden.len();
+    let empty = (f64::INFINITY, f64::NEG_INFINITY);
+    let inputs = policy.obs_dim + policy.act_dim;
+    let mut ranges = Ranges {
+        input: vec![empty; inputs],
+        preact: vec![empty; layers],
+        postact: vec![empty; layers],
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for obs in observations {
+        policy.act_recording(obs, &vec![0.0; policy.act_dim], Some(&mut ranges));
+        let z: Vec<f32> = (0..policy.act_dim)
+            .map(|_| policy.noise_std * rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        policy.act_recording(obs, &z, Some(&mut ranges));
+    }
+    ranges
+}
+
+/// Quantize `policy` with activation ranges calibrated on `calibration_obs` and encode
+/// the blob.
+pub fn quantize(policy: &FloatPolicy, calibration_obs: &[Vec<f32>], seed: u64) -> Result<Vec<u8>> {
+    policy.validate()?;
+    ensure!(!calibration_obs.is_empty(), "no calibration observations");
+    let ranges = calibrate(policy, calibration_obs, seed);
+
+    // Inputs: symmetric, one scale per element (zero point 0). The scale s_i is folded
+    // into the first layer's weight column i, so that layer sees an input scale of 1.
+    let input_scales: Vec<f64> = ranges
+        .input
+        .iter()
+        .map(|&(lo, hi)| (lo.abs().max(hi.abs()) / 127.0).max(1e-6))
+        .collect();
+    let mut s_in = 1.0;
+    let mut zp_in = 0;
+
+    // Owned storage that the borrowed blob structs point into.
+    struct Owned {
+        weights: Vec<u8>,
+        biases: Vec<u8>,
+        multipliers: Vec<u8>,
+        shifts: Vec<u8>,
+        lut: Vec<u8>,
+        in_zp: i32,
+        pre_zp: i32,
+    }
+    let mut owned = Vec::new();
+    for (l, layer) in policy.hidden.iter().enumerate() {
+        let (weights, s_w) = if l == 0 {
+            let folded: Vec<f32> = layer
+                .weight
+                .iter()
+                .enumerate()
+                .map(|(k, &w)| (w as f64 * input_scales[k % layer.in_dim]) as f32)
+                .collect();
+            quantize_weights(&DenseF32 {
+                weight: folded,
+                ..layer.clone()
+            })
+        } else {
+            quantize_weights(layer)
+        };
+        let biases = if l == 0 {
+            let mut all = Vec::new();
+            for b in &policy.step_biases {
+                all.extend(quantize_bias(b, s_in, &s_w)?);
+            }
+            all
+        } else {
+            quantize_bias(&layer.bias, s_in, &s_w)?
+        };
+        let pre_q = TensorQuant::from_range(ranges.preact[l].0, ranges.preact[l].1);
+        let post_q = TensorQuant::from_range(ranges.postact[l].0, ranges.postact[l].1);
+        let mut multipliers = Vec::new();
+        let mut shifts = Vec::new();
+        for (c, &sw) in s_w.iter().enumerate() {
+            let real = s_in * sw / pre_q.scale;
+            let (m, shift) = match quantize_multiplier(real) {
+                Some(ms) => ms,
+                // Too small to represent: the channel's pre-activation is always zero-point.
+                None if real < 1.0 => (0, 0),
+                None => {
+                    bail!("layer {l} channel {c}: requantization multiplier {real} out of range")
+                }
+            };
+            multipliers.extend_from_slice(&m.to_le_bytes());
+            shifts.push(shift as i8 as u8);
+        }
+        let lut = (-128i32..=127)
+            .map(|code| {
+                post_q.quantize(policy.activation.apply(pre_q.dequantize(code as i8))) as u8
+            })
+            .collect();
+        owned.push(Owned {
+            weights,
+            biases,
+            multipliers,
+            shifts,
+            lut,
+            in_zp: zp_in,
+            pre_zp: pre_q.zero_point,
+        });
+        s_in = post_q.scale;
+        zp_in = post_q.zero_point;
+    }
+    let (out_weights, out_sw) = quantize_weights(&policy.output);
+    let out_biases = quantize_bias(&policy.output.bias, s_in, &out_sw)?;
+    let out_scales = f32_bytes(out_sw.iter().map(|&sw| (s_in * sw) as f32));
+
+    let action_low = f32_bytes(policy.action_low.iter().copied());
+    let action_high = f32_bytes(policy.action_high.iter().copied());
+    let obs_mean = f32_bytes(policy.obs_mean.iter().copied());
+    let obs_inv_std = f32_bytes(policy.obs_std.iter().map(|&s| 1.0 / s));
+    let inv_scales = f32_bytes(input_scales.iter().map(|&s| (1.0 / s) as f32));
+    let p = &policy.provenance;
+    let mut hidden = heapless::Vec::new();
+    for (layer, o) in policy.hidden.iter().zip(&owned) {
+        hidden
+            .push(HiddenLayer {
+                in_dim: layer.in_dim as u16,
+                out_dim: layer.out_dim as u16,
+                input_zero_point: o.in_zp as i8,
+                weights: &o.weights,
+                biases: &o.biases,
+                multipliers: &o.multipliers,
+                shifts: &o.shifts,
+                preact_zero_point: o.pre_zp as i8,
+                activation: &o.lut,
+            })
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "more hidden layers than the runtime supports ({})",
+                    runtime::MAX_HIDDEN_LAYERS
+                )
+            })?;
+    }
+    let blob = PolicyBlob {
+        meta: Metadata {
+            env_id: &policy.env_id,
+            algorithm: policy.algorithm,
+            obs_dim: policy.obs_dim as u16,
+            act_dim: policy.act_dim as u16,
+            nfe: policy.nfe() as u16,
+            action_low: &action_low,
+            action_high: &action_high,
+            noise_std: policy.noise_std,
+            provenance: Provenance {
+                trainer_version: env!("CARGO_PKG_VERSION"),
+                git_revision: &p.git_revision,
+                env_steps: p.env_steps,
+                seed: p.seed,
+                float_return: p.float_return,
+                int8_return: p.int8_return,
+            },
+        },
+        input: InputStage {
+            obs_mean: &obs_mean,
+            obs_inv_std: &obs_inv_std,
+            obs_clip: policy.obs_clip,
+            inv_scales: &inv_scales,
+            zero_point: 0,
+        },
+        hidden,
+        output: OutputLayer {
+            in_dim: policy.output.in_dim as u16,
+            out_dim: policy.output.out_dim as u16,
+            input_zero_point: zp_in as i8,
+            weights: &out_weights,
+            biases: &out_biases,
+            scales: &out_scales,
+        },
+    };
+    blob.validate()
+        .map_err(|e| anyhow::anyhow!("quantized policy is invalid: {e}"))?;
+    let bytes = blob::encode(&blob).context("encoding the blob")?;
+    Ok(bytes)
+}
