@@ -6,6 +6,10 @@
 //! the firmware then boots into its safe state and answers every request with `NoPolicy`,
 //! which is the right behaviour for an image without a model. An explicitly named blob that
 //! is missing is a build error, never a silent fallback.
+//!
+//! Golden vectors (the exporter's `<blob>.golden`, re-run on `SelfTest`) come from
+//! `FLAME_GOLDEN_VECTORS`, or else from the file next to the blob with the extension
+//! `.golden` if there is one; without them `SelfTest` answers `NoGoldenVectors`.
 use std::env;
 use std::fs;
 use std::path::PathBuf;
@@ -22,16 +26,13 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
 
     println!("cargo:rerun-if-env-changed=FLAME_POLICY_BLOB");
-    let blob = match env::var_os("FLAME_POLICY_BLOB").filter(|v| !v.is_empty()) {
+    let (blob, blob_path) = match env::var_os("FLAME_POLICY_BLOB").filter(|v| !v.is_empty()) {
         Some(path) => {
             let path = manifest.join(path);
             println!("cargo:rerun-if-changed={}", path.display());
             match fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    eprintln!("error: FLAME_POLICY_BLOB={}: {e}", path.display());
-                    std::process::exit(1);
-                }
+                Ok(bytes) => (bytes, path),
+                Err(e) => fail(&format!("FLAME_POLICY_BLOB={}: {e}", path.display())),
             }
         }
         None => {
@@ -40,17 +41,43 @@ fn main() {
             // firmware picks the model up as soon as it is committed.
             println!("cargo:rerun-if-changed={}", path.display());
             match fs::read(&path) {
-                Ok(bytes) => bytes,
+                Ok(bytes) => (bytes, path),
                 Err(_) => {
                     println!(
                         "cargo:warning=no policy blob: {} does not exist and FLAME_POLICY_BLOB is not set; \
                          the firmware will answer every request with NoPolicy",
                         path.display()
                     );
-                    Vec::new()
+                    (Vec::new(), path)
                 }
             }
         }
     };
     fs::write(out.join("policy.blob"), &blob).expect("write policy.blob to OUT_DIR");
+
+    println!("cargo:rerun-if-env-changed=FLAME_GOLDEN_VECTORS");
+    let golden = match env::var_os("FLAME_GOLDEN_VECTORS").filter(|v| !v.is_empty()) {
+        Some(path) => {
+            let path = manifest.join(path);
+            println!("cargo:rerun-if-changed={}", path.display());
+            fs::read(&path)
+                .unwrap_or_else(|e| fail(&format!("FLAME_GOLDEN_VECTORS={}: {e}", path.display())))
+        }
+        None => {
+            let path = blob_path.with_extension("golden");
+            println!("cargo:rerun-if-changed={}", path.display());
+            // Only with a blob: golden vectors without their policy test nothing.
+            match fs::read(&path) {
+                Ok(bytes) if !blob.is_empty() => bytes,
+                _ => Vec::new(),
+            }
+        }
+    };
+    fs::write(out.join("golden.bin"), &golden).expect("write golden.bin to OUT_DIR");
+}
+
+/// Stop the build with one clear line.
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
 }

@@ -28,6 +28,9 @@ struct Aligned<T: ?Sized>(T);
 /// policy borrows its weights from there: nothing of it is copied to RAM.
 static BLOB: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/policy.blob")));
 
+/// The exporter's golden vectors for this blob (empty when none were found at build time).
+static GOLDEN: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/golden.bin")));
+
 /// The controller's large buffers (frame reader, evaluation scratch, transmit frame):
 /// a static in .bss rather than on the stack, so the stack stays small and its size known.
 static BUFFERS: MainOnly<Buffers> = MainOnly(UnsafeCell::new(Buffers::new()));
@@ -53,10 +56,18 @@ fn main() -> ! {
         watchdog_ticks: board::WATCHDOG_TICKS,
         firmware_version: board::FIRMWARE_VERSION,
     };
-    let mut controller = Controller::new(&BLOB.0, &[], buffers, clock, actuator, config);
+    let golden = match flame_control::golden_for(&GOLDEN.0, &BLOB.0) {
+        Ok(golden) => golden,
+        Err(problem) => {
+            board::log(format_args!("golden vectors not used: {problem:?}"));
+            None
+        }
+    };
+    let vectors = golden.as_ref().map_or(0, |g| g.len());
+    let mut controller = Controller::new(&BLOB.0, golden, buffers, clock, actuator, config);
     match controller.policy_error() {
         None => board::log(format_args!(
-            "flame-firmware {}: policy ok, blob {} bytes, crc {:#010x}",
+            "flame-firmware {}: policy ok, blob {} bytes, crc {:#010x}, {vectors} golden vectors",
             board::FIRMWARE_VERSION,
             BLOB.0.len(),
             controller.blob_hash()

@@ -21,11 +21,12 @@
 
 use embedded_io::{Read, ReadReady, Write};
 use runtime::blob::blob_hash;
+use runtime::golden::GoldenSet;
 use runtime::wire::{
     decode_frame, encode_frame, CostUnit, ErrorCode, Feed, FrameReader, Request, Response,
     MAX_FRAME,
 };
-use runtime::{ActError, BlobError, NoiseMode, Policy, Scratch, MAX_ACT};
+use runtime::{ActError, BlobError, Policy, Scratch, MAX_ACT};
 
 /// Largest plain response message (postcard + CRC-32). The largest response is an
 /// `Action` with `MAX_ACT` floats: tag 1 + seq ≤ 5 + length 1 + 4·32 + cost ≤ 5 + CRC 4
@@ -65,17 +66,6 @@ pub struct NoActuator;
 impl Actuator for NoActuator {
     fn apply(&mut self, _action: &[f32]) {}
     fn safe(&mut self) {}
-}
-
-/// One reference evaluation the device can re-run on request (`SelfTest`): the exporter
-/// records the host runtime's action bits for a few observations; a device whose kernels,
-/// compiler or FPU disagree reports mismatches.
-#[derive(Debug, Clone, Copy)]
-pub struct GoldenVector<'a> {
-    pub obs: &'a [f32],
-    pub mode: NoiseMode,
-    /// Expected `f32::to_bits` of every action element.
-    pub action_bits: &'a [u32],
 }
 
 /// Fixed settings chosen by the board.
@@ -132,12 +122,42 @@ impl Default for Buffers {
     }
 }
 
+/// Why embedded golden vectors were not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoldenProblem {
+    /// The bytes are not a valid golden-vector set.
+    Invalid(runtime::golden::GoldenError),
+    /// The set was exported for another blob (its `blob_hash` differs).
+    OtherBlob { expected: u32, found: u32 },
+}
+
+/// Parse embedded golden vectors and check that they belong to `blob`. Empty bytes mean
+/// "none embedded" (`Ok(None)`).
+pub fn golden_for<'a>(
+    golden: &'a [u8],
+    blob: &[u8],
+) -> Result<Option<GoldenSet<'a>>, GoldenProblem> {
+    if golden.is_empty() {
+        return Ok(None);
+    }
+    let set = GoldenSet::parse(golden).map_err(GoldenProblem::Invalid)?;
+    let expected = blob_hash(blob);
+    if set.blob_hash != expected {
+        return Err(GoldenProblem::OtherBlob {
+            expected,
+            found: set.blob_hash,
+        });
+    }
+    Ok(Some(set))
+}
+
 /// The protocol server around one embedded policy blob.
 pub struct Controller<'a, C: CostClock, A: Actuator> {
     /// The validated policy, or why the blob was refused (the safe state).
     policy: Result<Policy<'a>, BlobError>,
     blob_hash: u32,
-    golden: &'a [GoldenVector<'a>],
+    /// Golden vectors of this blob (written by the exporter), re-run on `SelfTest`.
+    golden: Option<GoldenSet<'a>>,
     buffers: &'a mut Buffers,
     clock: C,
     actuator: A,
@@ -155,9 +175,12 @@ impl<'a, C: CostClock, A: Actuator> Controller<'a, C, A> {
     /// Validate `blob` and start in the safe state. A blob that fails validation is not an
     /// error here: the controller then answers every request with `NoPolicy` and keeps the
     /// outputs at zero, so a bad flash image can never move the robot.
+    ///
+    /// `golden` are the exporter's golden vectors for this blob, if any were embedded
+    /// (see [`golden_for`]); without them `SelfTest` answers `NoGoldenVectors`.
     pub fn new(
         blob: &'a [u8],
-        golden: &'a [GoldenVector<'a>],
+        golden: Option<GoldenSet<'a>>,
         buffers: &'a mut Buffers,
         clock: C,
         mut actuator: A,
@@ -331,37 +354,17 @@ impl<'a, C: CostClock, A: Actuator> Controller<'a, C, A> {
                     firmware_version,
                 }
             }
-            Request::SelfTest { .. } => {
-                if self.golden.is_empty() {
-                    return self.reject(seq, ErrorCode::NoGoldenVectors);
-                }
-                let mut action = heapless::Vec::<f32, MAX_ACT>::new();
-                action.resize(policy.act_dim(), 0.0).ok();
-                let mut mismatches: u16 = 0;
-                for vector in self.golden {
-                    let same = policy
-                        .act(
-                            vector.obs,
-                            vector.mode,
-                            &mut self.buffers.scratch,
-                            &mut action,
-                        )
-                        .is_ok()
-                        && action
-                            .iter()
-                            .map(|a| a.to_bits())
-                            .eq(vector.action_bits.iter().copied());
-                    if !same {
-                        mismatches = mismatches.saturating_add(1);
+            Request::SelfTest { .. } => match &self.golden {
+                Some(set) if !set.is_empty() => {
+                    let (vectors, mismatches) = set.check(policy, &mut self.buffers.scratch);
+                    Response::SelfTest {
+                        seq,
+                        vectors: u16::try_from(vectors).unwrap_or(u16::MAX),
+                        mismatches: u16::try_from(mismatches).unwrap_or(u16::MAX),
                     }
                 }
-                let vectors = u16::try_from(self.golden.len()).unwrap_or(u16::MAX);
-                Response::SelfTest {
-                    seq,
-                    vectors,
-                    mismatches,
-                }
-            }
+                _ => self.reject(seq, ErrorCode::NoGoldenVectors),
+            },
             Request::Reset { .. } => {
                 self.enter_safe();
                 self.stats = Stats::default();
@@ -416,6 +419,7 @@ mod tests {
     use core::convert::Infallible;
     use runtime::noise::SplitMix64;
     use runtime::wire::MAX_MESSAGE;
+    use runtime::NoiseMode;
     use std::cell::{Cell, RefCell};
     use std::collections::VecDeque;
     use std::rc::Rc;
@@ -542,7 +546,7 @@ mod tests {
         fn controller<'a>(
             &self,
             blob: &'a [u8],
-            golden: &'a [GoldenVector<'a>],
+            golden: Option<GoldenSet<'a>>,
             buffers: &'a mut Buffers,
         ) -> Controller<'a, MockClock, MockActuator> {
             let config = Config {
@@ -632,7 +636,7 @@ mod tests {
     fn actions_match_the_host_runtime_in_both_modes() {
         let mut bench = Bench::new();
         let mut buffers = Buffers::new();
-        let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+        let mut c = bench.controller(FIXTURE, None, &mut buffers);
         assert_eq!(bench.actuator.last(), Some(Output::Safe), "boots safe");
         let mut rng = SplitMix64::new(1);
         let mut distinct = std::collections::HashSet::new();
@@ -678,7 +682,7 @@ mod tests {
     fn stochastic_mode_uses_the_requested_seed() {
         let mut bench = Bench::new();
         let mut buffers = Buffers::new();
-        let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+        let mut c = bench.controller(FIXTURE, None, &mut buffers);
         let obs = random_obs(&mut SplitMix64::new(2), 17);
         let mut answers = Vec::new();
         for (seq, seed) in [(1, 5u64), (2, 5), (3, 6)] {
@@ -700,7 +704,7 @@ mod tests {
     fn info_reports_blob_identity() {
         let mut bench = Bench::new();
         let mut buffers = Buffers::new();
-        let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+        let mut c = bench.controller(FIXTURE, None, &mut buffers);
         let got = exchange(&mut c, &mut bench.link, &frame(&Request::Info { seq: 77 }));
         let policy = Policy::from_bytes(FIXTURE).unwrap();
         assert_eq!(
@@ -717,11 +721,25 @@ mod tests {
         );
     }
 
+    /// Golden records for `inputs` as the exporter writes them, from the host runtime.
+    fn golden_records(inputs: &[(Vec<f32>, NoiseMode)]) -> Vec<u8> {
+        let policy = Policy::from_bytes(FIXTURE).unwrap();
+        let mut records = Vec::new();
+        for (obs, mode) in inputs {
+            let mut action = vec![0.0; policy.act_dim()];
+            policy
+                .act(obs, *mode, &mut Scratch::new(), &mut action)
+                .unwrap();
+            runtime::golden::push_record(&mut records, *mode, obs, &action);
+        }
+        records
+    }
+
     #[test]
     fn self_test_runs_golden_vectors() {
         let mut bench = Bench::new();
         let mut buffers = Buffers::new();
-        let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+        let mut c = bench.controller(FIXTURE, None, &mut buffers);
         let got = exchange(
             &mut c,
             &mut bench.link,
@@ -747,18 +765,14 @@ mod tests {
                 (random_obs(&mut rng, 17).to_vec(), mode)
             })
             .collect();
-        let mut expected: Vec<Vec<u32>> = inputs.iter().map(|(o, m)| host_action(o, *m)).collect();
-        expected[2][5] ^= 1; // one wrong bit in one golden vector
-        let golden: Vec<GoldenVector<'_>> = inputs
-            .iter()
-            .zip(&expected)
-            .map(|((obs, mode), bits)| GoldenVector {
-                obs,
-                mode: *mode,
-                action_bits: bits,
-            })
-            .collect();
-        let mut c = bench.controller(FIXTURE, &golden, &mut buffers);
+        let records = golden_records(&inputs);
+        let set = GoldenSet {
+            blob_hash: blob_hash(FIXTURE),
+            obs_dim: 17,
+            act_dim: 6,
+            records: &records,
+        };
+        let mut c = bench.controller(FIXTURE, Some(set.clone()), &mut buffers);
         let got = exchange(
             &mut c,
             &mut bench.link,
@@ -768,6 +782,30 @@ mod tests {
             got,
             vec![Response::SelfTest {
                 seq: 4,
+                vectors: 4,
+                mismatches: 0
+            }]
+        );
+        drop(c);
+
+        // One flipped bit in one expected action is one mismatch.
+        let mut wrong = records.clone();
+        let last = set.record_len() * 3 - 1;
+        wrong[last] ^= 1;
+        let set = GoldenSet {
+            records: &wrong,
+            ..set
+        };
+        let mut c = bench.controller(FIXTURE, Some(set), &mut buffers);
+        let got = exchange(
+            &mut c,
+            &mut bench.link,
+            &frame(&Request::SelfTest { seq: 5 }),
+        );
+        assert_eq!(
+            got,
+            vec![Response::SelfTest {
+                seq: 5,
                 vectors: 4,
                 mismatches: 1
             }]
@@ -780,10 +818,42 @@ mod tests {
     }
 
     #[test]
+    fn embedded_golden_vectors_must_belong_to_the_blob() {
+        let records = golden_records(&[(vec![0.5; 17], NoiseMode::Deterministic)]);
+        let encode = |hash: u32| {
+            postcard::to_allocvec(&GoldenSet {
+                blob_hash: hash,
+                obs_dim: 17,
+                act_dim: 6,
+                records: &records,
+            })
+            .unwrap()
+        };
+        let good = encode(blob_hash(FIXTURE));
+        assert_eq!(
+            golden_for(&good, FIXTURE).unwrap().map(|s| s.len()),
+            Some(1)
+        );
+        assert!(golden_for(&[], FIXTURE).unwrap().is_none());
+        let other = encode(0x1234_5678);
+        assert_eq!(
+            golden_for(&other, FIXTURE).unwrap_err(),
+            GoldenProblem::OtherBlob {
+                expected: blob_hash(FIXTURE),
+                found: 0x1234_5678
+            }
+        );
+        assert!(matches!(
+            golden_for(&good[..good.len() - 3], FIXTURE),
+            Err(GoldenProblem::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn reset_applies_the_safe_action_and_clears_counters() {
         let mut bench = Bench::new();
         let mut buffers = Buffers::new();
-        let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+        let mut c = bench.controller(FIXTURE, None, &mut buffers);
         let obs = random_obs(&mut SplitMix64::new(4), 17);
         exchange(&mut c, &mut bench.link, &[0x55, 0x00]); // one corrupt frame
         exchange(
@@ -805,7 +875,7 @@ mod tests {
     fn bad_observations_are_rejected_and_drop_to_safe() {
         let mut bench = Bench::new();
         let mut buffers = Buffers::new();
-        let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+        let mut c = bench.controller(FIXTURE, None, &mut buffers);
         let good = random_obs(&mut SplitMix64::new(5), 17);
         let cases: Vec<(Vec<f32>, ErrorCode)> = vec![
             (
@@ -880,7 +950,7 @@ mod tests {
     fn garbage_between_frames_resynchronizes() {
         let mut bench = Bench::new();
         let mut buffers = Buffers::new();
-        let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+        let mut c = bench.controller(FIXTURE, None, &mut buffers);
         let mut rng = SplitMix64::new(6);
         for round in 0..20u32 {
             // Garbage without a delimiter is glued to the next frame and spoils it; a
@@ -928,7 +998,7 @@ mod tests {
     fn truncated_frames_are_reported() {
         let mut bench = Bench::new();
         let mut buffers = Buffers::new();
-        let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+        let mut c = bench.controller(FIXTURE, None, &mut buffers);
         let obs = random_obs(&mut SplitMix64::new(7), 17);
         let good = frame(&act(1, &obs, NoiseMode::Deterministic));
         for cut in 1..good.len() - 1 {
@@ -949,7 +1019,7 @@ mod tests {
     fn bit_flips_never_produce_a_wrong_action() {
         let mut bench = Bench::new();
         let mut buffers = Buffers::new();
-        let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+        let mut c = bench.controller(FIXTURE, None, &mut buffers);
         let obs = random_obs(&mut SplitMix64::new(8), 17);
         let expect = host_action(&obs, NoiseMode::Deterministic);
         let good = frame(&act(5, &obs, NoiseMode::Deterministic));
@@ -987,7 +1057,7 @@ mod tests {
     fn oversized_flood_is_reported_once_then_resynchronizes() {
         let mut bench = Bench::new();
         let mut buffers = Buffers::new();
-        let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+        let mut c = bench.controller(FIXTURE, None, &mut buffers);
         let obs = random_obs(&mut SplitMix64::new(9), 17);
         let mut stream = vec![0xA5; 3 * MAX_FRAME];
         stream.push(0);
@@ -1029,7 +1099,7 @@ mod tests {
         for (blob, want) in blobs {
             let mut bench = Bench::new();
             let mut buffers = Buffers::new();
-            let mut c = bench.controller(blob, &[], &mut buffers);
+            let mut c = bench.controller(blob, None, &mut buffers);
             let err = c.policy_error().expect("blob must be refused");
             assert_eq!(
                 core::mem::discriminant(&err),
@@ -1067,7 +1137,7 @@ mod tests {
     fn watchdog_drops_to_safe_after_link_silence() {
         let mut bench = Bench::new();
         let mut buffers = Buffers::new();
-        let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+        let mut c = bench.controller(FIXTURE, None, &mut buffers);
         let obs = random_obs(&mut SplitMix64::new(11), 17);
         exchange(
             &mut c,
@@ -1119,7 +1189,7 @@ mod tests {
             bench.link.read_chunk = read_chunk;
             bench.link.write_chunk = write_chunk;
             let mut buffers = Buffers::new();
-            let mut c = bench.controller(FIXTURE, &[], &mut buffers);
+            let mut c = bench.controller(FIXTURE, None, &mut buffers);
             answers.push(exchange(&mut c, &mut bench.link, &stream));
         }
         assert_eq!(answers[0].len(), 3);
@@ -1162,7 +1232,7 @@ mod tests {
         };
         let mut c = Controller::new(
             FIXTURE,
-            &[],
+            None,
             &mut buffers,
             bench.clock.clone(),
             bench.actuator.clone(),
