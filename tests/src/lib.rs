@@ -1,1 +1,339 @@
 //! Shared fixtures for the cross-crate tests in `tests/tests/`.
+//!
+//! [`fixture_blob`] writes a random but valid policy blob, so the runtime, the firmware and
+//! the host tools can be tested end to end before (and independently of) a trained model.
+//! It is deterministic: the same [`FixtureSpec`] gives the same bytes, which lets the
+//! firmware's unit tests commit one as an asset (`firmware/control/tests/data/`).
+
+use runtime::blob::{
+    encode, Algorithm, HiddenLayer, InputStage, Metadata, OutputLayer, PolicyBlob, Provenance,
+};
+use runtime::noise::SplitMix64;
+use runtime::quant::quantize_multiplier;
+
+/// Shape and seed of a fixture policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FixtureSpec {
+    pub obs_dim: usize,
+    pub act_dim: usize,
+    /// Widths of the hidden layers.
+    pub hidden: Vec<usize>,
+    /// Flow steps per action (1 = FLAME-M, more = FLAME-R).
+    pub nfe: usize,
+    pub seed: u64,
+}
+
+impl FixtureSpec {
+    /// HalfCheetah-sized (obs 17, act 6), hidden 2×64, one step: cheap, for most tests.
+    pub fn small() -> Self {
+        Self {
+            obs_dim: 17,
+            act_dim: 6,
+            hidden: vec![64, 64],
+            nfe: 1,
+            seed: 17,
+        }
+    }
+
+    /// The paper-sized MLP (hidden 3×256) with a few flow steps: the large-blob case.
+    pub fn large() -> Self {
+        Self {
+            obs_dim: 17,
+            act_dim: 6,
+            hidden: vec![256, 256, 256],
+            nfe: 3,
+            seed: 256,
+        }
+    }
+
+    /// The blob committed as `firmware/control/tests/data/fixture-17x6.blob` for the
+    /// firmware's host unit tests: small (hidden 2×32) but with two flow steps.
+    pub fn firmware_unit_test() -> Self {
+        Self {
+            obs_dim: 17,
+            act_dim: 6,
+            hidden: vec![32, 32],
+            nfe: 2,
+            seed: 2024,
+        }
+    }
+}
+
+/// Path of the committed firmware unit-test blob, relative to the repository root.
+pub const FIRMWARE_FIXTURE_ASSET: &str = "firmware/control/tests/data/fixture-17x6.blob";
+
+/// The repository root (this crate lives in `<root>/tests`).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Uniform in [0, 1) from 53 random bits.
+fn uniform(rng: &mut SplitMix64) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    values.into_iter().flat_map(f32::to_le_bytes).collect()
+}
+
+fn i32_bytes(values: impl IntoIterator<Item = i32>) -> Vec<u8> {
+    values.into_iter().flat_map(i32::to_le_bytes).collect()
+}
+
+/// Round half away from zero and saturate to int8.
+fn code(x: f64) -> u8 {
+    (x.round().clamp(-128.0, 127.0) as i8) as u8
+}
+
+/// Scales that keep the fixture's signals in a realistic range: pre-activations use most
+/// of the int8 range without saturating everywhere, so actions vary with the observation.
+const PREACT_SCALE: f64 = 4.0 / 128.0; // pre-activation codes cover [−4, 4)
+const PREACT_STD_CODES: f64 = 40.0;
+const INPUT_CLIP: f32 = 5.0;
+
+/// Owned arrays of one hidden layer (the blob borrows them).
+struct Hidden {
+    in_dim: usize,
+    out_dim: usize,
+    input_zero_point: i8,
+    weights: Vec<u8>,
+    biases: Vec<u8>,
+    multipliers: Vec<u8>,
+    shifts: Vec<u8>,
+    preact_zero_point: i8,
+    activation: Vec<u8>,
+}
+
+/// Random int8 weights in [−127, 127] (−128 is not a valid symmetric weight).
+fn weights(rng: &mut SplitMix64, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|_| ((rng.next_u64() % 255) as i32 - 127) as i8 as u8)
+        .collect()
+}
+
+/// Activation table and its output zero point: tanh for even layers (zero point 0), SiLU
+/// for odd ones (asymmetric output, so the next layer's input zero point is not 0 and the
+/// kernels' offset path is exercised).
+fn activation_table(index: usize, preact_zero_point: i8) -> (Vec<u8>, i8) {
+    let pre = |i: usize| (i as f64 - 128.0 - preact_zero_point as f64) * PREACT_SCALE;
+    if index.is_multiple_of(2) {
+        let table = (0..256).map(|i| code(pre(i).tanh() * 127.0)).collect();
+        (table, 0)
+    } else {
+        let silu = |x: f64| x / (1.0 + (-x).exp());
+        let (lo, hi) = (-0.2785, silu(4.2));
+        let scale = (hi - lo) / 255.0;
+        let zero_point = (-128.0 - lo / scale).round() as i8;
+        let table = (0..256)
+            .map(|i| code(silu(pre(i)) / scale + zero_point as f64))
+            .collect();
+        (table, zero_point)
+    }
+}
+
+/// A random, valid policy blob with the given shape. Weights are uniform int8, biases and
+/// requantization multipliers are chosen so that each layer's pre-activations spread over
+/// the int8 range, and the output velocity is O(1): the policy behaves like a trained one
+/// numerically (saturation, rounding ties, clamping all occur) without being trained.
+pub fn fixture_blob(spec: &FixtureSpec) -> Vec<u8> {
+    assert!(!spec.hidden.is_empty() && spec.nfe >= 1);
+    let mut rng = SplitMix64::new(spec.seed);
+    let (obs, act) = (spec.obs_dim, spec.act_dim);
+
+    let action_low = f32_bytes((0..act).map(|_| -(0.4 + 0.6 * uniform(&mut rng)) as f32));
+    let action_high = f32_bytes((0..act).map(|_| (0.4 + 0.6 * uniform(&mut rng)) as f32));
+    let obs_mean = f32_bytes((0..obs).map(|_| rng.next_gaussian() * 0.5));
+    // Observation spreads from 0.1 to 10: inv_std from 10 to 0.1.
+    let obs_inv_std = f32_bytes((0..obs).map(|_| 10f64.powf(1.0 - 2.0 * uniform(&mut rng)) as f32));
+    // Per-element input scales, as the exporter's per-dimension calibration gives: each
+    // normalized observation uses most of the int8 range over [−clip, clip] (some dims
+    // narrower), and the flow state z (|z| ≤ 6·σ_z) gets its own scale.
+    let obs_scales: Vec<f32> = (0..obs)
+        .map(|_| (127.0 / (INPUT_CLIP as f64 * (0.3 + 0.7 * uniform(&mut rng)))) as f32)
+        .collect();
+    let z_scales: Vec<f32> = (0..act)
+        .map(|_| (127.0 / (3.0 + 2.0 * uniform(&mut rng))) as f32)
+        .collect();
+    let inv_scales = f32_bytes(obs_scales.into_iter().chain(z_scales));
+
+    // Typical |x − zero point| of a layer's input codes, for choosing multipliers.
+    let mut input_std_codes = 25.0;
+    let mut input_zero_point: i8 = 0;
+    let w_std = 127.0 / 3f64.sqrt();
+    let mut hidden = Vec::new();
+    let mut width = obs + act;
+    for (index, &out_dim) in spec.hidden.iter().enumerate() {
+        let acc_std = (width as f64).sqrt() * w_std * input_std_codes;
+        let preact_zero_point = ((rng.next_u64() % 21) as i32 - 10) as i8;
+        let bias_sets = if index == 0 { spec.nfe } else { 1 };
+        let biases = i32_bytes(
+            (0..out_dim * bias_sets).map(|_| (rng.next_gaussian() as f64 * 0.5 * acc_std) as i32),
+        );
+        let mut multipliers = Vec::new();
+        let mut shifts = Vec::new();
+        for _ in 0..out_dim {
+            let real = PREACT_STD_CODES / acc_std * (0.7 + 0.6 * uniform(&mut rng));
+            let (m, s) = quantize_multiplier(real).expect("fixture multiplier in range");
+            multipliers.extend_from_slice(&m.to_le_bytes());
+            shifts.push(s as i8 as u8);
+        }
+        let (activation, out_zero_point) = activation_table(index, preact_zero_point);
+        hidden.push(Hidden {
+            in_dim: width,
+            out_dim,
+            input_zero_point,
+            weights: weights(&mut rng, width * out_dim),
+            biases,
+            multipliers,
+            shifts,
+            preact_zero_point,
+            activation,
+        });
+        input_zero_point = out_zero_point;
+        input_std_codes = 60.0;
+        width = out_dim;
+    }
+    let out_weights = weights(&mut rng, width * act);
+    let out_acc_std = (width as f64).sqrt() * w_std * input_std_codes;
+    let out_biases =
+        i32_bytes((0..act).map(|_| (rng.next_gaussian() as f64 * 0.3 * out_acc_std) as i32));
+    let out_scales =
+        f32_bytes((0..act).map(|_| ((0.3 + 0.4 * uniform(&mut rng)) / out_acc_std) as f32));
+
+    let blob = PolicyBlob {
+        meta: Metadata {
+            env_id: "Fixture-v0",
+            algorithm: if spec.nfe == 1 {
+                Algorithm::FlameM
+            } else {
+                Algorithm::FlameR
+            },
+            obs_dim: obs as u16,
+            act_dim: act as u16,
+            nfe: spec.nfe as u16,
+            action_low: &action_low,
+            action_high: &action_high,
+            noise_std: 1.0,
+            provenance: Provenance {
+                trainer_version: "fixture",
+                git_revision: "none",
+                env_steps: 0,
+                seed: spec.seed,
+                float_return: None,
+                int8_return: None,
+            },
+        },
+        input: InputStage {
+            obs_mean: &obs_mean,
+            obs_inv_std: &obs_inv_std,
+            obs_clip: INPUT_CLIP,
+            inv_scales: &inv_scales,
+            zero_point: 0,
+        },
+        hidden: hidden
+            .iter()
+            .map(|h| HiddenLayer {
+                in_dim: h.in_dim as u16,
+                out_dim: h.out_dim as u16,
+                input_zero_point: h.input_zero_point,
+                weights: &h.weights,
+                biases: &h.biases,
+                multipliers: &h.multipliers,
+                shifts: &h.shifts,
+                preact_zero_point: h.preact_zero_point,
+                activation: &h.activation,
+            })
+            .collect::<heapless::Vec<_, { runtime::MAX_HIDDEN_LAYERS }>>(),
+        output: OutputLayer {
+            in_dim: width as u16,
+            out_dim: act as u16,
+            input_zero_point,
+            weights: &out_weights,
+            biases: &out_biases,
+            scales: &out_scales,
+        },
+    };
+    encode(&blob).expect("fixture blob encodes")
+}
+
+/// Random observations with realistic magnitudes: per-dimension spreads from 0.1 to 10
+/// (joint angles to velocities), plus an occasional outlier beyond the normalizer's clip.
+pub fn random_observation(rng: &mut SplitMix64, obs_dim: usize) -> Vec<f32> {
+    (0..obs_dim)
+        .map(|i| {
+            let spread = [0.1f32, 0.5, 1.0, 3.0, 10.0][i % 5];
+            let x = rng.next_gaussian() * spread;
+            if rng.next_u64().is_multiple_of(50) {
+                x * 20.0
+            } else {
+                x
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runtime::{NoiseMode, Policy, Scratch};
+
+    #[test]
+    fn fixtures_are_valid_deterministic_and_responsive() {
+        for spec in [
+            FixtureSpec::small(),
+            FixtureSpec::large(),
+            FixtureSpec::firmware_unit_test(),
+        ] {
+            let blob = fixture_blob(&spec);
+            assert_eq!(blob, fixture_blob(&spec), "deterministic");
+            let policy = Policy::from_bytes(&blob).unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+            assert_eq!(policy.blob().meta.nfe as usize, spec.nfe);
+            let mut rng = SplitMix64::new(1);
+            let mut scratch = Scratch::new();
+            let mut actions = std::collections::HashSet::new();
+            let mut saturated = 0;
+            for i in 0..200 {
+                let obs = random_observation(&mut rng, spec.obs_dim);
+                let mode = if i % 2 == 0 {
+                    NoiseMode::Deterministic
+                } else {
+                    NoiseMode::Stochastic { seed: i }
+                };
+                let mut a = vec![0.0; spec.act_dim];
+                policy.act(&obs, mode, &mut scratch, &mut a).unwrap();
+                let meta = &policy.blob().meta;
+                for (c, &x) in a.iter().enumerate() {
+                    let (lo, hi) = (
+                        runtime::blob::f32_at(meta.action_low, c),
+                        runtime::blob::f32_at(meta.action_high, c),
+                    );
+                    // The runtime scales with `lo + (z + 1)·0.5·(hi − lo)`, which at z = ±1 can
+                    // round a few ulp outside the bounds (the rounding of hi − lo); anything
+                    // beyond that would be a real bug.
+                    let tol = f32::EPSILON * (hi - lo);
+                    assert!(
+                        x >= lo - tol && x <= hi + tol,
+                        "{x:e} not in [{lo:e}, {hi:e}]"
+                    );
+                    if (x - lo).abs() <= tol || (x - hi).abs() <= tol {
+                        saturated += 1;
+                    }
+                }
+                actions.insert(a.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+            }
+            // A useful fixture's actions depend on the input and are not all clamped.
+            assert!(
+                actions.len() > 190,
+                "{spec:?}: only {} distinct actions",
+                actions.len()
+            );
+            assert!(
+                saturated < 200 * spec.act_dim / 2,
+                "{spec:?}: {saturated} clamped elements"
+            );
+        }
+    }
+}

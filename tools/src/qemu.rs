@@ -43,6 +43,9 @@ pub struct FirmwareBuild {
     /// The policy blob to embed (`FLAME_POLICY_BLOB`); `None` embeds the firmware's default
     /// (`models/default.blob`, or no policy when that does not exist).
     pub blob: Option<PathBuf>,
+    /// Golden vectors to embed (`FLAME_GOLDEN_VECTORS`); `None` takes the exporter's
+    /// `<blob>.golden` next to the blob if it exists, else none.
+    pub golden: Option<PathBuf>,
     /// Board features; empty means the default board (`qemu`).
     pub features: Vec<String>,
     /// The firmware workspace; [`firmware_dir`] by default.
@@ -54,6 +57,7 @@ impl FirmwareBuild {
     pub fn qemu(blob: Option<&Path>) -> Self {
         Self {
             blob: blob.map(Path::to_path_buf),
+            golden: None,
             features: Vec::new(),
             firmware_dir: firmware_dir(),
         }
@@ -124,6 +128,23 @@ pub fn build_firmware(build: &FirmwareBuild) -> Result<PathBuf> {
         }
         None => None,
     };
+    // Name the golden vectors explicitly, so the build and the ELF's name agree on them.
+    let golden = match (&build.golden, &blob) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some((path, _))) => Some(path.with_extension("golden")).filter(|p| p.is_file()),
+        (None, None) => None,
+    };
+    let golden = match golden {
+        Some(path) => {
+            let path = path
+                .canonicalize()
+                .with_context(|| format!("golden vectors {} not found", path.display()))?;
+            let bytes = fs::read(&path)
+                .with_context(|| format!("reading golden vectors {}", path.display()))?;
+            Some((path, runtime::blob::blob_hash(&bytes)))
+        }
+        None => None,
+    };
     let target_dir = dir.join("target");
     fs::create_dir_all(&target_dir)
         .with_context(|| format!("creating {}", target_dir.display()))?;
@@ -151,6 +172,10 @@ pub fn build_firmware(build: &FirmwareBuild) -> Result<PathBuf> {
         Some((path, _)) => cmd.env("FLAME_POLICY_BLOB", path),
         None => cmd.env_remove("FLAME_POLICY_BLOB"),
     };
+    match &golden {
+        Some((path, _)) => cmd.env("FLAME_GOLDEN_VECTORS", path),
+        None => cmd.env_remove("FLAME_GOLDEN_VECTORS"),
+    };
     let out = cmd
         .output()
         .context("running cargo to build the firmware (is cargo on PATH?)")?;
@@ -173,9 +198,10 @@ pub fn build_firmware(build: &FirmwareBuild) -> Result<PathBuf> {
     } else {
         build.features.join("+")
     };
-    let tag = match &blob {
-        Some((_, crc)) => format!("{crc:08x}"),
-        None => "default".to_string(),
+    let tag = match (&blob, &golden) {
+        (Some((_, crc)), Some((_, golden))) => format!("{crc:08x}-golden-{golden:08x}"),
+        (Some((_, crc)), None) => format!("{crc:08x}"),
+        (None, _) => "default".to_string(),
     };
     let copies = target_dir.join("elf");
     fs::create_dir_all(&copies).with_context(|| format!("creating {}", copies.display()))?;
