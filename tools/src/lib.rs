@@ -1,5 +1,8 @@
-//! Host utilities around the firmware: QEMU launcher and firmware builder ([`qemu`]), and
-//! the host end of the serial protocol ([`link`]).
+//! Host utilities around the firmware: QEMU launcher and firmware builder ([`qemu`]), the
+//! host end of the serial protocol ([`link`]), the host-in-the-loop runner ([`hil`]) and
+//! the blob inspector ([`inspect`]).
 
+pub mod hil;
+pub mod inspect;
 pub mod link;
 pub mod qemu;

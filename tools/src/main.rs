@@ -1,1 +1,127 @@
-fn main() {}
+//! `tools` CLI: host-in-the-loop runs and blob inspection.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tools::hil::{run_hil, HilOptions, ModeArg};
+use tools::link::DeviceLink;
+use tools::qemu::{build_firmware, FirmwareBuild, Qemu, QemuOptions};
+
+#[derive(Parser)]
+#[command(name = "tools", version, about = "Host-in-the-loop runner and blob inspector for FLAME MCU policies")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run MuJoCo episodes on the host with the policy on the device (QEMU or a board).
+    Hil {
+        /// The policy blob (the device must run the same blob; with --qemu it is built in).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Task id; must match the blob's (defaults to it).
+        #[arg(long)]
+        env: Option<String>,
+        /// Boot the QEMU netduinoplus2 firmware with this blob.
+        #[arg(long, conflicts_with = "port")]
+        qemu: bool,
+        /// Use a prebuilt firmware ELF with --qemu instead of building one.
+        #[arg(long, requires = "qemu")]
+        firmware: Option<PathBuf>,
+        /// Serial port of a real board (e.g. /dev/ttyACM0).
+        #[arg(long)]
+        port: Option<String>,
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        #[arg(long, default_value_t = 1)]
+        episodes: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "deterministic")]
+        mode: ModeArg,
+        /// Cap each episode at this many steps.
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Attempts per step before giving up on a faulty link.
+        #[arg(long, default_value_t = 5)]
+        attempts: usize,
+        /// Run directory of the float policy, rolled out on the same seeds for comparison.
+        #[arg(long)]
+        float_run: Option<PathBuf>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Describe a policy blob: metadata, provenance, layer shapes and sizes.
+    Inspect { blob: PathBuf },
+}
+
+fn run(cli: Cli) -> Result<bool> {
+    match cli.command {
+        Command::Hil { policy, env, qemu, firmware, port, baud, episodes, seed, mode, max_steps, attempts, float_run, report } => {
+            anyhow::ensure!(episodes > 0, "--episodes must be at least 1");
+            let blob = std::fs::read(&policy).with_context(|| format!("reading policy blob {}", policy.display()))?;
+            let parsed = runtime::Policy::from_bytes(&blob).map_err(|e| anyhow::anyhow!("{}: {e}", policy.display()))?;
+            let blob_env = parsed.blob().meta.env_id.to_string();
+            if let Some(env) = &env {
+                trainer::env::spec(env)?;
+                if *env != blob_env {
+                    bail!("--env {env} does not match the blob's task {blob_env}");
+                }
+            }
+            let opts = HilOptions { episodes, seed, mode, max_steps, attempts, float_run };
+            let result = if qemu {
+                let elf = match firmware {
+                    Some(elf) => elf,
+                    None => {
+                        eprintln!("building the QEMU firmware with {} ...", policy.display());
+                        build_firmware(&FirmwareBuild::qemu(Some(&policy)))?
+                    }
+                };
+                let emulator = Qemu::start(&QemuOptions::new(&elf))?;
+                let mut link = DeviceLink::new(emulator).with_timeout(Duration::from_secs(5));
+                run_hil(&mut link, &blob, &opts)?
+            } else if let Some(port) = port {
+                let serial = serialport::new(&port, baud)
+                    .timeout(Duration::from_millis(100))
+                    .open()
+                    .with_context(|| format!("opening serial port {port}"))?;
+                let mut link = DeviceLink::new(serial).with_timeout(Duration::from_secs(1));
+                run_hil(&mut link, &blob, &opts)?
+            } else {
+                bail!("say where the device is: --qemu or --port PATH");
+            };
+            println!("{result}");
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(result.bit_exact())
+        }
+        Command::Inspect { blob } => {
+            let bytes = std::fs::read(&blob).with_context(|| format!("reading {}", blob.display()))?;
+            let text = tools::inspect::describe(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", blob.display()))?;
+            println!("{text}");
+            Ok(true)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("tools: error: the device's actions differ from the host runtime's");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tools: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
