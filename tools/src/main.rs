@@ -34,8 +34,12 @@ enum Command {
         #[arg(long, requires = "qemu")]
         firmware: Option<PathBuf>,
         /// Serial port of a real board (e.g. /dev/ttyACM0).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "connect")]
         port: Option<String>,
+        /// TCP address of an already running emulator's UART (the firmware's
+        /// `cargo run --release` listens on 127.0.0.1:4321).
+        #[arg(long, conflicts_with = "qemu")]
+        connect: Option<String>,
         #[arg(long, default_value_t = 115_200)]
         baud: u32,
         #[arg(long, default_value_t = 1)]
@@ -63,7 +67,7 @@ enum Command {
 
 fn run(cli: Cli) -> Result<bool> {
     match cli.command {
-        Command::Hil { policy, env, qemu, firmware, port, baud, episodes, seed, mode, max_steps, attempts, float_run, report } => {
+        Command::Hil { policy, env, qemu, firmware, port, connect, baud, episodes, seed, mode, max_steps, attempts, float_run, report } => {
             anyhow::ensure!(episodes > 0, "--episodes must be at least 1");
             let blob = std::fs::read(&policy).with_context(|| format!("reading policy blob {}", policy.display()))?;
             let parsed = runtime::Policy::from_bytes(&blob).map_err(|e| anyhow::anyhow!("{}: {e}", policy.display()))?;
@@ -93,8 +97,13 @@ fn run(cli: Cli) -> Result<bool> {
                     .with_context(|| format!("opening serial port {port}"))?;
                 let mut link = DeviceLink::new(serial).with_timeout(Duration::from_secs(1));
                 run_hil(&mut link, &blob, &opts)?
+            } else if let Some(addr) = connect {
+                let stream = std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
+                stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+                let mut link = DeviceLink::new(stream).with_timeout(Duration::from_secs(5));
+                run_hil(&mut link, &blob, &opts)?
             } else {
-                bail!("say where the device is: --qemu or --port PATH");
+                bail!("say where the device is: --qemu, --port PATH or --connect HOST:PORT");
             };
             println!("{result}");
             if let Some(path) = report {
