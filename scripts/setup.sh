@@ -41,7 +41,9 @@ versions_ok() {
     [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - <<PY 2>/dev/null
 import importlib.metadata as m, sys
 want = {"torch": "$TORCH_VERSION", "mujoco": "$MUJOCO_VERSION", "gymnasium": "$GYMNASIUM_VERSION"}
-sys.exit(0 if all(m.version(k).split("+")[0] == v for k, v in want.items()) else 1)
+ok = all(m.version(k).split("+")[0] == v for k, v in want.items())
+import gymnasium.envs.mujoco.half_cheetah_v5  # needs the [mujoco] extras (imageio, packaging)
+sys.exit(0 if ok else 1)
 PY
 }
 if ! versions_ok; then
@@ -49,7 +51,7 @@ if ! versions_ok; then
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip \
         || die "pip could not reach the package index (PyPI): check the network or a PIP_INDEX_URL mirror"
-    "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" "mujoco==$MUJOCO_VERSION" "gymnasium==$GYMNASIUM_VERSION" \
+    "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" "mujoco==$MUJOCO_VERSION" "gymnasium[mujoco]==$GYMNASIUM_VERSION" \
         || die "pip install of torch/mujoco/gymnasium failed (see above): check the network or PIP_INDEX_URL"
     versions_ok || die "venv $VENV still lacks the pinned versions after pip install"
 fi
@@ -64,7 +66,10 @@ ln -sfn "$SITE/mujoco/libmujoco.so.$MUJOCO_VERSION" "$DEPS/mujoco-lib/libmujoco.
 ln -sfn "libmujoco.so.$MUJOCO_VERSION" "$DEPS/mujoco-lib/libmujoco.so"
 ln -sfn "$SITE/torch" "$DEPS/libtorch"
 ln -sfn "$SITE/gymnasium/envs/mujoco/assets" "$DEPS/mujoco-assets"
-ln -sfn "$VENV/bin/python" "$DEPS/python"
+# A wrapper, not a link: python started through a symlink outside the venv misses it.
+rm -f "$DEPS/python"
+printf '#!/bin/sh\nexec "%s" "$@"\n' "$VENV/bin/python" > "$DEPS/python"
+chmod +x "$DEPS/python"
 # The checkout's view of the cache (what .cargo/config.toml names).
 if [ "$(readlink "$ROOT/.deps" 2>/dev/null || true)" != "$DEPS" ]; then
     rm -rf "$ROOT/.deps"

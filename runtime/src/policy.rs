@@ -191,7 +191,9 @@ impl<'a> Policy<'a> {
         for (c, a) in action.iter_mut().enumerate() {
             let clipped = z[c].clamp(-1.0, 1.0);
             let (lo, hi) = (f32_at(meta.action_low, c), f32_at(meta.action_high, c));
-            *a = lo + (clipped + 1.0) * 0.5 * (hi - lo);
+            // The affine map can round a few ulp past a bound; clamp so the action is
+            // always inside the env's box.
+            *a = (lo + (clipped + 1.0) * 0.5 * (hi - lo)).clamp(lo, hi);
         }
         Ok(())
     }

@@ -23,20 +23,8 @@ pub fn assets_dir() -> PathBuf {
 }
 
 /// The venv python with gymnasium 1.4 and mujoco 3.17, used by the conformance tests to
-/// run the reference environments: `<deps>/python`.
-///
-/// If that is a symlink we follow it one level (to `<venv>/bin/python`): Python finds its
-/// venv from the path it was started by (`pyvenv.cfg` next to or above the executable),
-/// so started through a link outside the venv it would run without the venv's packages.
-/// Resolving fully would be as wrong, since `<venv>/bin/python` itself links to the base
-/// interpreter.
+/// run the reference environments: `<deps>/python`, a wrapper script that `setup.sh`
+/// writes (a plain symlink would start Python outside its venv).
 pub fn reference_python() -> PathBuf {
-    let link = deps_dir().join("python");
-    match std::fs::read_link(&link) {
-        // A relative target is relative to the link's directory.
-        Ok(target) => link
-            .parent()
-            .map_or(target.clone(), |dir| dir.join(&target)),
-        Err(_) => link,
-    }
+    deps_dir().join("python")
 }
