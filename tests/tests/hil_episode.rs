@@ -32,7 +32,12 @@ fn exported_flame_m_policy_runs_bit_exact_in_qemu_for_a_full_episode() {
     let blob_path = dir.join("policy.blob");
     let report = export(
         &dir,
-        &ExportOptions { out: blob_path.clone(), episodes: 1, max_action_error: 0.15, golden: 32 },
+        &ExportOptions {
+            out: blob_path.clone(),
+            episodes: 1,
+            max_action_error: 0.15,
+            golden: 32,
+        },
     )
     .unwrap();
     assert!(report.max_action_error <= 0.15 && report.golden_vectors == 32);
@@ -57,7 +62,10 @@ fn exported_flame_m_policy_runs_bit_exact_in_qemu_for_a_full_episode() {
     )
     .unwrap();
     let episode = &deterministic.episodes[0];
-    assert_eq!(episode.steps, 1000, "HalfCheetah never terminates: the episode is truncated at 1000");
+    assert_eq!(
+        episode.steps, 1000,
+        "HalfCheetah never terminates: the episode is truncated at 1000"
+    );
     assert_eq!(episode.bit_exact_steps, 1000, "{deterministic}");
     assert_eq!(episode.link_errors, 0);
     assert!(episode.float_return.is_some());
@@ -80,6 +88,9 @@ fn exported_flame_m_policy_runs_bit_exact_in_qemu_for_a_full_episode() {
     assert!(stochastic.bit_exact(), "{stochastic}");
     assert!(stochastic.episodes.iter().all(|e| e.steps == 100));
     // Different seeds drive different actions: the returns differ.
-    assert_ne!(stochastic.episodes[0].total_return, stochastic.episodes[1].total_return);
+    assert_ne!(
+        stochastic.episodes[0].total_return,
+        stochastic.episodes[1].total_return
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -75,31 +75,65 @@ impl HilReport {
         self.episodes.iter().all(|e| e.bit_exact_steps == e.steps)
     }
     pub fn mean_return(&self) -> f64 {
-        self.episodes.iter().map(|e| e.total_return).sum::<f64>() / self.episodes.len().max(1) as f64
+        self.episodes.iter().map(|e| e.total_return).sum::<f64>()
+            / self.episodes.len().max(1) as f64
     }
 }
 
 impl std::fmt::Display for HilReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "host-in-the-loop: {} | blob crc32 {:#010x} | mode {:?}", self.env_id, self.blob_hash, self.mode)?;
-        writeln!(f, "{:>7} {:>6} {:>6} {:>12} {:>12} {:>11} {:>11}", "episode", "seed", "steps", "return", "float ret", "bit-exact", "link errs")?;
+        writeln!(
+            f,
+            "host-in-the-loop: {} | blob crc32 {:#010x} | mode {:?}",
+            self.env_id, self.blob_hash, self.mode
+        )?;
+        writeln!(
+            f,
+            "{:>7} {:>6} {:>6} {:>12} {:>12} {:>11} {:>11}",
+            "episode", "seed", "steps", "return", "float ret", "bit-exact", "link errs"
+        )?;
         for (i, e) in self.episodes.iter().enumerate() {
-            let float = e.float_return.map_or("-".to_string(), |r| format!("{r:.2}"));
+            let float = e
+                .float_return
+                .map_or("-".to_string(), |r| format!("{r:.2}"));
             writeln!(
                 f,
                 "{:>7} {:>6} {:>6} {:>12.2} {:>12} {:>5}/{:<5} {:>11}",
-                i, e.seed, e.steps, e.total_return, float, e.bit_exact_steps, e.steps, e.link_errors
+                i,
+                e.seed,
+                e.steps,
+                e.total_return,
+                float,
+                e.bit_exact_steps,
+                e.steps,
+                e.link_errors
             )?;
         }
-        writeln!(f, "mean return     {:.2} over {} episode(s)", self.mean_return(), self.episodes.len())?;
+        writeln!(
+            f,
+            "mean return     {:.2} over {} episode(s)",
+            self.mean_return(),
+            self.episodes.len()
+        )?;
         if let (Some(fl), Some(q)) = (self.export_float_return, self.export_int8_return) {
-            writeln!(f, "at export       float {fl:.2}, int8 {q:.2} (blob provenance)")?;
+            writeln!(
+                f,
+                "at export       float {fl:.2}, int8 {q:.2} (blob provenance)"
+            )?;
         }
         let unit = self.cost_unit.as_deref().unwrap_or("cost units");
-        writeln!(f, "cost/action     min {}  median {}  max {} {unit}", self.cost_min, self.cost_median, self.cost_max)?;
+        writeln!(
+            f,
+            "cost/action     min {}  median {}  max {} {unit}",
+            self.cost_min, self.cost_median, self.cost_max
+        )?;
         let links: usize = self.episodes.iter().map(|e| e.link_errors).sum();
         writeln!(f, "link errors     {links}")?;
-        write!(f, "bit-exact: {}", if self.bit_exact() { "yes" } else { "NO" })
+        write!(
+            f,
+            "bit-exact: {}",
+            if self.bit_exact() { "yes" } else { "NO" }
+        )
     }
 }
 
@@ -109,16 +143,28 @@ fn step_seed(seed: u64, episode: usize, step: usize) -> u64 {
 }
 
 /// Run `opts.episodes` episodes of `blob`'s task with the device in the loop.
-pub fn run_hil<T: Read + Write>(link: &mut DeviceLink<T>, blob: &[u8], opts: &HilOptions) -> Result<HilReport> {
+pub fn run_hil<T: Read + Write>(
+    link: &mut DeviceLink<T>,
+    blob: &[u8],
+    opts: &HilOptions,
+) -> Result<HilReport> {
     let policy = Policy::from_bytes(blob).map_err(|e| anyhow::anyhow!("policy blob: {e}"))?;
     let meta = &policy.blob().meta;
     let env_id = meta.env_id.to_string();
     let mut env = env::make(&env_id)?;
     if env.spec().obs_dim != policy.obs_dim() || env.spec().act_dim != policy.act_dim() {
-        bail!("blob dims (obs {}, act {}) do not match {env_id}", policy.obs_dim(), policy.act_dim());
+        bail!(
+            "blob dims (obs {}, act {}) do not match {env_id}",
+            policy.obs_dim(),
+            policy.act_dim()
+        );
     }
     let cost_unit = match link.sync(std::time::Duration::from_secs(10))? {
-        runtime::wire::Response::Info { blob_hash, cost_unit, .. } => {
+        runtime::wire::Response::Info {
+            blob_hash,
+            cost_unit,
+            ..
+        } => {
             let host_hash = runtime::blob::blob_hash(blob);
             if blob_hash != host_hash {
                 bail!("the device runs blob {blob_hash:#010x}, not {host_hash:#010x}: flash or build the firmware with this blob");
@@ -155,13 +201,21 @@ pub fn run_hil<T: Read + Write>(link: &mut DeviceLink<T>, blob: &[u8], opts: &Hi
         loop {
             let mode = match opts.mode {
                 ModeArg::Deterministic => NoiseMode::Deterministic,
-                ModeArg::Stochastic => NoiseMode::Stochastic { seed: step_seed(opts.seed, e, report.steps) },
+                ModeArg::Stochastic => NoiseMode::Stochastic {
+                    seed: step_seed(opts.seed, e, report.steps),
+                },
             };
             let device = act_with_retries(link, &obs, mode, opts.attempts, &mut report.link_errors)
                 .with_context(|| format!("episode {e} step {}", report.steps))?;
-            policy.act(&obs, mode, &mut scratch, &mut host_action).map_err(|err| anyhow::anyhow!("host runtime: {err}"))?;
+            policy
+                .act(&obs, mode, &mut scratch, &mut host_action)
+                .map_err(|err| anyhow::anyhow!("host runtime: {err}"))?;
             let exact = device.action.len() == host_action.len()
-                && device.action.iter().zip(&host_action).all(|(d, h)| d.to_bits() == h.to_bits());
+                && device
+                    .action
+                    .iter()
+                    .zip(&host_action)
+                    .all(|(d, h)| d.to_bits() == h.to_bits());
             report.bit_exact_steps += usize::from(exact);
             costs.push(device.cost);
             let action: Vec<f64> = device.action.iter().map(|&a| a as f64).collect();
@@ -184,7 +238,12 @@ pub fn run_hil<T: Read + Write>(link: &mut DeviceLink<T>, blob: &[u8], opts: &Hi
         episodes.push(report);
     }
     costs.sort_unstable();
-    let pick = |q: f64| costs.get(((costs.len().saturating_sub(1)) as f64 * q).round() as usize).copied().unwrap_or(0);
+    let pick = |q: f64| {
+        costs
+            .get(((costs.len().saturating_sub(1)) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     Ok(HilReport {
         env_id,
         blob_hash: runtime::blob::blob_hash(blob),
@@ -212,9 +271,9 @@ fn act_with_retries<T: Read + Write>(
     for _ in 0..attempts.max(1) {
         match link.act(obs, mode) {
             Ok(a) => return Ok(a),
-            Err(e @ LinkError::Device { .. }) | Err(e @ LinkError::Closed) | Err(e @ LinkError::Encode(_)) => {
-                return Err(e.into())
-            }
+            Err(e @ LinkError::Device { .. })
+            | Err(e @ LinkError::Closed)
+            | Err(e @ LinkError::Encode(_)) => return Err(e.into()),
             Err(e) => {
                 *errors += 1;
                 last = Some(e);
@@ -223,5 +282,8 @@ fn act_with_retries<T: Read + Write>(
             }
         }
     }
-    Err(anyhow::anyhow!("gave up after {attempts} attempts: {}", last.map_or("no attempt".into(), |e| e.to_string())))
+    Err(anyhow::anyhow!(
+        "gave up after {attempts} attempts: {}",
+        last.map_or("no attempt".into(), |e| e.to_string())
+    ))
 }

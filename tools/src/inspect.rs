@@ -12,11 +12,30 @@ pub fn describe(bytes: &[u8]) -> Result<String, runtime::BlobError> {
     let m = &b.meta;
     let p = &m.provenance;
     let mut s = String::new();
-    let _ = writeln!(s, "format        v{FORMAT_VERSION}, {} bytes (header {HEADER_LEN}), crc32 {:#010x}", bytes.len(), blob_hash(bytes));
-    let _ = writeln!(s, "env           {}  obs {}  act {}", m.env_id, m.obs_dim, m.act_dim);
-    let _ = writeln!(s, "algorithm     {:?}, {} network evaluation(s) per action, noise σ_z {}", m.algorithm, m.nfe, m.noise_std);
+    let _ = writeln!(
+        s,
+        "format        v{FORMAT_VERSION}, {} bytes (header {HEADER_LEN}), crc32 {:#010x}",
+        bytes.len(),
+        blob_hash(bytes)
+    );
+    let _ = writeln!(
+        s,
+        "env           {}  obs {}  act {}",
+        m.env_id, m.obs_dim, m.act_dim
+    );
+    let _ = writeln!(
+        s,
+        "algorithm     {:?}, {} network evaluation(s) per action, noise σ_z {}",
+        m.algorithm, m.nfe, m.noise_std
+    );
     let bounds: Vec<String> = (0..m.act_dim as usize)
-        .map(|i| format!("[{}, {}]", f32_at(m.action_low, i), f32_at(m.action_high, i)))
+        .map(|i| {
+            format!(
+                "[{}, {}]",
+                f32_at(m.action_low, i),
+                f32_at(m.action_high, i)
+            )
+        })
         .collect();
     let _ = writeln!(s, "action bounds {}", bounds.join(" "));
     let _ = writeln!(
@@ -29,7 +48,11 @@ pub fn describe(bytes: &[u8]) -> Result<String, runtime::BlobError> {
         p.float_return.map_or("-".into(), |r| format!("{r:.2}")),
         p.int8_return.map_or("-".into(), |r| format!("{r:.2}")),
     );
-    let _ = writeln!(s, "input         obs clip ±{}, zero point {}", b.input.obs_clip, b.input.zero_point);
+    let _ = writeln!(
+        s,
+        "input         obs clip ±{}, zero point {}",
+        b.input.obs_clip, b.input.zero_point
+    );
     let mut weight_bytes = 0;
     for (i, l) in b.hidden.iter().enumerate() {
         let bias_sets = l.biases.len() / (4 * l.out_dim as usize);
@@ -43,8 +66,19 @@ pub fn describe(bytes: &[u8]) -> Result<String, runtime::BlobError> {
         weight_bytes += l.weights.len();
     }
     let o = &b.output;
-    let _ = writeln!(s, "output        {:>4} -> {:<4} int8 weights {:>7} B, f32 dequantization", o.in_dim, o.out_dim, o.weights.len());
+    let _ = writeln!(
+        s,
+        "output        {:>4} -> {:<4} int8 weights {:>7} B, f32 dequantization",
+        o.in_dim,
+        o.out_dim,
+        o.weights.len()
+    );
     weight_bytes += o.weights.len();
-    let _ = write!(s, "totals        {} MACs/action, {} B of int8 weights", policy.macs_per_action(), weight_bytes);
+    let _ = write!(
+        s,
+        "totals        {} MACs/action, {} B of int8 weights",
+        policy.macs_per_action(),
+        weight_bytes
+    );
     Ok(s)
 }

@@ -11,7 +11,11 @@ use tools::link::DeviceLink;
 use tools::qemu::{build_firmware, FirmwareBuild, Qemu, QemuOptions};
 
 #[derive(Parser)]
-#[command(name = "tools", version, about = "Host-in-the-loop runner and blob inspector for FLAME MCU policies")]
+#[command(
+    name = "tools",
+    version,
+    about = "Host-in-the-loop runner and blob inspector for FLAME MCU policies"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,10 +71,27 @@ enum Command {
 
 fn run(cli: Cli) -> Result<bool> {
     match cli.command {
-        Command::Hil { policy, env, qemu, firmware, port, connect, baud, episodes, seed, mode, max_steps, attempts, float_run, report } => {
+        Command::Hil {
+            policy,
+            env,
+            qemu,
+            firmware,
+            port,
+            connect,
+            baud,
+            episodes,
+            seed,
+            mode,
+            max_steps,
+            attempts,
+            float_run,
+            report,
+        } => {
             anyhow::ensure!(episodes > 0, "--episodes must be at least 1");
-            let blob = std::fs::read(&policy).with_context(|| format!("reading policy blob {}", policy.display()))?;
-            let parsed = runtime::Policy::from_bytes(&blob).map_err(|e| anyhow::anyhow!("{}: {e}", policy.display()))?;
+            let blob = std::fs::read(&policy)
+                .with_context(|| format!("reading policy blob {}", policy.display()))?;
+            let parsed = runtime::Policy::from_bytes(&blob)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", policy.display()))?;
             let blob_env = parsed.blob().meta.env_id.to_string();
             if let Some(env) = &env {
                 trainer::env::spec(env)?;
@@ -78,7 +99,14 @@ fn run(cli: Cli) -> Result<bool> {
                     bail!("--env {env} does not match the blob's task {blob_env}");
                 }
             }
-            let opts = HilOptions { episodes, seed, mode, max_steps, attempts, float_run };
+            let opts = HilOptions {
+                episodes,
+                seed,
+                mode,
+                max_steps,
+                attempts,
+                float_run,
+            };
             let result = if qemu {
                 let elf = match firmware {
                     Some(elf) => elf,
@@ -98,7 +126,8 @@ fn run(cli: Cli) -> Result<bool> {
                 let mut link = DeviceLink::new(serial).with_timeout(Duration::from_secs(1));
                 run_hil(&mut link, &blob, &opts)?
             } else if let Some(addr) = connect {
-                let stream = std::net::TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
+                let stream = std::net::TcpStream::connect(&addr)
+                    .with_context(|| format!("connecting to {addr}"))?;
                 stream.set_read_timeout(Some(Duration::from_millis(100)))?;
                 let mut link = DeviceLink::new(stream).with_timeout(Duration::from_secs(5));
                 run_hil(&mut link, &blob, &opts)?
@@ -113,8 +142,10 @@ fn run(cli: Cli) -> Result<bool> {
             Ok(result.bit_exact())
         }
         Command::Inspect { blob } => {
-            let bytes = std::fs::read(&blob).with_context(|| format!("reading {}", blob.display()))?;
-            let text = tools::inspect::describe(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", blob.display()))?;
+            let bytes =
+                std::fs::read(&blob).with_context(|| format!("reading {}", blob.display()))?;
+            let text = tools::inspect::describe(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", blob.display()))?;
             println!("{text}");
             Ok(true)
         }

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn tools(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tools")).args(args).output().expect("run tools");
+    let out = Command::new(env!("CARGO_BIN_EXE_tools"))
+        .args(args)
+        .output()
+        .expect("run tools");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -14,7 +17,8 @@ fn tools(args: &[&str]) -> (bool, String, String) {
 
 /// A valid 17×6 blob that the firmware's unit tests also use.
 fn fixture_blob() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../firmware/control/tests/data/fixture-17x6.blob")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../firmware/control/tests/data/fixture-17x6.blob")
 }
 
 fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
@@ -27,7 +31,10 @@ fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
 fn inspect_describes_a_valid_blob() {
     let (ok, out, err) = tools(&["inspect", fixture_blob().to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(out.contains("obs 17") && out.contains("act 6") && out.contains("MACs/action"), "{out}");
+    assert!(
+        out.contains("obs 17") && out.contains("act 6") && out.contains("MACs/action"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -60,5 +67,8 @@ fn hil_needs_a_device_and_a_matching_env() {
     assert!(err.contains("--qemu"), "{err}");
     let (ok, _, err) = tools(&["hil", "--qemu", "--policy", blob, "--env", "Nope-v5"]);
     assert!(!ok);
-    assert!(err.contains("Nope-v5") && err.contains("HalfCheetah-v5"), "{err}");
+    assert!(
+        err.contains("Nope-v5") && err.contains("HalfCheetah-v5"),
+        "{err}"
+    );
 }

@@ -3,8 +3,14 @@
 use std::process::Command;
 
 fn trainer(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer")).args(args).output().expect("run trainer");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).trim().to_string())
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .output()
+        .expect("run trainer");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
 }
 
 fn scratch_dir(name: &str) -> std::path::PathBuf {
@@ -19,7 +25,10 @@ fn unknown_env_lists_the_valid_ids() {
     let (ok, err) = trainer(&["init", "--env", "Nope-v5", "--out", dir.to_str().unwrap()]);
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("Nope-v5") && err.contains("HalfCheetah-v5") && err.contains("Humanoid-v5"), "{err}");
+    assert!(
+        err.contains("Nope-v5") && err.contains("HalfCheetah-v5") && err.contains("Humanoid-v5"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -29,7 +38,10 @@ fn export_refuses_a_directory_that_is_not_a_run() {
     let (ok, err) = trainer(&["export", dir.to_str().unwrap(), "--out", "/dev/null"]);
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("is not a run directory") && err.contains("config.json"), "{err}");
+    assert!(
+        err.contains("is not a run directory") && err.contains("config.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -37,7 +49,10 @@ fn invalid_values_are_refused() {
     let dir = scratch_dir("values");
     let out = dir.to_str().unwrap();
     for (args, needle) in [
-        (vec!["init", "--nfe", "0", "--algo", "flame-r", "--out", out], "--nfe"),
+        (
+            vec!["init", "--nfe", "0", "--algo", "flame-r", "--out", out],
+            "--nfe",
+        ),
         (vec!["init", "--nfe", "4", "--out", out], "--nfe must be 1"),
         (vec!["init", "--states", "3", "--out", out], "--states"),
         (vec!["init", "--hidden", "0", "--out", out], "--hidden"),
@@ -52,7 +67,12 @@ fn invalid_values_are_refused() {
 
 #[test]
 fn devices_include_the_cpu() {
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer")).arg("devices").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .arg("devices")
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "cpu"));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l == "cpu"));
 }
