@@ -3,6 +3,7 @@
 
 pub mod env;
 pub mod export;
+pub mod flame;
 pub mod init;
 pub mod policy_net;
 pub mod quantize;
