@@ -189,23 +189,23 @@ impl core::fmt::Display for BlobError {
 /// Read the i-th little-endian f32 of a byte array. Callers index within validated bounds.
 #[inline]
 pub fn f32_at(bytes: &[u8], i: usize) -> f32 {
-    f32::from_le_bytes([
-        bytes[4 * i],
-        bytes[4 * i + 1],
-        bytes[4 * i + 2],
-        bytes[4 * i + 3],
-    ])
+    f32::from_bits(u32_at(bytes, i))
+}
+
+/// Read the i-th little-endian u32 of a byte array: one bounds check, one (unaligned)
+/// load on targets that allow it.
+#[inline]
+fn u32_at(bytes: &[u8], i: usize) -> u32 {
+    let word: [u8; 4] = bytes[4 * i..4 * i + 4]
+        .try_into()
+        .expect("a 4-byte slice converts to [u8; 4]");
+    u32::from_le_bytes(word)
 }
 
 /// Read the i-th little-endian i32 of a byte array.
 #[inline]
 pub fn i32_at(bytes: &[u8], i: usize) -> i32 {
-    i32::from_le_bytes([
-        bytes[4 * i],
-        bytes[4 * i + 1],
-        bytes[4 * i + 2],
-        bytes[4 * i + 3],
-    ])
+    u32_at(bytes, i) as i32
 }
 
 /// CRC-32 of a whole blob file; the firmware reports it as the blob's identity.
@@ -352,7 +352,7 @@ fn check_len(array: &[u8], expected: usize) -> Result<(), BlobError> {
 
 /// Symmetric int8 weights never use −128 (its negation does not fit).
 fn check_weights(weights: &[u8]) -> Result<(), BlobError> {
-    if weights.iter().any(|&w| w == 0x80) {
+    if weights.contains(&0x80) {
         Err(BlobError::InvalidValue)
     } else {
         Ok(())

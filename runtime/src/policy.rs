@@ -8,7 +8,7 @@
 //! scaled to the env's bounds. With nfe = 1 this is FLAME-M's `a = clip(z − u(z, 0, 1))`.
 
 use crate::blob::{f32_at, i32_at, HiddenLayer, PolicyBlob};
-use crate::kernels::dot;
+use crate::kernels::dense;
 use crate::noise::SplitMix64;
 use crate::quant::{multiply_by_quantized_multiplier, round_half_away_f32, saturate_i8};
 use crate::{BlobError, MAX_ACT, MAX_WIDTH};
@@ -180,12 +180,11 @@ impl<'a> Policy<'a> {
             };
             let out = &self.blob.output;
             let zp = out.input_zero_point as i32;
-            for (c, zc) in z.iter_mut().enumerate() {
-                let row = &out.weights[c * width..(c + 1) * width];
-                let acc = dot(row, x, zp).wrapping_add(i32_at(out.biases, c));
+            dense(out.weights, act_dim, x, zp, |c, acc| {
+                let acc = acc.wrapping_add(i32_at(out.biases, c));
                 let u = acc as f32 * f32_at(out.scales, c);
-                *zc -= step * u;
-            }
+                z[c] -= step * u;
+            });
         }
 
         for (c, a) in action.iter_mut().enumerate() {
@@ -201,20 +200,28 @@ impl<'a> Policy<'a> {
 
 /// One hidden layer: dense int8, per-channel requantization, activation table.
 fn hidden_layer(layer: &HiddenLayer<'_>, bias_set: usize, x: &[i8], y: &mut [i8]) {
-    let width = x.len();
     let out_dim = layer.out_dim as usize;
     let zp = layer.input_zero_point as i32;
-    for (c, out) in y[..out_dim].iter_mut().enumerate() {
-        let row = &layer.weights[c * width..(c + 1) * width];
-        let acc = dot(row, x, zp).wrapping_add(i32_at(layer.biases, bias_set * out_dim + c));
-        let pre = multiply_by_quantized_multiplier(
-            acc,
-            i32_at(layer.multipliers, c),
-            layer.shifts[c] as i8 as i32,
-        );
-        let code = saturate_i8(pre.saturating_add(layer.preact_zero_point as i32));
-        *out = layer.activation[(code as i32 + 128) as usize] as i8;
-    }
+    let biases = &layer.biases[4 * bias_set * out_dim..4 * (bias_set + 1) * out_dim];
+    let (multipliers, shifts) = (&layer.multipliers[..4 * out_dim], &layer.shifts[..out_dim]);
+    let y = &mut y[..out_dim];
+    let table: &[u8; 256] = layer
+        .activation
+        .try_into()
+        .expect("validated: 256-entry activation table");
+    let preact_zero_point = layer.preact_zero_point as i32;
+    // Requantize each channel as the kernel emits it (inlined into the kernel's loop).
+    dense(layer.weights, out_dim, x, zp, |c, acc| {
+        if c >= out_dim {
+            return; // never: `dense` emits rows 0..out_dim (lets the compiler drop checks)
+        }
+        let acc = acc.wrapping_add(i32_at(biases, c));
+        let pre =
+            multiply_by_quantized_multiplier(acc, i32_at(multipliers, c), shifts[c] as i8 as i32);
+        let code = saturate_i8(pre.saturating_add(preact_zero_point));
+        // `code + 128` as the table index.
+        y[c] = table[(code as u8 ^ 0x80) as usize] as i8;
+    });
 }
 
 #[inline]

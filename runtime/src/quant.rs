@@ -16,18 +16,19 @@ pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
     if a == i32::MIN && b == i32::MIN {
         return i32::MAX;
     }
-    let ab = a as i64 * b as i64;
-    let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
-    // Division (truncating toward zero), not an arithmetic shift: this is what makes the
-    // rounding symmetric around zero.
-    ((ab + nudge) / (1i64 << 31)) as i32
+    // gemmlowp writes this as `(ab + nudge) / 2^31` with a truncating division and
+    // `nudge = 2^30` for ab ≥ 0, `1 − 2^30` for ab < 0. Both cases equal
+    // `floor((ab + 2^30) / 2^31)`: for y = ab + 1 − 2^30 < 0, trunc(y / 2^31) =
+    // floor((y + 2^31 − 1) / 2^31). So one add and an arithmetic shift give the same bits
+    // (tests compare with the gemmlowp form), without a branch or a 64-bit division.
+    ((a as i64 * b as i64 + (1 << 30)) >> 31) as i32
 }
 
 /// `round(x / 2^exponent)`, rounding half away from zero. `exponent` in 0..=31.
 #[inline]
 pub fn rounding_divide_by_pot(x: i32, exponent: u32) -> i32 {
     debug_assert!(exponent <= 31);
-    let mask: i32 = ((1i64 << exponent) - 1) as i32;
+    let mask: i32 = (1u32 << exponent).wrapping_sub(1) as i32;
     let remainder = x & mask;
     let threshold = (mask >> 1) + i32::from(x < 0);
     (x >> exponent) + i32::from(remainder > threshold)
@@ -36,13 +37,16 @@ pub fn rounding_divide_by_pot(x: i32, exponent: u32) -> i32 {
 /// Apply a quantized multiplier `(m, shift)` (see [`quantize_multiplier`]) to `x`.
 #[inline]
 pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
-    let left = if shift > 0 { shift as u32 } else { 0 };
-    let right = if shift < 0 { (-shift) as u32 } else { 0 };
-    let scaled = x.saturating_mul(1i32 << left);
-    rounding_divide_by_pot(
-        saturating_rounding_doubling_high_mul(scaled, multiplier),
-        right,
-    )
+    if shift > 0 {
+        let scaled = x.saturating_mul(1i32 << shift as u32);
+        saturating_rounding_doubling_high_mul(scaled, multiplier)
+    } else {
+        // x · 2^0 needs no saturation.
+        rounding_divide_by_pot(
+            saturating_rounding_doubling_high_mul(x, multiplier),
+            (-shift) as u32,
+        )
+    }
 }
 
 /// Smallest and largest `shift` a blob may store: right shifts up to 31, left shifts up to 30.
@@ -101,6 +105,73 @@ pub fn saturate_i8(x: i32) -> i8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// gemmlowp's formulation, the oracle for the branch-free one.
+    fn high_mul_gemmlowp(a: i32, b: i32) -> i32 {
+        if a == i32::MIN && b == i32::MIN {
+            return i32::MAX;
+        }
+        let ab = a as i64 * b as i64;
+        let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
+        ((ab + nudge) / (1i64 << 31)) as i32
+    }
+
+    /// The original two-sided form of `multiply_by_quantized_multiplier`.
+    fn multiply_two_sided(x: i32, multiplier: i32, shift: i32) -> i32 {
+        let left = if shift > 0 { shift as u32 } else { 0 };
+        let right = if shift < 0 { (-shift) as u32 } else { 0 };
+        rounding_divide_by_pot(
+            high_mul_gemmlowp(x.saturating_mul(1i32 << left), multiplier),
+            right,
+        )
+    }
+
+    #[test]
+    fn fast_forms_equal_the_gemmlowp_forms() {
+        let mut rng = crate::noise::SplitMix64::new(7);
+        let edges = [
+            0,
+            1,
+            -1,
+            2,
+            -2,
+            3,
+            -3,
+            i32::MIN,
+            i32::MIN + 1,
+            i32::MAX,
+            i32::MAX - 1,
+            1 << 30,
+            -(1 << 30),
+            (1 << 30) + 1,
+            (1 << 30) - 1,
+            1 << 24,
+            -(1 << 24),
+        ];
+        let mut values: Vec<i32> = edges.to_vec();
+        for _ in 0..2000 {
+            let r = rng.next_u64();
+            values.push(r as i32);
+            values.push((r as i32) >> (r >> 59));
+        }
+        for &a in &values {
+            for &b in values.iter().step_by(7) {
+                assert_eq!(
+                    saturating_rounding_doubling_high_mul(a, b),
+                    high_mul_gemmlowp(a, b),
+                    "{a} {b}"
+                );
+            }
+            for shift in SHIFT_RANGE.step_by(3).chain([-1, 0, 1]) {
+                let m = (1 << 30) + (a as u32 >> 2) as i32 % (1 << 30);
+                assert_eq!(
+                    multiply_by_quantized_multiplier(a, m, shift),
+                    multiply_two_sided(a, m, shift),
+                    "{a} {m} {shift}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn high_mul_rounds_half_away_from_zero() {

@@ -487,3 +487,51 @@ fn fixture_asset_is_current() {
         path.display()
     );
 }
+
+/// Copy of `blob` with the input stage's and first layer's zero point set to `zero_point`
+/// (the fixture generator always uses 0 there), so the kernels' offset path runs on the
+/// observation inputs too.
+fn with_input_zero_point(blob: &[u8], zero_point: i8) -> Vec<u8> {
+    let mut parsed = runtime::PolicyBlob::parse(blob).unwrap();
+    parsed.input.zero_point = zero_point;
+    parsed.hidden[0].input_zero_point = zero_point;
+    runtime::blob::encode(&parsed).unwrap()
+}
+
+/// The Cortex-M4 kernels (SXTB16/SADD16/SMLAD, four rows per pass, eight-input steps with
+/// zero padding) against the host runtime on shapes that hit every edge: widths that are
+/// not multiples of 4 or 8, a layer narrower than one step, a single-row output, the
+/// widest layer the runtime accepts, nonzero input zero points on every layer, several
+/// flow steps. The fixtures saturate pre-activations and clamp actions.
+#[test]
+fn optimized_kernels_are_bit_exact_on_odd_shapes() {
+    let shape = |obs_dim, act_dim, hidden: &[usize], nfe, seed| FixtureSpec {
+        obs_dim,
+        act_dim,
+        hidden: hidden.to_vec(),
+        nfe,
+        seed,
+    };
+    let blobs = [
+        fixture_blob(&shape(13, 3, &[37, 5, 130], 2, 101)),
+        with_input_zero_point(&fixture_blob(&shape(30, 1, &[9, 64, 511], 1, 102)), -37),
+        with_input_zero_point(&fixture_blob(&shape(17, 6, &[256, 256, 256], 1, 103)), 11),
+    ];
+    for (i, blob) in blobs.iter().enumerate() {
+        let policy = Policy::from_bytes(blob).unwrap();
+        let (mut link, first) = boot(blob, None);
+        expect_info(&first, blob);
+        let (det, sto) = check_bit_exact(&mut link, blob, 40, 50 + i as u64);
+        let widths: Vec<u16> = policy.blob().hidden.iter().map(|l| l.out_dim).collect();
+        let (d, macs) = (summary(det), policy.macs_per_action());
+        eprintln!(
+            "blob {i}: obs {} act {} hidden {widths:?} nfe {}: {macs} MACs, instructions per \
+             action deterministic {d:?} ({:.3}/MAC), stochastic {:?}",
+            policy.obs_dim(),
+            policy.act_dim(),
+            policy.blob().meta.nfe,
+            d.1 as f64 / macs as f64,
+            summary(sto)
+        );
+    }
+}
