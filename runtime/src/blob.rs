@@ -23,6 +23,13 @@ pub const MAGIC: [u8; 4] = *b"FLMB";
 pub const FORMAT_VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 16;
 
+/// Largest output dequantization scale a blob may store. With |acc| ≤ 2^31 the velocity
+/// stays below 2^31 · 1e28 ≈ 2.1e37, so the flow state z never overflows to ±Inf (and an
+/// Inf − Inf never makes a NaN action) over any number of steps; real scales are ~1e-4.
+pub const MAX_OUTPUT_SCALE: f32 = 1e28;
+/// Largest σ_z: |z₀| ≤ 6·σ_z = 6e37 keeps z finite together with [`MAX_OUTPUT_SCALE`].
+pub const MAX_NOISE_STD: f32 = 1e37;
+
 /// CRC-32/ISO-HDLC, the zlib/PNG/Ethernet polynomial.
 pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
@@ -269,11 +276,12 @@ impl<'a> PolicyBlob<'a> {
         check_len(m.action_high, 4 * act)?;
         for i in 0..act {
             let (lo, hi) = (f32_at(m.action_low, i), f32_at(m.action_high, i));
-            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            // `hi − lo` finite too: the action map multiplies by it.
+            if !(lo.is_finite() && hi.is_finite() && lo < hi && (hi - lo).is_finite()) {
                 return Err(BlobError::InvalidValue);
             }
         }
-        if !(m.noise_std.is_finite() && m.noise_std >= 0.0) {
+        if !(m.noise_std.is_finite() && (0.0..=MAX_NOISE_STD).contains(&m.noise_std)) {
             return Err(BlobError::InvalidValue);
         }
 
@@ -334,7 +342,8 @@ impl<'a> PolicyBlob<'a> {
         check_len(out.scales, 4 * o)?;
         check_weights(out.weights)?;
         for c in 0..o {
-            if !f32_at(out.scales, c).is_finite() {
+            // NaN fails `contains`, ±Inf is out of range.
+            if !(0.0..=MAX_OUTPUT_SCALE).contains(&f32_at(out.scales, c).abs()) {
                 return Err(BlobError::InvalidValue);
             }
         }
