@@ -84,6 +84,7 @@ impl std::fmt::Display for FidelityReport {
 pub fn load_float_policy(run: &Path) -> Result<(FloatPolicy, Vec<Vec<f32>>)> {
     let run = RunDir::open(run)?;
     let config = run.read_config()?;
+    let algorithm = config.algo.blob_algorithm()?;
     let normalizer = run.read_normalizer()?;
     let spec = env::make(&config.env_id)?.spec().clone();
     let mut vs = nn::VarStore::new(tch::Device::Cpu);
@@ -92,7 +93,7 @@ pub fn load_float_policy(run: &Path) -> Result<(FloatPolicy, Vec<Vec<f32>>)> {
         .with_context(|| format!("loading {}", run.weights().display()))?;
     let meta = FloatPolicyMeta {
         env_id: config.env_id.clone(),
-        algorithm: config.algo.blob_algorithm(),
+        algorithm,
         action_low: to_f32(&spec.action_low),
         action_high: to_f32(&spec.action_high),
         obs_mean: normalizer.mean,
@@ -107,8 +108,7 @@ pub fn load_float_policy(run: &Path) -> Result<(FloatPolicy, Vec<Vec<f32>>)> {
             int8_return: None,
         },
     };
-    let policy =
-        net.to_float_policy(meta, &flow_steps(config.algo.blob_algorithm(), config.nfe))?;
+    let policy = net.to_float_policy(meta, &flow_steps(algorithm, config.nfe))?;
     let states = run.read_states(config.shape.obs_dim)?;
     Ok((policy, states))
 }

@@ -27,6 +27,10 @@ pub struct InitOptions {
 }
 
 pub fn init(out: &Path, opts: &InitOptions) -> Result<RunConfig> {
+    ensure!(
+        opts.algo != Algo::Sac,
+        "trainer init creates flow policies: --algo must be flame-m or flame-r"
+    );
     ensure!(opts.states >= 20, "--states must be at least 20");
     ensure!(
         !opts.hidden.is_empty() && opts.hidden.iter().all(|&h| h > 0),
@@ -72,6 +76,7 @@ pub fn init(out: &Path, opts: &InitOptions) -> Result<RunConfig> {
         obs_clip: 10.0,
         env_steps: 0,
         git_revision: git_revision(),
+        train: None,
     };
     write_json(&run.config(), &config)?;
     Ok(config)

@@ -1,14 +1,20 @@
 //! The FLAME trainer: MuJoCo v5 environments, the flow policy network (tch), and the
 //! int8 exporter that writes `runtime` blobs.
 
+pub mod agents;
+pub mod critic;
 pub mod env;
 pub mod export;
 pub mod flame;
 pub mod init;
+pub mod mlp;
+pub mod plot;
 pub mod policy_net;
 pub mod quantize;
+pub mod replay;
 pub mod rollout;
 pub mod run_dir;
+pub mod train;
 
 /// Devices libtorch can use here, e.g. `["cpu", "cuda:0"]`.
 pub fn devices() -> Vec<String> {

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use trainer::export::{export, ExportOptions};
 use trainer::init::{init, InitOptions};
 use trainer::run_dir::Algo;
+use trainer::train::{bench_agent, TrainConfig, Trainer};
 
 #[derive(Parser)]
 #[command(
@@ -63,14 +64,264 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         golden: usize,
     },
+    /// Train an agent (SAC, FLAME-M, FLAME-R) on a task, or resume a run (`--resume DIR`).
+    /// Defaults are the paper's (FLAME) and CleanRL's (SAC).
+    Train(Box<TrainArgs>),
+    /// Agent throughput: updates/s at the configured sizes and env steps/s of the whole
+    /// training loop.
+    Bench {
+        /// Agents to measure.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "sac")]
+        algo: Vec<Algo>,
+        #[arg(long, default_value = "HalfCheetah-v5")]
+        env: String,
+        /// Timed updates per agent.
+        #[arg(long, default_value_t = 300)]
+        updates: usize,
+        /// Timed env steps of the training loop per agent.
+        #[arg(long, default_value_t = 1000)]
+        loop_steps: u64,
+        /// libtorch threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Minibatch size.
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+    },
     /// List the tasks with their dimensions.
     Envs,
     /// List the devices libtorch sees (cpu, cuda:N).
     Devices,
 }
 
+/// `trainer train` flags. Every hyperparameter flag is optional: unset means the
+/// algorithm's default (shown in brackets); with `--resume` only `--steps` may be given.
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Agent [sac].
+    #[arg(long, value_enum)]
+    algo: Option<Algo>,
+    /// Task id (see `trainer envs`) [HalfCheetah-v5].
+    #[arg(long)]
+    env: Option<String>,
+    /// Total env steps [1000000; Humanoid 2000000]. With --resume: the new budget.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// [0]
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run directory to create.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// Envs stepped together [sac 1; flame 5].
+    #[arg(long)]
+    num_envs: Option<usize>,
+    /// Updates per vector step [1].
+    #[arg(long)]
+    updates_per_step: Option<usize>,
+    /// Random-action env steps before learning [sac 5000; flame 30000].
+    #[arg(long)]
+    learning_starts: Option<u64>,
+    /// [256]
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Replay capacity [1000000].
+    #[arg(long)]
+    buffer_size: Option<usize>,
+    /// Env steps between evaluations [25000].
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Episodes per evaluation, no exploration noise [20].
+    #[arg(long)]
+    eval_episodes: Option<usize>,
+    /// Env steps between checkpoints [100000].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// cpu, cuda or cuda:N [cpu].
+    #[arg(long)]
+    device: Option<String>,
+    /// libtorch threads [all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seconds between progress lines on stderr, 0 for none [10].
+    #[arg(long)]
+    progress_every: Option<f64>,
+    /// Discount γ [0.99].
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// Polyak rate τ [0.005].
+    #[arg(long)]
+    tau: Option<f64>,
+    /// Critic learning rate [sac 1e-3].
+    #[arg(long)]
+    q_lr: Option<f64>,
+    /// Policy learning rate [3e-4].
+    #[arg(long)]
+    policy_lr: Option<f64>,
+    /// Temperature learning rate [sac 1e-3].
+    #[arg(long)]
+    alpha_lr: Option<f64>,
+    /// Initial α [sac 1.0 with autotune].
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Keep α fixed at --alpha instead of tuning it.
+    #[arg(long)]
+    no_autotune: bool,
+    /// Target entropy H̄ = −scale·d [1.0].
+    #[arg(long)]
+    target_entropy_scale: Option<f64>,
+    /// Policy (and α) updated every N updates, N times [2].
+    #[arg(long)]
+    policy_frequency: Option<u64>,
+    /// Targets updated every N updates [1].
+    #[arg(long)]
+    target_frequency: Option<u64>,
+    /// Reward scale c [sac 1.0].
+    #[arg(long)]
+    reward_scale: Option<f64>,
+    /// Policy hidden widths [sac 256,256].
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
+    /// Critic hidden widths [sac 256,256].
+    #[arg(long, value_delimiter = ',')]
+    critic_hidden: Option<Vec<usize>>,
+    /// Hidden activation [sac relu].
+    #[arg(long, value_enum)]
+    activation: Option<trainer::mlp::Activation>,
+    /// Testing aid: make update N's loss NaN (exercises the NaN guard).
+    #[arg(long, hide = true)]
+    inject_nan_at_update: Option<u64>,
+}
+
+fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let algo = a.algo.unwrap_or(Algo::Sac);
+    let env = a.env.clone().unwrap_or_else(|| "HalfCheetah-v5".into());
+    trainer::env::spec(&env)?;
+    let mut c = TrainConfig::defaults(algo, &env);
+    macro_rules! set {
+        ($($field:ident <- $flag:ident),*) => {$(if let Some(v) = a.$flag.clone() { c.$field = v; })*};
+    }
+    set!(steps <- steps, seed <- seed, num_envs <- num_envs,
+        updates_per_step <- updates_per_step, learning_starts <- learning_starts,
+        batch_size <- batch_size, buffer_size <- buffer_size, eval_every <- eval_every,
+        eval_episodes <- eval_episodes, checkpoint_every <- checkpoint_every,
+        device <- device, threads <- threads, progress_secs <- progress_every);
+    c.inject_nan_at_update = a.inject_nan_at_update;
+    if let Some(s) = c.sac.as_mut() {
+        macro_rules! set_sac {
+            ($($field:ident <- $flag:ident),*) => {$(if let Some(v) = a.$flag.clone() { s.$field = v; })*};
+        }
+        set_sac!(gamma <- gamma, tau <- tau, q_lr <- q_lr, policy_lr <- policy_lr,
+            alpha_lr <- alpha_lr, init_alpha <- alpha, target_entropy_scale <- target_entropy_scale,
+            policy_frequency <- policy_frequency, target_frequency <- target_frequency,
+            reward_scale <- reward_scale, policy_hidden <- hidden,
+            critic_hidden <- critic_hidden, activation <- activation);
+        if a.no_autotune {
+            s.autotune = false;
+            if a.alpha.is_none() {
+                s.init_alpha = 0.2;
+            }
+        }
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+/// With `--resume`, the run's saved configuration is used: refuse other flags.
+fn refuse_flags_with_resume(a: &TrainArgs) -> Result<()> {
+    let given = [
+        ("--algo", a.algo.is_some()),
+        ("--env", a.env.is_some()),
+        ("--seed", a.seed.is_some()),
+        ("--num-envs", a.num_envs.is_some()),
+        ("--updates-per-step", a.updates_per_step.is_some()),
+        ("--learning-starts", a.learning_starts.is_some()),
+        ("--batch-size", a.batch_size.is_some()),
+        ("--buffer-size", a.buffer_size.is_some()),
+        ("--eval-every", a.eval_every.is_some()),
+        ("--eval-episodes", a.eval_episodes.is_some()),
+        ("--checkpoint-every", a.checkpoint_every.is_some()),
+        ("--device", a.device.is_some()),
+        ("--threads", a.threads.is_some()),
+        ("--progress-every", a.progress_every.is_some()),
+        ("--gamma", a.gamma.is_some()),
+        ("--tau", a.tau.is_some()),
+        ("--q-lr", a.q_lr.is_some()),
+        ("--policy-lr", a.policy_lr.is_some()),
+        ("--alpha-lr", a.alpha_lr.is_some()),
+        ("--alpha", a.alpha.is_some()),
+        ("--no-autotune", a.no_autotune),
+        ("--target-entropy-scale", a.target_entropy_scale.is_some()),
+        ("--policy-frequency", a.policy_frequency.is_some()),
+        ("--target-frequency", a.target_frequency.is_some()),
+        ("--reward-scale", a.reward_scale.is_some()),
+        ("--hidden", a.hidden.is_some()),
+        ("--critic-hidden", a.critic_hidden.is_some()),
+        ("--activation", a.activation.is_some()),
+        ("--inject-nan-at-update", a.inject_nan_at_update.is_some()),
+    ];
+    if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+        anyhow::bail!(
+            "{flag} cannot be combined with --resume: a resumed run keeps its own configuration (only --steps may change)"
+        );
+    }
+    Ok(())
+}
+
+fn train(a: &TrainArgs) -> Result<()> {
+    let mut t = match &a.resume {
+        Some(dir) => {
+            refuse_flags_with_resume(a)?;
+            let t = Trainer::resume(dir, a.steps)?;
+            eprintln!(
+                "resuming {} at env step {} of {}",
+                dir.display(),
+                t.state.env_steps,
+                t.config.steps
+            );
+            t
+        }
+        None => {
+            let c = train_config(a)?;
+            let out = a.out.as_ref().expect("clap requires --out");
+            Trainer::new(c, Some(out))?
+        }
+    };
+    let summary = t.run()?;
+    println!("{summary}");
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train(args) => train(&args)?,
+        Command::Bench {
+            algo,
+            env,
+            updates,
+            loop_steps,
+            threads,
+            device,
+            batch_size,
+        } => {
+            anyhow::ensure!(updates > 0, "--updates must be positive");
+            anyhow::ensure!(batch_size > 0, "--batch-size must be positive");
+            for a in algo {
+                let mut c = TrainConfig::defaults(a, &env);
+                c.device = device.clone();
+                c.batch_size = batch_size;
+                c.buffer_size = 100_000;
+                if let Some(n) = threads {
+                    c.threads = n;
+                }
+                println!("{}", bench_agent(c, updates, loop_steps)?);
+            }
+        }
         Command::Init {
             algo,
             env,
@@ -143,8 +394,33 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// libtorch's OpenMP runtime (libgomp) busy-waits between parallel regions. On a shared
+/// 2-core machine, where another process holds a core, two spinning threads make every
+/// op wait for a descheduled peer: measured here, SAC fell from ~45 to ~1 update/s. The
+/// wait policy is read once when libgomp loads (before `main`), so set it and re-exec
+/// once; `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` from the user take precedence.
+fn reexec_with_passive_openmp() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() || std::env::var_os("GOMP_SPINCOUNT").is_some()
+    {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    // `exec` returns only on failure; then carry on in this process.
+    let _ = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .exec();
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if matches!(cli.command, Command::Train(_) | Command::Bench { .. }) {
+        reexec_with_passive_openmp();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("trainer: error: {e:#}");

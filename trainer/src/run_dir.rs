@@ -19,15 +19,31 @@ use crate::policy_net::PolicyShape;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Algo {
+    /// Gaussian SAC baseline (CleanRL-style); trains, but the MCU runtime cannot run it.
+    Sac,
     FlameM,
     FlameR,
 }
 
 impl Algo {
-    pub fn blob_algorithm(self) -> runtime::blob::Algorithm {
+    /// The blob's algorithm tag; SAC policies are not flow policies and cannot be exported.
+    pub fn blob_algorithm(self) -> Result<runtime::blob::Algorithm> {
         match self {
-            Algo::FlameM => runtime::blob::Algorithm::FlameM,
-            Algo::FlameR => runtime::blob::Algorithm::FlameR,
+            Algo::Sac => bail!(
+                "SAC runs cannot be exported: the MCU runtime evaluates flow policies only \
+                 (train with --algo flame-m or flame-r)"
+            ),
+            Algo::FlameM => Ok(runtime::blob::Algorithm::FlameM),
+            Algo::FlameR => Ok(runtime::blob::Algorithm::FlameR),
+        }
+    }
+
+    /// The CLI spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Sac => "sac",
+            Algo::FlameM => "flame-m",
+            Algo::FlameR => "flame-r",
         }
     }
 }
@@ -47,6 +63,10 @@ pub struct RunConfig {
     /// Env steps the policy was trained on (0: untrained).
     pub env_steps: u64,
     pub git_revision: String,
+    /// `trainer train`'s full configuration (every hyperparameter); absent for runs made
+    /// by `trainer init`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

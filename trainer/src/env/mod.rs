@@ -28,7 +28,7 @@ pub use bench::{bench, BenchResult};
 pub use error::EnvError;
 pub use mujoco_env::MAX_EPISODE_STEPS;
 pub use paths::{assets_dir, deps_dir, reference_python};
-pub use vec_env::{EpisodeStats, VecEnv, VecStep};
+pub use vec_env::{EpisodeStats, VecEnv, VecEnvSnapshot, VecStep};
 
 use mujoco_env::{spec_of, Task, TaskEnv};
 

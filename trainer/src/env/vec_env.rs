@@ -37,6 +37,22 @@ pub struct VecEnv {
     episodes: Vec<u64>,
     /// Per env: return and length of the running episode.
     running: Vec<EpisodeStats>,
+    /// Per env: the actions of the running episode, so [`VecEnv::snapshot`] can describe
+    /// the exact simulator state without reading MuJoCo's internals.
+    actions: Vec<Vec<f64>>,
+}
+
+/// Everything needed to rebuild a [`VecEnv`] exactly where it was (for training
+/// checkpoints): each env's running episode is re-simulated from its reset seed and
+/// actions, which MuJoCo's determinism makes bit-identical (solver warm starts included).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VecEnvSnapshot {
+    pub id: String,
+    pub base_seed: u64,
+    /// Per env: episodes started so far (the running one included).
+    pub episodes: Vec<u64>,
+    /// Per env: the running episode's actions, flattened.
+    pub actions: Vec<Vec<f64>>,
 }
 
 impl VecEnv {
@@ -54,6 +70,7 @@ impl VecEnv {
             base_seed: seed,
             episodes: vec![0; n],
             running: vec![EpisodeStats { ret: 0.0, len: 0 }; n],
+            actions: vec![Vec::new(); n],
         };
         vec_env.obs = (0..n).map(|i| vec_env.reset_env(i)).collect();
         Ok(vec_env)
@@ -101,6 +118,7 @@ impl VecEnv {
         let mut finished = Vec::with_capacity(self.len());
         for (i, action) in actions.chunks_exact(act_dim).enumerate() {
             let step = self.envs[i].step(action)?;
+            self.actions[i].extend_from_slice(action);
             let stats = &mut self.running[i];
             stats.ret += step.reward;
             stats.len += 1;
@@ -121,7 +139,50 @@ impl VecEnv {
         let seed = episode_seed(self.base_seed, i, self.episodes[i]);
         self.episodes[i] += 1;
         self.running[i] = EpisodeStats { ret: 0.0, len: 0 };
+        self.actions[i].clear();
         self.envs[i].reset(seed)
+    }
+
+    /// The state to checkpoint (see [`VecEnvSnapshot`]).
+    pub fn snapshot(&self) -> VecEnvSnapshot {
+        VecEnvSnapshot {
+            id: self.spec().id.to_string(),
+            base_seed: self.base_seed,
+            episodes: self.episodes.clone(),
+            actions: self.actions.clone(),
+        }
+    }
+
+    /// Rebuilds the envs of `snapshot`: each running episode is reset with its seed and
+    /// replayed action by action, so observations, returns and the time limit continue
+    /// exactly as in the run that took the snapshot.
+    pub fn restore(snapshot: &VecEnvSnapshot) -> Result<Self, EnvError> {
+        let n = snapshot.episodes.len();
+        let bad = |what: String| EnvError::Batch { what };
+        if n == 0 || snapshot.actions.len() != n || snapshot.episodes.contains(&0) {
+            return Err(bad("snapshot has inconsistent per-env lists".into()));
+        }
+        let mut vec_env = Self::new(&snapshot.id, n, snapshot.base_seed)?;
+        let act_dim = vec_env.spec().act_dim;
+        for i in 0..n {
+            vec_env.episodes[i] = snapshot.episodes[i] - 1;
+            vec_env.obs[i] = vec_env.reset_env(i);
+            let actions = &snapshot.actions[i];
+            if !actions.len().is_multiple_of(act_dim) {
+                return Err(bad(format!("snapshot env {i} has a partial action")));
+            }
+            for action in actions.chunks_exact(act_dim) {
+                let step = vec_env.envs[i].step(action)?;
+                if step.done() {
+                    return Err(bad(format!("snapshot env {i}'s episode ends early")));
+                }
+                vec_env.running[i].ret += step.reward;
+                vec_env.running[i].len += 1;
+                vec_env.actions[i].extend_from_slice(action);
+                vec_env.obs[i] = step.obs;
+            }
+        }
+        Ok(vec_env)
     }
 }
 

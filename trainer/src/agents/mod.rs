@@ -1,0 +1,50 @@
+//! The agents behind `trainer train --algo`: SAC here; FLAME-M / FLAME-R plug into the
+//! same [`Agent`] trait (their math lives in `crate::flame`).
+//!
+//! The training loop ([`crate::train`]) owns the envs, the replay buffer, evaluation,
+//! checkpoints and every random seed: before each call into an agent that draws random
+//! numbers it reseeds torch's generator from (run seed, what, counter), so an agent needs
+//! no RNG state of its own and a resumed run draws exactly the numbers the uninterrupted
+//! run would have drawn.
+
+pub mod sac;
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use tch::Tensor;
+
+use crate::replay::Batch;
+use crate::run_dir::Normalizer;
+
+/// Named scalars from one update (losses, α, Q means); the loop checks them for NaN/Inf,
+/// shows them in the progress line and writes them to the metrics.
+pub type UpdateStats = Vec<(&'static str, f64)>;
+
+pub trait Agent {
+    /// Actions in [-1, 1]^d for a batch of raw observations `[n, obs]`: stochastic
+    /// training-time acting when `explore`, else the deterministic evaluation action.
+    fn act(&self, obs: &Tensor, explore: bool) -> Tensor;
+
+    /// One gradient update on a replay minibatch; `update` counts updates from 0 (agents
+    /// with delayed policy updates key them on it).
+    fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats;
+
+    /// The current entropy temperature α.
+    fn alpha(&self) -> f64;
+
+    /// Every tensor needed to resume exactly: weights, targets, optimizer moments and
+    /// step counts, α. Scalars are stored as one-element tensors.
+    fn state(&self) -> Vec<(String, Tensor)>;
+
+    /// Restores [`Agent::state`] in place.
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
+
+    /// The policy weights for the run directory's `policy.safetensors` (for FLAME: the
+    /// `FlowPolicyNet` VarStore layout that `trainer export` reads).
+    fn policy_tensors(&self) -> Vec<(String, Tensor)>;
+
+    /// The observation normalizer the policy consumes (identity for SAC, which, like
+    /// CleanRL, feeds raw observations).
+    fn normalizer(&self) -> Normalizer;
+}

@@ -1,0 +1,342 @@
+//! Soft Actor-Critic, CleanRL-style (`sac_continuous_action.py`): the Gaussian baseline.
+//!
+//! One update, top to bottom ([`Sac::update`]):
+//! 1. critic: `y = c·r + γ(1 − term)·(min Q̄(s′, a′) − α·log π(a′|s′))`, a′ ~ π(·|s′);
+//!    one Adam step on `Σ_i mean((Q_i(s, a) − y)²)`;
+//! 2. every `policy_frequency` updates, `policy_frequency` actor steps (CleanRL's
+//!    TD3-style delay with its compensation loop, so on average one actor step per
+//!    update) on `mean(α·log π(a|s) − min Q(s, a))`, a ~ π(·|s) reparameterized, each
+//!    followed by an α step on `−log α·mean(log π + H̄)` (H̄ = −scale·d);
+//! 3. every `target_frequency` updates, Polyak `Q̄ ← (1 − τ)Q̄ + τQ`.
+//!
+//! Differences from CleanRL, all numerically neutral or documented here:
+//! - the α step reuses the actor step's `log π` (detached) instead of drawing a fresh
+//!   sample from the just-updated actor: one actor forward less per step;
+//! - α is optimized in f64 on the host (a scalar Adam) rather than as a torch tensor;
+//! - actions are in [-1, 1] (scaled to the env's bounds at the env), but `log π` keeps
+//!   CleanRL's `−Σ log(action_scale)` term so the entropy target means the same thing.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::{Agent, UpdateStats};
+use crate::critic::TwinCritic;
+use crate::mlp::{ensure_numel, Activation, Adam, AdamConfig, Mlp, MlpShape};
+use crate::replay::Batch;
+use crate::run_dir::Normalizer;
+
+/// Every SAC hyperparameter, with CleanRL's default (the loop-level ones — batch size,
+/// warm-up, buffer size, envs — are in `train::TrainConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SacConfig {
+    /// Discount γ (0.99).
+    pub gamma: f64,
+    /// Polyak rate τ for the target critics (0.005).
+    pub tau: f64,
+    /// Critic Adam learning rate (1e-3).
+    pub q_lr: f64,
+    /// Actor Adam learning rate (3e-4).
+    pub policy_lr: f64,
+    /// Temperature Adam learning rate (CleanRL reuses q_lr: 1e-3).
+    pub alpha_lr: f64,
+    /// Actor (and α) updated every this many updates, that many times (2).
+    pub policy_frequency: u64,
+    /// Targets Polyak-averaged every this many updates (1).
+    pub target_frequency: u64,
+    /// Tune α automatically (true); otherwise α stays at `init_alpha`.
+    pub autotune: bool,
+    /// α at the start (CleanRL: log α = 0, so 1.0 with autotune; 0.2 without).
+    pub init_alpha: f64,
+    /// Target entropy H̄ = −scale·d (1.0).
+    pub target_entropy_scale: f64,
+    /// Actor hidden widths (256, 256).
+    pub policy_hidden: Vec<usize>,
+    /// Critic hidden widths (256, 256).
+    pub critic_hidden: Vec<usize>,
+    /// Hidden activation of both networks (ReLU).
+    pub activation: Activation,
+    /// log σ is squashed into [log_std_min, log_std_max] = [−5, 2].
+    pub log_std_min: f64,
+    pub log_std_max: f64,
+    /// Reward scale c in the TD target (1.0).
+    pub reward_scale: f64,
+}
+
+impl Default for SacConfig {
+    fn default() -> Self {
+        Self {
+            gamma: 0.99,
+            tau: 0.005,
+            q_lr: 1e-3,
+            policy_lr: 3e-4,
+            alpha_lr: 1e-3,
+            policy_frequency: 2,
+            target_frequency: 1,
+            autotune: true,
+            init_alpha: 1.0,
+            target_entropy_scale: 1.0,
+            policy_hidden: vec![256, 256],
+            critic_hidden: vec![256, 256],
+            activation: Activation::Relu,
+            log_std_min: -5.0,
+            log_std_max: 2.0,
+            reward_scale: 1.0,
+        }
+    }
+}
+
+/// Adam on one f64 scalar (log α).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScalarAdam {
+    pub(crate) m: f64,
+    pub(crate) v: f64,
+    pub(crate) steps: i64,
+}
+
+impl ScalarAdam {
+    pub(crate) fn step(&mut self, x: &mut f64, grad: f64, c: AdamConfig) {
+        self.steps += 1;
+        self.m = c.beta1 * self.m + (1.0 - c.beta1) * grad;
+        self.v = c.beta2 * self.v + (1.0 - c.beta2) * grad * grad;
+        let m_hat = self.m / (1.0 - c.beta1.powi(self.steps as i32));
+        let v_hat = self.v / (1.0 - c.beta2.powi(self.steps as i32));
+        *x -= c.lr * m_hat / (v_hat.sqrt() + c.eps);
+    }
+}
+
+pub struct Sac {
+    pub config: SacConfig,
+    act_dim: usize,
+    /// `[obs] → [mean; log σ (pre-squash)]`.
+    actor: Mlp,
+    actor_adam: Adam,
+    critic: TwinCritic,
+    log_alpha: f64,
+    alpha_adam: ScalarAdam,
+    target_entropy: f64,
+    /// Σ_i log(action_scale_i): CleanRL's log-prob correction for env-unit actions.
+    log_scale_sum: f64,
+}
+
+impl Sac {
+    /// `action_scale` is the env's half-range per dimension ((high − low)/2).
+    pub fn new(
+        config: SacConfig,
+        obs_dim: usize,
+        act_dim: usize,
+        action_scale: &[f64],
+        device: Device,
+    ) -> Self {
+        let mut sizes = vec![obs_dim];
+        sizes.extend_from_slice(&config.policy_hidden);
+        sizes.push(2 * act_dim);
+        let actor = Mlp::new(
+            MlpShape {
+                sizes,
+                activation: config.activation,
+                members: 1,
+            },
+            device,
+        );
+        let actor_adam = Adam::new(AdamConfig::with_lr(config.policy_lr), &actor.params);
+        let critic = TwinCritic::new(
+            obs_dim,
+            act_dim,
+            &config.critic_hidden,
+            config.activation,
+            AdamConfig::with_lr(config.q_lr),
+            config.tau,
+            device,
+        );
+        Self {
+            act_dim,
+            actor,
+            actor_adam,
+            critic,
+            log_alpha: config.init_alpha.ln(),
+            alpha_adam: ScalarAdam {
+                m: 0.0,
+                v: 0.0,
+                steps: 0,
+            },
+            target_entropy: -config.target_entropy_scale * act_dim as f64,
+            log_scale_sum: action_scale.iter().map(|s| s.ln()).sum(),
+            config,
+        }
+    }
+
+    /// Mean and log σ of the pre-tanh Gaussian.
+    fn gaussian(&self, obs: &Tensor) -> (Tensor, Tensor) {
+        let out = self.actor.forward(obs);
+        let d = self.act_dim as i64;
+        let mean = out.narrow(1, 0, d);
+        let (lo, hi) = (self.config.log_std_min, self.config.log_std_max);
+        let log_std = (out.narrow(1, d, d).tanh() + 1.0) * (0.5 * (hi - lo)) + lo;
+        (mean, log_std)
+    }
+
+    /// A reparameterized sample `a = tanh(μ + σ·ε)` and its `log π(a|s)` `[B, 1]`.
+    fn sample(&self, obs: &Tensor) -> (Tensor, Tensor) {
+        let (mean, log_std) = self.gaussian(obs);
+        let eps = mean.randn_like();
+        let x = &mean + log_std.exp() * &eps;
+        let a = x.tanh();
+        let log_normal = eps.square() * -0.5 - &log_std - 0.5 * (2.0 * std::f64::consts::PI).ln();
+        let log_det: Tensor = (a.square().neg() + (1.0 + 1e-6)).log();
+        let log_pi =
+            (log_normal - log_det).sum_dim_intlist(1, true, Kind::Float) - self.log_scale_sum;
+        (a, log_pi)
+    }
+
+    fn alpha_value(&self) -> f64 {
+        self.log_alpha.exp()
+    }
+}
+
+impl Agent for Sac {
+    fn act(&self, obs: &Tensor, explore: bool) -> Tensor {
+        tch::no_grad(|| {
+            if explore {
+                self.sample(obs).0
+            } else {
+                self.gaussian(obs).0.tanh()
+            }
+        })
+    }
+
+    fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats {
+        let c = &self.config;
+        let alpha = self.alpha_value();
+
+        // 1. Critic: soft TD target from the target critics and a fresh a′ ~ π(·|s′).
+        let y = tch::no_grad(|| {
+            let (next_a, next_log_pi) = self.sample(&batch.next_obs);
+            let next_v = self.critic.target_min_q(&batch.next_obs, &next_a) - next_log_pi * alpha;
+            &batch.rew * c.reward_scale + (1.0 - &batch.term) * c.gamma * next_v
+        });
+        let (q_loss, q_mean) = self.critic.train_step(&batch.obs, &batch.act, &y);
+        let mut stats = vec![
+            ("q_loss", q_loss.double_value(&[])),
+            ("q_mean", q_mean.double_value(&[])),
+        ];
+
+        // 2. Actor and α, delayed with CleanRL's compensation loop.
+        if update.is_multiple_of(c.policy_frequency) {
+            let (mut pi_loss, mut alpha_loss, mut entropy) = (0.0, 0.0, 0.0);
+            for _ in 0..c.policy_frequency {
+                let alpha = self.alpha_value();
+                let (a, log_pi) = self.sample(&batch.obs);
+                let min_q = self.critic.min_q(&batch.obs, &a);
+                let loss = (&log_pi * alpha - min_q).mean(Kind::Float);
+                let grad = self.actor.grad(&loss);
+                self.actor_adam.step(&self.actor.params, &grad);
+                let mean_log_pi = log_pi.detach().mean(Kind::Float).double_value(&[]);
+                pi_loss = loss.double_value(&[]);
+                entropy = -mean_log_pi;
+                if c.autotune {
+                    // loss = mean(−exp(log α)·(log π + H̄)); d/d log α = −α·mean(log π + H̄)
+                    let gap = mean_log_pi + self.target_entropy;
+                    alpha_loss = -alpha * gap;
+                    let cfg = AdamConfig::with_lr(c.alpha_lr);
+                    self.alpha_adam.step(&mut self.log_alpha, -alpha * gap, cfg);
+                }
+            }
+            stats.extend([
+                ("pi_loss", pi_loss),
+                ("alpha_loss", alpha_loss),
+                ("entropy", entropy),
+            ]);
+        }
+
+        // 3. Targets.
+        if update.is_multiple_of(self.config.target_frequency) {
+            self.critic.polyak();
+        }
+        stats.push(("alpha", self.alpha_value()));
+        stats
+    }
+
+    fn alpha(&self) -> f64 {
+        self.alpha_value()
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.critic.state("critic");
+        out.extend([
+            (
+                "actor.params".to_string(),
+                self.actor.params.shallow_clone(),
+            ),
+            (
+                "actor.adam_m".to_string(),
+                self.actor_adam.m.shallow_clone(),
+            ),
+            (
+                "actor.adam_v".to_string(),
+                self.actor_adam.v.shallow_clone(),
+            ),
+            (
+                "actor.adam_steps".to_string(),
+                Tensor::from_slice(&[self.actor_adam.steps]),
+            ),
+            (
+                "alpha.state".to_string(),
+                Tensor::from_slice(&[self.log_alpha, self.alpha_adam.m, self.alpha_adam.v]),
+            ),
+            (
+                "alpha.adam_steps".to_string(),
+                Tensor::from_slice(&[self.alpha_adam.steps]),
+            ),
+        ]);
+        out
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.critic.load_state("critic", state)?;
+        let get = |name: &str| {
+            state
+                .get(name)
+                .with_context(|| format!("checkpoint lacks {name}"))
+        };
+        let n = self.actor.params.numel() as i64;
+        tch::no_grad(|| -> Result<()> {
+            for (dst, name) in [
+                (&mut self.actor.params, "actor.params"),
+                (&mut self.actor_adam.m, "actor.adam_m"),
+                (&mut self.actor_adam.v, "actor.adam_v"),
+            ] {
+                let src = get(name)?;
+                ensure_numel(name, src, n)?;
+                dst.copy_(src);
+            }
+            Ok(())
+        })?;
+        self.actor_adam.steps = get("actor.adam_steps")?.int64_value(&[0]);
+        let a = Vec::<f64>::try_from(get("alpha.state")?)?;
+        anyhow::ensure!(
+            a.len() == 3,
+            "checkpoint alpha.state has {} values",
+            a.len()
+        );
+        self.log_alpha = a[0];
+        self.alpha_adam.m = a[1];
+        self.alpha_adam.v = a[2];
+        self.alpha_adam.steps = get("alpha.adam_steps")?.int64_value(&[0]);
+        Ok(())
+    }
+
+    fn policy_tensors(&self) -> Vec<(String, Tensor)> {
+        self.actor.linear_layers("actor.fc")
+    }
+
+    fn normalizer(&self) -> Normalizer {
+        let d = self.actor.shape.sizes[0];
+        Normalizer {
+            mean: vec![0.0; d],
+            std: vec![1.0; d],
+        }
+    }
+}

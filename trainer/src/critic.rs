@@ -1,0 +1,137 @@
+//! Twin Q networks with Polyak-averaged targets, shared by every agent.
+//!
+//! Q1 and Q2 are one two-member ensemble [`Mlp`] on `[obs, action]` (one batched matmul
+//! per layer evaluates both), with one Adam over both (CleanRL optimizes
+//! `list(qf1) + list(qf2)` with one Adam; per-parameter Adam makes that identical to two
+//! separate ones). SAC uses 256×256 ReLU (CleanRL); FLAME 3×256 mish.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use tch::{Device, Tensor};
+
+use crate::mlp::{ensure_numel, Activation, Adam, AdamConfig, Mlp, MlpShape};
+
+/// Twin critics `Q1, Q2 (s, a)` and their targets `Q̄1, Q̄2`.
+pub struct TwinCritic {
+    pub net: Mlp,
+    /// Polyak-averaged copy of `net.params` (no grad).
+    pub target: Tensor,
+    pub adam: Adam,
+    /// Polyak rate: `Q̄ ← (1 − τ)·Q̄ + τ·Q`.
+    pub tau: f64,
+}
+
+impl TwinCritic {
+    pub fn new(
+        obs_dim: usize,
+        act_dim: usize,
+        hidden: &[usize],
+        activation: Activation,
+        adam: AdamConfig,
+        tau: f64,
+        device: Device,
+    ) -> Self {
+        let mut sizes = vec![obs_dim + act_dim];
+        sizes.extend_from_slice(hidden);
+        sizes.push(1);
+        let net = Mlp::new(
+            MlpShape {
+                sizes,
+                activation,
+                members: 2,
+            },
+            device,
+        );
+        let target = net.detached_copy();
+        let adam = Adam::new(adam, &net.params);
+        Self {
+            net,
+            target,
+            adam,
+            tau,
+        }
+    }
+
+    /// `[Q1; Q2](s, a)` as `[2, B, 1]`, differentiable in the critic and the inputs.
+    pub fn q(&self, obs: &Tensor, act: &Tensor) -> Tensor {
+        self.net.forward(&Tensor::cat(&[obs, act], 1))
+    }
+
+    /// `min(Q1, Q2)(s, a)` as `[B, 1]` (differentiable; actor losses go through it).
+    pub fn min_q(&self, obs: &Tensor, act: &Tensor) -> Tensor {
+        let q = self.q(obs, act);
+        q.get(0).minimum(&q.get(1))
+    }
+
+    /// `min(Q̄1, Q̄2)(s, a)` from the targets as `[B, 1]`, without grad.
+    pub fn target_min_q(&self, obs: &Tensor, act: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let q = self
+                .net
+                .forward_with(&self.target, &Tensor::cat(&[obs, act], 1));
+            q.get(0).minimum(&q.get(1))
+        })
+    }
+
+    /// One Adam step on `Σ_i mean((Q_i(s, a) − y)²)` (CleanRL's `qf1_loss + qf2_loss`);
+    /// returns the loss (a scalar tensor) and the mean Q1 value.
+    pub fn train_step(&mut self, obs: &Tensor, act: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
+        let q = self.q(obs, act);
+        let loss =
+            (&q - y.unsqueeze(0))
+                .square()
+                .mean_dim([1i64, 2].as_slice(), false, tch::Kind::Float);
+        let loss = loss.sum(tch::Kind::Float);
+        let grad = self.net.grad(&loss);
+        self.adam.step(&self.net.params, &grad);
+        (loss.detach(), q.get(0).detach().mean(tch::Kind::Float))
+    }
+
+    /// `Q̄ ← (1 − τ)·Q̄ + τ·Q`.
+    pub fn polyak(&mut self) {
+        let tau = self.tau;
+        tch::no_grad(|| {
+            let _ = self.target.lerp_(&self.net.params, tau);
+        });
+    }
+
+    /// Every tensor of the critic's state, named with `prefix`.
+    pub fn state(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        vec![
+            (format!("{prefix}.params"), self.net.params.shallow_clone()),
+            (format!("{prefix}.target"), self.target.shallow_clone()),
+            (format!("{prefix}.adam_m"), self.adam.m.shallow_clone()),
+            (format!("{prefix}.adam_v"), self.adam.v.shallow_clone()),
+            (
+                format!("{prefix}.adam_steps"),
+                Tensor::from_slice(&[self.adam.steps]),
+            ),
+        ]
+    }
+
+    /// Restores [`TwinCritic::state`] in place.
+    pub fn load_state(&mut self, prefix: &str, state: &HashMap<String, Tensor>) -> Result<()> {
+        let get = |name: &str| {
+            state
+                .get(&format!("{prefix}.{name}"))
+                .with_context(|| format!("checkpoint lacks {prefix}.{name}"))
+        };
+        let n = self.net.params.numel() as i64;
+        tch::no_grad(|| -> Result<()> {
+            for (dst, name) in [
+                (&mut self.net.params, "params"),
+                (&mut self.target, "target"),
+                (&mut self.adam.m, "adam_m"),
+                (&mut self.adam.v, "adam_v"),
+            ] {
+                let src = get(name)?;
+                ensure_numel(name, src, n)?;
+                dst.copy_(src);
+            }
+            Ok(())
+        })?;
+        self.adam.steps = get("adam_steps")?.int64_value(&[0]);
+        Ok(())
+    }
+}

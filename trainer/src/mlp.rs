@@ -1,0 +1,345 @@
+//! MLPs whose parameters live in one flat tensor, and Adam on such a tensor.
+//!
+//! Why flat: on a 2-core CPU a SAC update is dominated by per-op overhead, not FLOPs.
+//! With all of a network's weights in one leaf tensor, Adam, the Polyak average and the
+//! checkpoint are each a handful of ops on one buffer instead of one per layer, gradients
+//! come back from one `run_backward` call, and the optimizer state is two tensors that
+//! save and load exactly (tch's `nn::Optimizer` state cannot be saved, so resuming with
+//! it would silently restart Adam's moments).
+//!
+//! An [`Mlp`] may hold an *ensemble* of `E` members with identical shapes (the twin
+//! critics are `E = 2`): each layer's weights are `[E, in, out]` and one batched matmul
+//! evaluates every member.
+
+use anyhow::{ensure, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// Hidden-layer nonlinearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    /// CleanRL's SAC networks.
+    Relu,
+    /// The FLAME paper's networks.
+    Mish,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Relu => x.relu(),
+            Activation::Mish => x.mish(),
+        }
+    }
+}
+
+/// The shape of an (ensemble) MLP: `sizes = [in, hidden.., out]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MlpShape {
+    pub sizes: Vec<usize>,
+    pub activation: Activation,
+    /// Ensemble members (1 for a plain network).
+    pub members: usize,
+}
+
+impl MlpShape {
+    /// `(weight offset, bias offset, in, out)` of each layer in the flat vector; the
+    /// weight block is `[members, in, out]`, the bias block `[members, 1, out]`.
+    fn layout(&self) -> Vec<(i64, i64, i64, i64)> {
+        let e = self.members as i64;
+        let mut offset = 0i64;
+        self.sizes
+            .windows(2)
+            .map(|w| {
+                let (i, o) = (w[0] as i64, w[1] as i64);
+                let wo = offset;
+                let bo = wo + e * i * o;
+                offset = bo + e * o;
+                (wo, bo, i, o)
+            })
+            .collect()
+    }
+
+    pub fn num_params(&self) -> i64 {
+        let e = self.members as i64;
+        self.sizes
+            .windows(2)
+            .map(|w| e * (w[0] * w[1] + w[1]) as i64)
+            .sum()
+    }
+}
+
+/// An MLP (or ensemble of MLPs) with flat parameters.
+pub struct Mlp {
+    pub shape: MlpShape,
+    /// All weights and biases in one buffer (no grad); optimizers, Polyak averages and
+    /// checkpoints work on it.
+    pub params: Tensor,
+    /// Per layer `(weight [E, in, out] or [in, out], bias [E, 1, out] or [out])`: leaf
+    /// tensors that require grad and share `params`' storage, so autograd never has to
+    /// scatter gradients back into the flat buffer.
+    leaves: Vec<(Tensor, Tensor)>,
+    layout: Vec<(i64, i64, i64, i64)>,
+}
+
+impl Mlp {
+    /// PyTorch's `nn.Linear` default initialization (U(±1/√fan_in) for weights and
+    /// biases), drawn from torch's global generator.
+    pub fn new(shape: MlpShape, device: Device) -> Self {
+        let layout = shape.layout();
+        let e = shape.members as i64;
+        let mut chunks = Vec::new();
+        for &(_, _, i, o) in &layout {
+            let bound = 1.0 / (i as f64).sqrt();
+            let w = Tensor::empty([e * i * o], (Kind::Float, device)).uniform_(-bound, bound);
+            let b = Tensor::empty([e * o], (Kind::Float, device)).uniform_(-bound, bound);
+            chunks.push(w);
+            chunks.push(b);
+        }
+        let params = Tensor::cat(&chunks, 0);
+        let leaves = Self::views(&shape, &layout, &params)
+            .into_iter()
+            .map(|(w, b)| {
+                (
+                    w.detach().set_requires_grad(true),
+                    b.detach().set_requires_grad(true),
+                )
+            })
+            .collect();
+        Self {
+            shape,
+            params,
+            leaves,
+            layout,
+        }
+    }
+
+    /// Per layer (weight, bias) views into a flat parameter vector.
+    fn views(
+        shape: &MlpShape,
+        layout: &[(i64, i64, i64, i64)],
+        params: &Tensor,
+    ) -> Vec<(Tensor, Tensor)> {
+        let e = shape.members as i64;
+        layout
+            .iter()
+            .map(|&(wo, bo, i, o)| {
+                if e == 1 {
+                    (
+                        params.narrow(0, wo, i * o).view([i, o]),
+                        params.narrow(0, bo, o),
+                    )
+                } else {
+                    (
+                        params.narrow(0, wo, e * i * o).view([e, i, o]),
+                        params.narrow(0, bo, e * o).view([e, 1, o]),
+                    )
+                }
+            })
+            .collect()
+    }
+
+    fn run(&self, layers: &[(Tensor, Tensor)], x: &Tensor) -> Tensor {
+        let e = self.shape.members as i64;
+        let last = layers.len() - 1;
+        let mut h = if e > 1 && x.dim() == 2 {
+            let (b, i) = x.size2().expect("2-d input");
+            x.unsqueeze(0).expand([e, b, i], false).contiguous()
+        } else {
+            x.shallow_clone()
+        };
+        for (k, (w, b)) in layers.iter().enumerate() {
+            h = if e == 1 {
+                b.addmm(&h, w)
+            } else {
+                b.baddbmm(&h, w, 1.0, 1.0)
+            };
+            if k < last {
+                h = self.shape.activation.apply(&h);
+            }
+        }
+        h
+    }
+
+    /// `x [B, in]` (shared by all members) or `[E, B, in]` → `[E, B, out]` for an
+    /// ensemble, `[B, out]` for a single network, differentiable in the parameters.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.run(&self.leaves, x)
+    }
+
+    /// The same network evaluated with another flat parameter vector of the same shape
+    /// (a Polyak target), not differentiable in those parameters.
+    pub fn forward_with(&self, params: &Tensor, x: &Tensor) -> Tensor {
+        self.run(&Self::views(&self.shape, &self.layout, params), x)
+    }
+
+    /// Gradient of `loss` with respect to the parameters, as one flat vector laid out
+    /// like `params`.
+    pub fn grad(&self, loss: &Tensor) -> Tensor {
+        let inputs: Vec<&Tensor> = self.leaves.iter().flat_map(|(w, b)| [w, b]).collect();
+        let grads = Tensor::run_backward(&[loss], &inputs, false, false);
+        let flat: Vec<Tensor> = grads.iter().map(|g| g.view([-1])).collect();
+        Tensor::cat(&flat, 0)
+    }
+
+    /// A detached copy of the parameters (a Polyak target's starting point).
+    pub fn detached_copy(&self) -> Tensor {
+        self.params.copy()
+    }
+
+    /// `(name, tensor)` pairs of a single network's layers in `nn::Linear` layout
+    /// (`{prefix}{k}.weight [out, in]`, `{prefix}{k}.bias [out]`), for files other tools read.
+    pub fn linear_layers(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        assert_eq!(
+            self.shape.members, 1,
+            "only single networks export as layers"
+        );
+        let p = &self.params;
+        self.layout
+            .iter()
+            .enumerate()
+            .flat_map(|(k, &(wo, bo, i, o))| {
+                [
+                    (
+                        format!("{prefix}{k}.weight"),
+                        p.narrow(0, wo, i * o)
+                            .view([i, o])
+                            .transpose(0, 1)
+                            .contiguous(),
+                    ),
+                    (format!("{prefix}{k}.bias"), p.narrow(0, bo, o).copy()),
+                ]
+            })
+            .collect()
+    }
+}
+
+/// Adam hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl AdamConfig {
+    /// torch.optim.Adam's defaults with learning rate `lr`.
+    pub fn with_lr(lr: f64) -> Self {
+        Self {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// Adam (as torch.optim.Adam, no weight decay) on one flat parameter tensor; its state
+/// is two tensors and a step count, all saved in checkpoints.
+pub struct Adam {
+    pub config: AdamConfig,
+    pub m: Tensor,
+    pub v: Tensor,
+    pub steps: i64,
+}
+
+impl Adam {
+    pub fn new(config: AdamConfig, params: &Tensor) -> Self {
+        Self {
+            config,
+            m: params.zeros_like(),
+            v: params.zeros_like(),
+            steps: 0,
+        }
+    }
+
+    /// One step: `params ← params − lr·m̂/(√v̂ + ε)` with bias-corrected moments.
+    pub fn step(&mut self, params: &Tensor, grad: &Tensor) {
+        let c = self.config;
+        self.steps += 1;
+        let bc1 = 1.0 - c.beta1.powi(self.steps as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.steps as i32);
+        tch::no_grad(|| {
+            let _ = self.m.lerp_(grad, 1.0 - c.beta1);
+            let _ = self.v.g_mul_scalar_(c.beta2);
+            let _ = self.v.addcmul_(&(grad * (1.0 - c.beta2)), grad);
+            // torch: denom = √v/√bc2 + ε; p −= lr/bc1 · m/denom
+            let denom = (self.v.sqrt() / bc2.sqrt()) + c.eps;
+            let mut p = params.shallow_clone();
+            let _ = p.addcdiv_(&(&self.m * (-c.lr / bc1)), &denom);
+        });
+    }
+}
+
+/// Check that a loaded tensor has the expected number of elements.
+pub fn ensure_numel(name: &str, t: &Tensor, numel: i64) -> Result<()> {
+    ensure!(
+        t.numel() as i64 == numel,
+        "checkpoint tensor {name} has {} values, expected {numel}",
+        t.numel()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::nn::{self, OptimizerConfig};
+
+    fn shape(members: usize) -> MlpShape {
+        MlpShape {
+            sizes: vec![3, 8, 2],
+            activation: Activation::Relu,
+            members,
+        }
+    }
+
+    #[test]
+    fn leaves_share_the_flat_parameters() {
+        let mut net = Mlp::new(shape(2), Device::Cpu);
+        let x = Tensor::randn([5, 3], (Kind::Float, Device::Cpu));
+        let before = net.forward(&x).detach();
+        assert_eq!(before.size(), [2, 5, 2]);
+        assert!(before.allclose(&net.forward_with(&net.params.copy(), &x), 1e-6, 1e-6, false));
+        let _ = tch::no_grad(|| net.params.g_add_scalar_(0.1));
+        assert!(!before.allclose(&net.forward(&x).detach(), 1e-6, 1e-6, false));
+    }
+
+    #[test]
+    fn flat_grad_matches_autograd_and_ensemble_members_are_independent() {
+        let net = Mlp::new(shape(2), Device::Cpu);
+        let x = Tensor::randn([4, 3], (Kind::Float, Device::Cpu));
+        // Member 1 alone: its gradient must not touch member 0's parameters.
+        let loss = net.forward(&x).get(1).square().sum(Kind::Float);
+        let g = net.grad(&loss);
+        assert_eq!(g.size(), net.params.size());
+        let p = net.params.detach().copy().set_requires_grad(true);
+        let loss2 = net.forward_with(&p, &x).get(1).square().sum(Kind::Float);
+        let g2 = Tensor::run_backward(&[&loss2], &[&p], false, false).remove(0);
+        assert!(g.allclose(&g2, 1e-5, 1e-6, false));
+    }
+
+    #[test]
+    fn adam_matches_torch_adam() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs
+            .root()
+            .var("w", &[6], nn::Init::Uniform { lo: -1.0, up: 1.0 });
+        let mut opt = nn::Adam::default().build(&vs, 1e-2).unwrap();
+        let ours = w.detach().copy();
+        let mut adam = Adam::new(AdamConfig::with_lr(1e-2), &ours);
+        let target = Tensor::from_slice(&[0.5f32, -0.3, 0.1, 0.9, -1.0, 0.0]);
+        for _ in 0..50 {
+            let loss = (&w - &target).pow_tensor_scalar(4).sum(Kind::Float);
+            opt.backward_step(&loss);
+            let g = (&ours - &target).pow_tensor_scalar(3) * 4.0;
+            adam.step(&ours, &g);
+        }
+        assert!(
+            ours.allclose(&w.detach(), 1e-5, 1e-6, false),
+            "{ours} vs {w}"
+        );
+    }
+}

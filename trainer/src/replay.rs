@@ -1,0 +1,284 @@
+//! Uniform replay buffer shared by every agent.
+//!
+//! Stores `(obs, action, reward, next_obs, terminated)` as f32 rows in plain `Vec`s that
+//! grow up to `capacity` and then overwrite the oldest row (a ring). Actions are in the
+//! agents' normalized units, [-1, 1]^d (scaled to the env's bounds only at the env).
+//! `terminated` is the MDP's end; a time-limit truncation is stored as *not* terminated,
+//! with the episode's true final observation as `next_obs`, so targets bootstrap
+//! through it (DESIGN §4).
+//!
+//! Sampling draws indices from a caller-supplied RNG and gathers the rows into tch
+//! tensors; the buffer saves to and loads from one little-endian binary file for resume.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use rand::Rng;
+use tch::{Device, Tensor};
+
+/// One minibatch: `obs [B, obs]`, `act [B, act]`, `rew [B, 1]`, `next_obs [B, obs]`,
+/// `term [B, 1]` (1.0 where the transition terminated the MDP).
+pub struct Batch {
+    pub obs: Tensor,
+    pub act: Tensor,
+    pub rew: Tensor,
+    pub next_obs: Tensor,
+    pub term: Tensor,
+}
+
+pub struct ReplayBuffer {
+    pub obs_dim: usize,
+    pub act_dim: usize,
+    pub capacity: usize,
+    /// Next row to overwrite once full.
+    pos: usize,
+    obs: Vec<f32>,
+    act: Vec<f32>,
+    rew: Vec<f32>,
+    next_obs: Vec<f32>,
+    term: Vec<f32>,
+}
+
+const MAGIC: &[u8; 8] = b"FLREPLY1";
+
+impl ReplayBuffer {
+    pub fn new(obs_dim: usize, act_dim: usize, capacity: usize) -> Self {
+        assert!(capacity > 0, "replay capacity must be positive");
+        Self {
+            obs_dim,
+            act_dim,
+            capacity,
+            pos: 0,
+            obs: Vec::new(),
+            act: Vec::new(),
+            rew: Vec::new(),
+            next_obs: Vec::new(),
+            term: Vec::new(),
+        }
+    }
+
+    /// Rows stored.
+    pub fn len(&self) -> usize {
+        self.rew.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rew.is_empty()
+    }
+
+    /// Adds one transition (overwriting the oldest when full).
+    pub fn push(&mut self, obs: &[f32], act: &[f32], rew: f32, next_obs: &[f32], term: bool) {
+        debug_assert_eq!(obs.len(), self.obs_dim);
+        debug_assert_eq!(next_obs.len(), self.obs_dim);
+        debug_assert_eq!(act.len(), self.act_dim);
+        let term = if term { 1.0 } else { 0.0 };
+        if self.len() < self.capacity {
+            self.obs.extend_from_slice(obs);
+            self.act.extend_from_slice(act);
+            self.rew.push(rew);
+            self.next_obs.extend_from_slice(next_obs);
+            self.term.push(term);
+        } else {
+            let (i, o, a) = (self.pos, self.obs_dim, self.act_dim);
+            self.obs[i * o..(i + 1) * o].copy_from_slice(obs);
+            self.act[i * a..(i + 1) * a].copy_from_slice(act);
+            self.rew[i] = rew;
+            self.next_obs[i * o..(i + 1) * o].copy_from_slice(next_obs);
+            self.term[i] = term;
+        }
+        self.pos = (self.pos + 1) % self.capacity;
+    }
+
+    /// `batch` rows drawn uniformly with replacement (as CleanRL's buffer does).
+    pub fn sample(&self, batch: usize, rng: &mut impl Rng, device: Device) -> Batch {
+        assert!(!self.is_empty(), "sampling an empty replay buffer");
+        let idx: Vec<usize> = (0..batch)
+            .map(|_| rng.random_range(0..self.len()))
+            .collect();
+        self.gather(&idx, device)
+    }
+
+    /// The rows `idx` as a batch.
+    pub fn gather(&self, idx: &[usize], device: Device) -> Batch {
+        let rows = |data: &[f32], dim: usize| {
+            let mut out = Vec::with_capacity(idx.len() * dim);
+            for &i in idx {
+                out.extend_from_slice(&data[i * dim..(i + 1) * dim]);
+            }
+            Tensor::from_slice(&out)
+                .view([idx.len() as i64, dim as i64])
+                .to_device(device)
+        };
+        Batch {
+            obs: rows(&self.obs, self.obs_dim),
+            act: rows(&self.act, self.act_dim),
+            rew: rows(&self.rew, 1),
+            next_obs: rows(&self.next_obs, self.obs_dim),
+            term: rows(&self.term, 1),
+        }
+    }
+
+    /// Up to `n` stored observations, evenly spaced (for calibration sets).
+    pub fn observations(&self, n: usize) -> Vec<Vec<f32>> {
+        let len = self.len();
+        let n = n.min(len);
+        (0..n)
+            .map(|k| {
+                let i = k * len / n.max(1);
+                self.obs[i * self.obs_dim..(i + 1) * self.obs_dim].to_vec()
+            })
+            .collect()
+    }
+
+    /// Writes the buffer (header, then the filled rows of each array, f32 LE).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        w.write_all(MAGIC)?;
+        for v in [
+            self.obs_dim,
+            self.act_dim,
+            self.capacity,
+            self.len(),
+            self.pos,
+        ] {
+            w.write_all(&(v as u64).to_le_bytes())?;
+        }
+        for data in [&self.obs, &self.act, &self.rew, &self.next_obs, &self.term] {
+            for v in data.iter() {
+                w.write_all(&v.to_le_bytes())?;
+            }
+        }
+        w.flush()?;
+        w.get_ref().sync_all()?;
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut r = BufReader::with_capacity(1 << 20, file);
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic)?;
+        ensure!(
+            &magic == MAGIC,
+            "{} is not a replay buffer file",
+            path.display()
+        );
+        let mut header = [0usize; 5];
+        for h in &mut header {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b)?;
+            *h = u64::from_le_bytes(b) as usize;
+        }
+        let [obs_dim, act_dim, capacity, len, pos] = header;
+        ensure!(
+            capacity > 0 && len <= capacity && pos < capacity,
+            "{}: corrupt replay header",
+            path.display()
+        );
+        let mut read = |n: usize| -> Result<Vec<f32>> {
+            let mut bytes = vec![0u8; n * 4];
+            r.read_exact(&mut bytes)
+                .with_context(|| format!("{}: truncated replay file", path.display()))?;
+            Ok(bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        Ok(Self {
+            obs_dim,
+            act_dim,
+            capacity,
+            pos,
+            obs: read(len * obs_dim)?,
+            act: read(len * act_dim)?,
+            rew: read(len)?,
+            next_obs: read(len * obs_dim)?,
+            term: read(len)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn filled(capacity: usize, n: usize) -> ReplayBuffer {
+        let mut rb = ReplayBuffer::new(2, 1, capacity);
+        for k in 0..n {
+            let x = k as f32;
+            rb.push(
+                &[x, -x],
+                &[x / 100.0],
+                10.0 * x,
+                &[x + 0.5, -x - 0.5],
+                k % 3 == 0,
+            );
+        }
+        rb
+    }
+
+    #[test]
+    fn samples_are_consistent_rows_and_cover_the_buffer() {
+        let rb = filled(100, 40);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let b = rb.sample(4096, &mut rng, Device::Cpu);
+        let obs = Vec::<f32>::try_from(b.obs.view([-1])).unwrap();
+        let act = Vec::<f32>::try_from(b.act.view([-1])).unwrap();
+        let rew = Vec::<f32>::try_from(b.rew.view([-1])).unwrap();
+        let next = Vec::<f32>::try_from(b.next_obs.view([-1])).unwrap();
+        let term = Vec::<f32>::try_from(b.term.view([-1])).unwrap();
+        let mut seen = [false; 40];
+        for j in 0..4096 {
+            let x = obs[2 * j];
+            let k = x as usize;
+            seen[k] = true;
+            assert_eq!(obs[2 * j + 1], -x);
+            assert_eq!(act[j], x / 100.0);
+            assert_eq!(rew[j], 10.0 * x);
+            assert_eq!(next[2 * j], x + 0.5);
+            assert_eq!(term[j], if k.is_multiple_of(3) { 1.0 } else { 0.0 });
+        }
+        assert!(
+            seen.iter().all(|&s| s),
+            "uniform sampling reaches every row"
+        );
+    }
+
+    #[test]
+    fn ring_overwrites_the_oldest_rows() {
+        let rb = filled(10, 25);
+        assert_eq!(rb.len(), 10);
+        let b = rb.gather(&(0..10).collect::<Vec<_>>(), Device::Cpu);
+        let mut xs = Vec::<f32>::try_from(b.rew.view([-1])).unwrap();
+        xs.sort_by(f32::total_cmp);
+        assert_eq!(xs, (15..25).map(|k| 10.0 * k as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn save_load_round_trip_is_exact() {
+        let rb = filled(10, 13);
+        let path = std::env::temp_dir().join(format!("replay-rt-{}.bin", std::process::id()));
+        rb.save(&path).unwrap();
+        let back = ReplayBuffer::load(&path).unwrap();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(
+            (back.len(), back.pos, back.capacity),
+            (rb.len(), rb.pos, rb.capacity)
+        );
+        assert_eq!(back.obs, rb.obs);
+        assert_eq!(back.act, rb.act);
+        assert_eq!(back.rew, rb.rew);
+        assert_eq!(back.next_obs, rb.next_obs);
+        assert_eq!(back.term, rb.term);
+        let mut a = rand::rngs::StdRng::seed_from_u64(5);
+        let mut b = rand::rngs::StdRng::seed_from_u64(5);
+        let x = rb.sample(8, &mut a, Device::Cpu);
+        let y = back.sample(8, &mut b, Device::Cpu);
+        assert!(x.obs.equal(&y.obs) && x.next_obs.equal(&y.next_obs));
+    }
+}

@@ -1,0 +1,1037 @@
+//! `trainer train`: the training loop shared by every agent, with evaluation, metrics,
+//! checkpoints, resume and the NaN/Inf guard; and `trainer bench`'s agent numbers.
+//!
+//! One iteration steps the [`VecEnv`] once (every env, one action each), stores the
+//! transitions, and — once `learning_starts` env steps are in the buffer — runs
+//! `updates_per_step` agent updates on uniform minibatches. SAC (CleanRL) uses 1 env and
+//! one update per env step; the FLAME paper 5 envs and one update per vector step.
+//!
+//! Randomness is counter-based, so a checkpoint needs no RNG state: warm-up actions,
+//! minibatch indices and torch's generator (reseeded before each exploring action and
+//! each update) all derive from (run seed, purpose, counter). Together with the
+//! checkpointed weights, optimizer moments, α, replay buffer, counters and the envs'
+//! [`VecEnvSnapshot`], a resumed run takes exactly the steps the uninterrupted one takes.
+//!
+//! Run directory (also what `trainer export` reads):
+//! ```text
+//! config.json          RunConfig, with the full TrainConfig under "train"
+//! normalizer.json      the observation normalizer the policy consumes
+//! policy.safetensors   policy weights (FLAME: FlowPolicyNet layout; SAC: its actor)
+//! states.bin           observations from the replay buffer (export calibration)
+//! metrics.jsonl/.csv   one row per evaluation
+//! learning_curve.png   evaluation return vs env steps
+//! summary.json         the final summary (also printed)
+//! checkpoint/          agent.safetensors, replay.bin, state.json (replaced atomically)
+//! ```
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use crate::agents::sac::{Sac, SacConfig};
+use crate::agents::Agent;
+use crate::env::{self, Env, EnvSpec, VecEnv, VecEnvSnapshot};
+use crate::plot::{learning_curve, CurvePoint};
+use crate::policy_net::PolicyShape;
+use crate::replay::ReplayBuffer;
+use crate::run_dir::{git_revision, read_json, write_json, Algo, RunConfig, RunDir};
+
+/// Loop-level settings plus the agent's own hyperparameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub algo: Algo,
+    pub env_id: String,
+    /// Total env steps (summed over envs).
+    pub steps: u64,
+    pub seed: u64,
+    /// Envs stepped together (SAC/CleanRL 1; FLAME paper 5).
+    pub num_envs: usize,
+    /// Agent updates per vector step (SAC 1 with 1 env: UTD 1; FLAME 1 with 5 envs).
+    pub updates_per_step: usize,
+    /// Uniform random actions for this many env steps before learning (SAC 5k; FLAME 30k).
+    pub learning_starts: u64,
+    /// Minibatch size (256).
+    pub batch_size: usize,
+    /// Replay capacity in transitions (1e6).
+    pub buffer_size: usize,
+    /// Evaluate every this many env steps (25k) ...
+    pub eval_every: u64,
+    /// ... over this many episodes without exploration noise (20).
+    pub eval_episodes: usize,
+    /// Checkpoint every this many env steps.
+    pub checkpoint_every: u64,
+    /// "cpu", "cuda" or "cuda:N".
+    pub device: String,
+    /// libtorch intra-op threads.
+    pub threads: usize,
+    /// Seconds between progress lines on stderr (0: none).
+    pub progress_secs: f64,
+    /// SAC's hyperparameters (for `--algo sac`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sac: Option<SacConfig>,
+    /// Testing aid: poison the loss of this update (0-based) to exercise the NaN guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject_nan_at_update: Option<u64>,
+}
+
+impl TrainConfig {
+    /// The paper's / CleanRL's defaults for `algo` on `env_id`.
+    pub fn defaults(algo: Algo, env_id: &str) -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (num_envs, learning_starts) = match algo {
+            Algo::Sac => (1, 5_000),
+            Algo::FlameM | Algo::FlameR => (5, 30_000),
+        };
+        let steps = if env_id == "Humanoid-v5" {
+            2_000_000
+        } else {
+            1_000_000
+        };
+        Self {
+            algo,
+            env_id: env_id.to_string(),
+            steps,
+            seed: 0,
+            num_envs,
+            updates_per_step: 1,
+            learning_starts,
+            batch_size: 256,
+            buffer_size: 1_000_000,
+            eval_every: 25_000,
+            eval_episodes: 20,
+            checkpoint_every: 100_000,
+            device: "cpu".into(),
+            threads,
+            progress_secs: 10.0,
+            sac: (algo == Algo::Sac).then(SacConfig::default),
+            inject_nan_at_update: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        env::spec(&self.env_id)?;
+        ensure!(self.steps > 0, "--steps must be positive");
+        ensure!(self.num_envs >= 1, "--num-envs must be at least 1");
+        ensure!(
+            self.updates_per_step >= 1,
+            "--updates-per-step must be at least 1"
+        );
+        ensure!(self.batch_size >= 1, "--batch-size must be at least 1");
+        ensure!(self.buffer_size >= 1, "--buffer-size must be at least 1");
+        ensure!(self.eval_every >= 1, "--eval-every must be at least 1");
+        ensure!(
+            self.checkpoint_every >= 1,
+            "--checkpoint-every must be at least 1"
+        );
+        ensure!(self.threads >= 1, "--threads must be at least 1");
+        ensure!(
+            self.progress_secs.is_finite() && self.progress_secs >= 0.0,
+            "--progress-every must be a non-negative number of seconds"
+        );
+        parse_device(&self.device)?;
+        if let Some(s) = &self.sac {
+            for (name, v) in [
+                ("--gamma", s.gamma),
+                ("--tau", s.tau),
+                ("--q-lr", s.q_lr),
+                ("--policy-lr", s.policy_lr),
+                ("--alpha-lr", s.alpha_lr),
+                ("--alpha", s.init_alpha),
+                ("--reward-scale", s.reward_scale),
+            ] {
+                ensure!(
+                    v.is_finite() && v > 0.0,
+                    "{name} must be a positive number, got {v}"
+                );
+            }
+            ensure!(s.gamma <= 1.0, "--gamma must be at most 1");
+            ensure!(s.tau <= 1.0, "--tau must be at most 1");
+            ensure!(
+                s.policy_frequency >= 1,
+                "--policy-frequency must be at least 1"
+            );
+            ensure!(
+                s.target_frequency >= 1,
+                "--target-frequency must be at least 1"
+            );
+            ensure!(
+                !s.policy_hidden.is_empty() && s.policy_hidden.iter().all(|&h| h > 0),
+                "--hidden needs positive widths"
+            );
+            ensure!(
+                !s.critic_hidden.is_empty() && s.critic_hidden.iter().all(|&h| h > 0),
+                "--critic-hidden needs positive widths"
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::cuda_if_available()).and_then(|d| {
+            ensure!(
+                d != Device::Cpu,
+                "--device cuda: libtorch sees no CUDA device"
+            );
+            Ok(d)
+        }),
+        _ => {
+            let n = s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .with_context(|| format!("--device {s}: expected cpu, cuda or cuda:N"))?;
+            ensure!(
+                tch::Cuda::is_available() && n < tch::Cuda::device_count() as usize,
+                "--device {s}: libtorch sees {} CUDA devices",
+                if tch::Cuda::is_available() {
+                    tch::Cuda::device_count()
+                } else {
+                    0
+                }
+            );
+            Ok(Device::Cuda(n))
+        }
+    }
+}
+
+/// Builds the agent for `config.algo`.
+pub fn make_agent(config: &TrainConfig, spec: &EnvSpec, device: Device) -> Result<Box<dyn Agent>> {
+    let scale: Vec<f64> = (spec.action_low.iter().zip(&spec.action_high))
+        .map(|(l, h)| (h - l) / 2.0)
+        .collect();
+    match config.algo {
+        Algo::Sac => {
+            let sac = config.sac.clone().context("SAC config missing")?;
+            Ok(Box::new(Sac::new(
+                sac,
+                spec.obs_dim,
+                spec.act_dim,
+                &scale,
+                device,
+            )))
+        }
+        algo @ (Algo::FlameM | Algo::FlameR) => bail!(
+            "--algo {} is not implemented in `trainer train` yet (only sac is)",
+            algo.name()
+        ),
+    }
+}
+
+/// One evaluation: the metrics row written to metrics.jsonl / metrics.csv.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRow {
+    pub step: u64,
+    pub updates: u64,
+    pub wall_s: f64,
+    pub eval_return: f64,
+    pub eval_return_std: f64,
+    pub eval_length: f64,
+    /// Mean return of the last 10 finished training episodes (NaN → null if none).
+    pub train_return: Option<f64>,
+    pub alpha: f64,
+    pub updates_per_s: f64,
+    pub env_steps_per_s: f64,
+    /// The last value of each of the agent's update statistics.
+    pub stats: BTreeMap<String, f64>,
+}
+
+/// Counters and history: everything of the loop's state besides agent and replay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoopState {
+    pub env_steps: u64,
+    pub vec_steps: u64,
+    pub updates: u64,
+    pub episodes: u64,
+    pub wall_s: f64,
+    pub next_eval: u64,
+    pub next_checkpoint: u64,
+    pub recent_returns: VecDeque<f64>,
+    pub last_stats: BTreeMap<String, f64>,
+    pub evals: Vec<EvalRow>,
+    pub envs: VecEnvSnapshot,
+}
+
+/// The final summary (summary.json and the closing lines on stdout).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub algo: Algo,
+    pub env_id: String,
+    pub seed: u64,
+    pub env_steps: u64,
+    pub updates: u64,
+    pub episodes: u64,
+    pub wall_s: f64,
+    pub final_eval_return: f64,
+    pub final_eval_return_std: f64,
+    pub best_eval_return: f64,
+    pub best_eval_step: u64,
+    pub updates_per_s: f64,
+    pub env_steps_per_s: f64,
+    pub run_dir: PathBuf,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} on {} (seed {}): {} env steps, {} updates, {} episodes in {}",
+            self.algo.name(),
+            self.env_id,
+            self.seed,
+            self.env_steps,
+            self.updates,
+            self.episodes,
+            fmt_secs(self.wall_s)
+        )?;
+        writeln!(
+            f,
+            "final eval return {:.1} ± {:.1}; best {:.1} at step {}",
+            self.final_eval_return,
+            self.final_eval_return_std,
+            self.best_eval_return,
+            self.best_eval_step
+        )?;
+        write!(
+            f,
+            "{:.0} updates/s, {:.0} env steps/s; run directory {}",
+            self.updates_per_s,
+            self.env_steps_per_s,
+            self.run_dir.display()
+        )
+    }
+}
+
+// Purposes of the counter-based seeds.
+const SEED_WARMUP: u64 = 1;
+const SEED_ACT: u64 = 2;
+const SEED_SAMPLE: u64 = 3;
+const SEED_UPDATE: u64 = 4;
+const SEED_INIT: u64 = 5;
+const SEED_EVAL: u64 = 6;
+
+/// A well-mixed seed for (run seed, purpose, counter).
+pub fn derive_seed(seed: u64, purpose: u64, counter: u64) -> u64 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    mix(mix(mix(seed) ^ purpose) ^ counter)
+}
+
+fn torch_seed(seed: u64) {
+    tch::manual_seed((seed >> 1) as i64);
+}
+
+/// The training loop's live state.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub agent: Box<dyn Agent>,
+    pub replay: ReplayBuffer,
+    pub state: LoopState,
+    venv: VecEnv,
+    eval_envs: Vec<Box<dyn Env>>,
+    spec: EnvSpec,
+    device: Device,
+    /// Where outputs go (None: benchmark, nothing written).
+    run: Option<RunDir>,
+}
+
+impl Trainer {
+    /// A fresh run (creates `out`, refuses a directory that already holds a run).
+    pub fn new(config: TrainConfig, out: Option<&Path>) -> Result<Self> {
+        config.validate()?;
+        let run = match out {
+            Some(out) => {
+                ensure!(
+                    !out.join("config.json").exists(),
+                    "{} already holds a run: resume it with `trainer train --resume {}` or choose another --out",
+                    out.display(),
+                    out.display()
+                );
+                std::fs::create_dir_all(out)
+                    .with_context(|| format!("creating {}", out.display()))?;
+                Some(RunDir::new(out))
+            }
+            None => None,
+        };
+        tch::set_num_threads(config.threads as i32);
+        let device = parse_device(&config.device)?;
+        let venv = VecEnv::new(&config.env_id, config.num_envs, config.seed)?;
+        let spec = venv.spec().clone();
+        torch_seed(derive_seed(config.seed, SEED_INIT, 0));
+        let agent = make_agent(&config, &spec, device)?;
+        let replay = ReplayBuffer::new(spec.obs_dim, spec.act_dim, config.buffer_size);
+        let state = LoopState {
+            env_steps: 0,
+            vec_steps: 0,
+            updates: 0,
+            episodes: 0,
+            wall_s: 0.0,
+            next_eval: config.eval_every,
+            next_checkpoint: config.checkpoint_every,
+            recent_returns: VecDeque::new(),
+            last_stats: BTreeMap::new(),
+            evals: Vec::new(),
+            envs: venv.snapshot(),
+        };
+        let trainer = Self {
+            eval_envs: Vec::new(),
+            config,
+            agent,
+            replay,
+            state,
+            venv,
+            spec,
+            device,
+            run,
+        };
+        if trainer.run.is_some() {
+            trainer.write_config()?;
+        }
+        Ok(trainer)
+    }
+
+    /// Reopens a run from its last checkpoint; `steps` optionally extends the budget.
+    pub fn resume(dir: &Path, steps: Option<u64>) -> Result<Self> {
+        ensure!(
+            dir.is_dir(),
+            "--resume {}: no such directory",
+            dir.display()
+        );
+        let run = RunDir::new(dir);
+        ensure!(
+            run.config().is_file(),
+            "--resume {}: not a training run (config.json is missing)",
+            dir.display()
+        );
+        let run_config = run.read_config()?;
+        let train = run_config.train.with_context(|| {
+            format!(
+                "--resume {}: not a `trainer train` run (its config.json has no training configuration)",
+                dir.display()
+            )
+        })?;
+        let mut config: TrainConfig = serde_json::from_value(train).with_context(|| {
+            format!(
+                "parsing the training configuration in {}",
+                run.config().display()
+            )
+        })?;
+        let ckpt = checkpoint_dir(dir).with_context(|| {
+            format!(
+                "--resume {}: the run has no checkpoint yet (checkpoint/ is missing)",
+                dir.display()
+            )
+        })?;
+        if let Some(steps) = steps {
+            ensure!(steps > 0, "--steps must be positive");
+            config.steps = steps;
+        }
+        config.validate()?;
+        tch::set_num_threads(config.threads as i32);
+        let device = parse_device(&config.device)?;
+        let state: LoopState = read_json(&ckpt.join("state.json"))?;
+        let venv = VecEnv::restore(&state.envs)?;
+        let spec = venv.spec().clone();
+        let mut agent = make_agent(&config, &spec, device)?;
+        let tensors = Tensor::read_safetensors(ckpt.join("agent.safetensors"))
+            .with_context(|| format!("reading {}", ckpt.join("agent.safetensors").display()))?;
+        let tensors: HashMap<String, Tensor> = tensors
+            .into_iter()
+            .map(|(k, v)| (k, v.to_device(device)))
+            .collect();
+        agent.load_state(&tensors)?;
+        let replay = ReplayBuffer::load(&ckpt.join("replay.bin"))?;
+        ensure!(
+            replay.obs_dim == spec.obs_dim && replay.act_dim == spec.act_dim,
+            "checkpoint replay buffer does not match {}",
+            spec.id
+        );
+        let trainer = Self {
+            eval_envs: Vec::new(),
+            config,
+            agent,
+            replay,
+            state,
+            venv,
+            spec,
+            device,
+            run: Some(run),
+        };
+        trainer.write_config()?;
+        trainer.write_metrics()?;
+        Ok(trainer)
+    }
+
+    /// Trains until `config.steps` env steps, evaluating and checkpointing on schedule,
+    /// then writes the final outputs and returns the summary.
+    pub fn run(&mut self) -> Result<Summary> {
+        let total = self.config.steps;
+        self.run_until(total, true)?;
+        if self.state.evals.last().map(|e| e.step) != Some(self.state.env_steps) {
+            self.evaluate_now()?;
+        }
+        self.checkpoint()?;
+        let summary = self.summary();
+        if let Some(run) = &self.run {
+            write_json(&run.root.join("summary.json"), &summary)?;
+        }
+        Ok(summary)
+    }
+
+    /// Runs vector steps until `env_steps ≥ until`; with `scheduled`, evaluates and
+    /// checkpoints on schedule and prints progress.
+    pub fn run_until(&mut self, until: u64, scheduled: bool) -> Result<()> {
+        let start = Instant::now();
+        let wall0 = self.state.wall_s;
+        let mut last_print = Instant::now();
+        let mut window = (self.state.env_steps, self.state.updates, Instant::now());
+        let mut rates = (0.0, 0.0);
+        while self.state.env_steps < until {
+            self.vec_step()?;
+            self.state.wall_s = wall0 + start.elapsed().as_secs_f64();
+            let dt = window.2.elapsed().as_secs_f64();
+            if dt >= 1.0 {
+                rates = (
+                    (self.state.updates - window.1) as f64 / dt,
+                    (self.state.env_steps - window.0) as f64 / dt,
+                );
+                window = (self.state.env_steps, self.state.updates, Instant::now());
+            }
+            if !scheduled {
+                continue;
+            }
+            if self.state.env_steps >= self.state.next_eval {
+                self.state.next_eval += self.config.eval_every;
+                self.evaluate_with_rates(rates)?;
+            }
+            if self.state.env_steps >= self.state.next_checkpoint {
+                self.state.next_checkpoint += self.config.checkpoint_every;
+                self.checkpoint()?;
+            }
+            let p = self.config.progress_secs;
+            if p > 0.0 && last_print.elapsed().as_secs_f64() >= p {
+                last_print = Instant::now();
+                eprintln!(
+                    "{}",
+                    self.progress_line(rates, start.elapsed().as_secs_f64())
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// One vector step: act, step the envs, store, update.
+    fn vec_step(&mut self) -> Result<()> {
+        let n = self.venv.len();
+        let (obs_dim, act_dim) = (self.spec.obs_dim, self.spec.act_dim);
+        let obs: Vec<f32> = self
+            .venv
+            .obs()
+            .iter()
+            .flatten()
+            .map(|&v| v as f32)
+            .collect();
+        let actions: Vec<f32> = if self.state.env_steps < self.config.learning_starts {
+            let mut rng = StdRng::seed_from_u64(derive_seed(
+                self.config.seed,
+                SEED_WARMUP,
+                self.state.vec_steps,
+            ));
+            (0..n * act_dim)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect()
+        } else {
+            torch_seed(derive_seed(
+                self.config.seed,
+                SEED_ACT,
+                self.state.vec_steps,
+            ));
+            let o = Tensor::from_slice(&obs)
+                .view([n as i64, obs_dim as i64])
+                .to_device(self.device);
+            let a = self.agent.act(&o, true).to_device(Device::Cpu).contiguous();
+            Vec::<f32>::try_from(a.view([-1]))?
+        };
+        let env_actions = self.to_env_units(&actions);
+        let out = self.venv.step(&env_actions)?;
+        for i in 0..n {
+            let step = &out.steps[i];
+            let next: Vec<f32> = step.obs.iter().map(|&v| v as f32).collect();
+            self.replay.push(
+                &obs[i * obs_dim..(i + 1) * obs_dim],
+                &actions[i * act_dim..(i + 1) * act_dim],
+                step.reward as f32,
+                &next,
+                step.terminated,
+            );
+            if let Some(stats) = out.finished[i] {
+                self.state.episodes += 1;
+                self.state.recent_returns.push_back(stats.ret);
+                if self.state.recent_returns.len() > 10 {
+                    self.state.recent_returns.pop_front();
+                }
+            }
+        }
+        self.state.env_steps += n as u64;
+        self.state.vec_steps += 1;
+        if self.state.env_steps >= self.config.learning_starts {
+            for _ in 0..self.config.updates_per_step {
+                self.update()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One agent update with the NaN/Inf guard.
+    fn update(&mut self) -> Result<()> {
+        let u = self.state.updates;
+        let mut rng = StdRng::seed_from_u64(derive_seed(self.config.seed, SEED_SAMPLE, u));
+        let batch = self
+            .replay
+            .sample(self.config.batch_size, &mut rng, self.device);
+        torch_seed(derive_seed(self.config.seed, SEED_UPDATE, u));
+        let mut stats = self.agent.update(&batch, u);
+        if self.config.inject_nan_at_update == Some(u) {
+            if let Some(s) = stats.first_mut() {
+                s.1 = f64::NAN;
+            }
+        }
+        if let Some((name, value)) = stats.iter().find(|(_, v)| !v.is_finite()) {
+            let kept = match &self.run {
+                Some(run) if checkpoint_dir(&run.root).is_some() => format!(
+                    "the last good checkpoint is kept in {}",
+                    run.root.join("checkpoint").display()
+                ),
+                _ => "no checkpoint had been written yet".to_string(),
+            };
+            bail!(
+                "{name} became {value} at env step {} (update {u}); training stopped, {kept}",
+                self.state.env_steps
+            );
+        }
+        for (k, v) in stats {
+            self.state.last_stats.insert(k.to_string(), v);
+        }
+        self.state.updates += 1;
+        Ok(())
+    }
+
+    fn to_env_units(&self, actions: &[f32]) -> Vec<f64> {
+        let d = self.spec.act_dim;
+        actions
+            .iter()
+            .enumerate()
+            .map(|(k, &a)| {
+                let (lo, hi) = (self.spec.action_low[k % d], self.spec.action_high[k % d]);
+                let a = (a as f64).clamp(-1.0, 1.0);
+                lo + (a + 1.0) * 0.5 * (hi - lo)
+            })
+            .collect()
+    }
+
+    /// Mean, std and mean length of `eval_episodes` deterministic episodes (fixed seeds,
+    /// the same at every evaluation), stepped as one batch.
+    pub fn evaluate(&mut self) -> Result<(f64, f64, f64)> {
+        let k = self.config.eval_episodes;
+        while self.eval_envs.len() < k {
+            self.eval_envs.push(env::make(&self.config.env_id)?);
+        }
+        let (obs_dim, act_dim) = (self.spec.obs_dim, self.spec.act_dim);
+        let mut obs: Vec<Vec<f64>> = (0..k)
+            .map(|j| self.eval_envs[j].reset(derive_seed(self.config.seed, SEED_EVAL, j as u64)))
+            .collect();
+        let mut returns = vec![0.0f64; k];
+        let mut lengths = vec![0usize; k];
+        let mut active: Vec<usize> = (0..k).collect();
+        while !active.is_empty() {
+            let flat: Vec<f32> = active
+                .iter()
+                .flat_map(|&j| obs[j].iter().map(|&v| v as f32))
+                .collect();
+            let o = Tensor::from_slice(&flat)
+                .view([active.len() as i64, obs_dim as i64])
+                .to_device(self.device);
+            let a = self
+                .agent
+                .act(&o, false)
+                .to_device(Device::Cpu)
+                .contiguous();
+            let a = Vec::<f32>::try_from(a.view([-1]))?;
+            let env_a = self.to_env_units(&a);
+            let mut still = Vec::with_capacity(active.len());
+            for (r, &j) in active.iter().enumerate() {
+                let step = self.eval_envs[j].step(&env_a[r * act_dim..(r + 1) * act_dim])?;
+                returns[j] += step.reward;
+                lengths[j] += 1;
+                if !step.done() {
+                    obs[j] = step.obs;
+                    still.push(j);
+                }
+            }
+            active = still;
+        }
+        let mean = returns.iter().sum::<f64>() / k as f64;
+        let std = (returns.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / k as f64).sqrt();
+        let len = lengths.iter().sum::<usize>() as f64 / k as f64;
+        Ok((mean, std, len))
+    }
+
+    fn evaluate_now(&mut self) -> Result<()> {
+        let dt = self.state.wall_s.max(1e-9);
+        let rates = (
+            self.state.updates as f64 / dt,
+            self.state.env_steps as f64 / dt,
+        );
+        self.evaluate_with_rates(rates)
+    }
+
+    fn evaluate_with_rates(&mut self, rates: (f64, f64)) -> Result<()> {
+        let (mean, std, len) = self.evaluate()?;
+        let train_return = (!self.state.recent_returns.is_empty()).then(|| {
+            self.state.recent_returns.iter().sum::<f64>() / self.state.recent_returns.len() as f64
+        });
+        self.state.evals.push(EvalRow {
+            step: self.state.env_steps,
+            updates: self.state.updates,
+            wall_s: self.state.wall_s,
+            eval_return: mean,
+            eval_return_std: std,
+            eval_length: len,
+            train_return,
+            alpha: self.agent.alpha(),
+            updates_per_s: rates.0,
+            env_steps_per_s: rates.1,
+            stats: self.state.last_stats.clone(),
+        });
+        if self.config.progress_secs > 0.0 {
+            eprintln!(
+                "eval @ {} steps: return {mean:.1} ± {std:.1} (length {len:.0}, {} episodes)",
+                self.state.env_steps, self.config.eval_episodes
+            );
+        }
+        self.write_metrics()
+    }
+
+    fn progress_line(&self, rates: (f64, f64), elapsed: f64) -> String {
+        let s = &self.state;
+        let total = self.config.steps;
+        let eval = s.evals.last().map_or("-".to_string(), |e| {
+            format!("{:.1}@{}", e.eval_return, e.step)
+        });
+        let train = if s.recent_returns.is_empty() {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.1}",
+                s.recent_returns.iter().sum::<f64>() / s.recent_returns.len() as f64
+            )
+        };
+        let losses: Vec<String> = s
+            .last_stats
+            .iter()
+            .filter(|(k, _)| k.as_str() != "alpha")
+            .map(|(k, v)| format!("{k} {v:.3}"))
+            .collect();
+        let left = total.saturating_sub(s.env_steps) as f64;
+        let eta = if rates.1 > 0.0 {
+            fmt_secs(left / rates.1)
+        } else {
+            "-".into()
+        };
+        format!(
+            "{} {} | {}/{} steps {:.1}% | {:.0} upd/s {:.0} env/s | eval {} | train {} | α {:.4} | {} | {} elapsed, ETA {}",
+            self.config.algo.name(),
+            self.config.env_id,
+            s.env_steps,
+            total,
+            100.0 * s.env_steps as f64 / total as f64,
+            rates.0,
+            rates.1,
+            eval,
+            train,
+            self.agent.alpha(),
+            losses.join(" "),
+            fmt_secs(elapsed),
+            eta
+        )
+    }
+
+    pub fn summary(&self) -> Summary {
+        let s = &self.state;
+        let last = s.evals.last();
+        let best = s
+            .evals
+            .iter()
+            .max_by(|a, b| a.eval_return.total_cmp(&b.eval_return));
+        let dt = s.wall_s.max(1e-9);
+        Summary {
+            algo: self.config.algo,
+            env_id: self.config.env_id.clone(),
+            seed: self.config.seed,
+            env_steps: s.env_steps,
+            updates: s.updates,
+            episodes: s.episodes,
+            wall_s: s.wall_s,
+            final_eval_return: last.map_or(f64::NAN, |e| e.eval_return),
+            final_eval_return_std: last.map_or(f64::NAN, |e| e.eval_return_std),
+            best_eval_return: best.map_or(f64::NAN, |e| e.eval_return),
+            best_eval_step: best.map_or(0, |e| e.step),
+            updates_per_s: s.updates as f64 / dt,
+            env_steps_per_s: s.env_steps as f64 / dt,
+            run_dir: self
+                .run
+                .as_ref()
+                .map_or_else(PathBuf::new, |r| r.root.clone()),
+        }
+    }
+
+    fn run_config(&self) -> Result<RunConfig> {
+        let (hidden, time_dim, noise_std) = match &self.config.sac {
+            Some(s) => (s.policy_hidden.clone(), 0, 0.5),
+            None => (Vec::new(), 0, 0.5),
+        };
+        Ok(RunConfig {
+            algo: self.config.algo,
+            env_id: self.config.env_id.clone(),
+            seed: self.config.seed,
+            shape: PolicyShape {
+                obs_dim: self.spec.obs_dim,
+                act_dim: self.spec.act_dim,
+                hidden,
+                time_dim,
+            },
+            nfe: 1,
+            noise_std,
+            // The agents consume raw observations (identity normalizer): no clipping.
+            obs_clip: 1e6,
+            env_steps: self.state.env_steps,
+            git_revision: git_revision(),
+            train: Some(serde_json::to_value(&self.config)?),
+        })
+    }
+
+    fn write_config(&self) -> Result<()> {
+        let Some(run) = &self.run else { return Ok(()) };
+        write_atomic(&run.config(), |p| write_json(p, &self.run_config()?))
+    }
+
+    /// metrics.jsonl, metrics.csv and learning_curve.png from the evaluation history.
+    fn write_metrics(&self) -> Result<()> {
+        let Some(run) = &self.run else { return Ok(()) };
+        let rows = &self.state.evals;
+        write_atomic(&run.root.join("metrics.jsonl"), |p| {
+            let mut text = String::new();
+            for r in rows {
+                text += &serde_json::to_string(r)?;
+                text.push('\n');
+            }
+            std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))
+        })?;
+        let keys: std::collections::BTreeSet<&String> = rows
+            .iter()
+            .flat_map(|r| r.stats.keys())
+            .filter(|k| k.as_str() != "alpha") // a fixed column already
+            .collect();
+        write_atomic(&run.root.join("metrics.csv"), |p| {
+            let mut text = String::from(
+                "step,updates,wall_s,eval_return,eval_return_std,eval_length,train_return,alpha,updates_per_s,env_steps_per_s",
+            );
+            for k in &keys {
+                text += &format!(",{k}");
+            }
+            text.push('\n');
+            for r in rows {
+                text += &format!(
+                    "{},{},{:.3},{},{},{},{},{},{:.2},{:.2}",
+                    r.step,
+                    r.updates,
+                    r.wall_s,
+                    r.eval_return,
+                    r.eval_return_std,
+                    r.eval_length,
+                    r.train_return.map_or(String::new(), |v| v.to_string()),
+                    r.alpha,
+                    r.updates_per_s,
+                    r.env_steps_per_s
+                );
+                for k in &keys {
+                    text += &format!(
+                        ",{}",
+                        r.stats.get(*k).map_or(String::new(), |v| v.to_string())
+                    );
+                }
+                text.push('\n');
+            }
+            std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))
+        })?;
+        let points: Vec<CurvePoint> = rows
+            .iter()
+            .map(|r| CurvePoint {
+                step: r.step as f64,
+                eval_mean: r.eval_return,
+                eval_std: r.eval_return_std,
+                train_mean: r.train_return.unwrap_or(f64::NAN),
+            })
+            .collect();
+        write_atomic(&run.root.join("learning_curve.png"), |p| {
+            learning_curve(p, &points, self.config.steps as f64)
+        })
+    }
+
+    /// Writes the checkpoint (agent, replay, loop state) to `checkpoint.tmp/` and swaps
+    /// it in for `checkpoint/`; also refreshes the run directory's policy files.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        let Some(run) = &self.run else { return Ok(()) };
+        let root = run.root.clone();
+        self.state.envs = self.venv.snapshot();
+        let tmp = root.join("checkpoint.tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        let cpu = |v: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> {
+            v.into_iter()
+                .map(|(k, t)| (k, t.to_device(Device::Cpu).contiguous()))
+                .collect()
+        };
+        Tensor::write_safetensors(&cpu(self.agent.state()), tmp.join("agent.safetensors"))?;
+        self.replay.save(&tmp.join("replay.bin"))?;
+        write_json(&tmp.join("state.json"), &self.state)?;
+        let ckpt = root.join("checkpoint");
+        let old = root.join("checkpoint.old");
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        if ckpt.exists() {
+            std::fs::rename(&ckpt, &old)?;
+        }
+        std::fs::rename(&tmp, &ckpt)?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        // The run directory's policy files, as `trainer export` reads them.
+        let run = RunDir::new(&root);
+        let policy = cpu(self.agent.policy_tensors());
+        write_atomic(&run.weights(), |p| {
+            Tensor::write_safetensors(&policy, p).map_err(Into::into)
+        })?;
+        write_atomic(&run.normalizer(), |p| {
+            write_json(p, &self.agent.normalizer())
+        })?;
+        let states = self.replay.observations(5000);
+        write_atomic(&run.states(), |p| {
+            let bytes: Vec<u8> = states
+                .iter()
+                .flatten()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            std::fs::write(p, bytes).with_context(|| format!("writing {}", p.display()))
+        })?;
+        self.write_config()
+    }
+}
+
+/// The checkpoint to resume from: `checkpoint/`, or `checkpoint.old/` if a crash hit
+/// between the two renames of [`Trainer::checkpoint`].
+pub fn checkpoint_dir(root: &Path) -> Option<PathBuf> {
+    ["checkpoint", "checkpoint.old"]
+        .iter()
+        .map(|d| root.join(d))
+        .find(|d| d.join("state.json").is_file())
+}
+
+/// Writes `path` via `write(path.tmp)` and a rename, so readers never see half a file.
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    // `name.tmp.ext`, not `name.ext.tmp`: writers that pick the format from the
+    // extension (the PNG plot) must still see it.
+    let tmp = match path.extension() {
+        Some(ext) => path.with_extension(format!("tmp.{}", ext.to_string_lossy())),
+        None => path.with_extension("tmp"),
+    };
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+pub fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// `trainer bench` for one agent: update throughput at the configured sizes, and env
+/// steps/s of the whole training loop (acting, env stepping, storing, updating).
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentBench {
+    pub algo: Algo,
+    pub env_id: String,
+    pub batch_size: usize,
+    pub threads: usize,
+    pub updates_per_s: f64,
+    pub loop_env_steps_per_s: f64,
+    pub loop_updates_per_s: f64,
+}
+
+impl std::fmt::Display for AgentBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<8} {:<20} batch {} threads {}: {:>7.1} updates/s; training loop {:>7.1} env steps/s ({:.1} updates/s)",
+            self.algo.name(),
+            self.env_id,
+            self.batch_size,
+            self.threads,
+            self.updates_per_s,
+            self.loop_env_steps_per_s,
+            self.loop_updates_per_s
+        )
+    }
+}
+
+pub fn bench_agent(mut config: TrainConfig, updates: usize, loop_steps: u64) -> Result<AgentBench> {
+    config.progress_secs = 0.0;
+    let warm = (config.batch_size as u64).max(1000);
+    config.learning_starts = warm;
+    config.steps = warm + loop_steps;
+    let mut t = Trainer::new(config, None)?;
+    // Warm-up transitions (random actions), no updates yet.
+    t.config.learning_starts = u64::MAX;
+    t.run_until(warm, false)?;
+    t.config.learning_starts = warm;
+    for _ in 0..10 {
+        t.update()?;
+    }
+    let start = Instant::now();
+    for _ in 0..updates {
+        t.update()?;
+    }
+    let updates_per_s = updates as f64 / start.elapsed().as_secs_f64();
+    let (s0, u0) = (t.state.env_steps, t.state.updates);
+    let start = Instant::now();
+    t.run_until(warm + loop_steps, false)?;
+    let dt = start.elapsed().as_secs_f64();
+    Ok(AgentBench {
+        algo: t.config.algo,
+        env_id: t.config.env_id.clone(),
+        batch_size: t.config.batch_size,
+        threads: t.config.threads,
+        updates_per_s,
+        loop_env_steps_per_s: (t.state.env_steps - s0) as f64 / dt,
+        loop_updates_per_s: (t.state.updates - u0) as f64 / dt,
+    })
+}

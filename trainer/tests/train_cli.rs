@@ -1,0 +1,146 @@
+//! `trainer train` / `trainer bench` / `trainer export` on bad input and on a tiny SAC
+//! run: one-line errors naming the problem, exit code ≠ 0; a SAC run has every output
+//! and export refuses it clearly.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn trainer(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .output()
+        .expect("run trainer");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flame-train-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn invalid_train_flags_are_refused() {
+    let dir = scratch("values");
+    let out = dir.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["train", "--steps", "-5", "--out", out], "-5"),
+        (
+            vec!["train", "--steps", "0", "--out", out],
+            "--steps must be positive",
+        ),
+        (vec!["train", "--algo", "ppo", "--out", out], "ppo"),
+        (vec!["train", "--env", "Nope-v5", "--out", out], "Nope-v5"),
+        (
+            vec!["train", "--batch-size", "0", "--out", out],
+            "--batch-size",
+        ),
+        (vec!["train", "--num-envs", "0", "--out", out], "--num-envs"),
+        (vec!["train", "--gamma", "1.5", "--out", out], "--gamma"),
+        (vec!["train", "--q-lr", "nan", "--out", out], "--q-lr"),
+        (
+            vec!["train", "--device", "tpu", "--out", out],
+            "--device tpu",
+        ),
+        (vec!["train", "--steps", "10"], "--out"),
+        (vec!["bench", "--updates", "0"], "--updates"),
+        (
+            vec!["init", "--algo", "sac", "--out", out],
+            "flame-m or flame-r",
+        ),
+    ] {
+        let (ok, _, err) = trainer(&args);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert!(
+        !dir.join("config.json").exists(),
+        "nothing written for refused input"
+    );
+}
+
+#[test]
+fn resume_refuses_a_directory_that_is_not_a_run() {
+    let dir = scratch("notrun");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ok, _, err) = trainer(&["train", "--resume", dir.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not a training run"), "{err}");
+    let (ok, _, err) = trainer(&["train", "--resume", "/nonexistent/run"]);
+    assert!(!ok);
+    assert!(err.contains("no such directory"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sac_run_has_its_outputs_resumes_and_is_refused_by_export() {
+    let dir = scratch("sac");
+    let out = dir.to_str().unwrap();
+    let (ok, stdout, err) = trainer(&[
+        "train",
+        "--algo",
+        "sac",
+        "--env",
+        "InvertedPendulum-v5",
+        "--steps",
+        "300",
+        "--learning-starts",
+        "100",
+        "--batch-size",
+        "16",
+        "--hidden",
+        "16,16",
+        "--critic-hidden",
+        "16,16",
+        "--eval-every",
+        "150",
+        "--eval-episodes",
+        "2",
+        "--checkpoint-every",
+        "150",
+        "--threads",
+        "1",
+        "--progress-every",
+        "0",
+        "--out",
+        out,
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("final eval return"), "{stdout}");
+    for f in [
+        "config.json",
+        "metrics.csv",
+        "metrics.jsonl",
+        "learning_curve.png",
+        "summary.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "header + 2 evaluations:\n{csv}");
+    assert!(csv.lines().next().unwrap().contains("q_loss"), "{csv}");
+
+    // A second `train` into the same directory is refused; resume with flags too.
+    let (ok, _, err) = trainer(&["train", "--env", "InvertedPendulum-v5", "--out", out]);
+    assert!(!ok && err.contains("already holds a run"), "{err}");
+    let (ok, _, err) = trainer(&["train", "--resume", out, "--seed", "3"]);
+    assert!(
+        !ok && err.contains("--seed cannot be combined with --resume"),
+        "{err}"
+    );
+    // Extending the budget continues the run.
+    let (ok, stdout, err) = trainer(&["train", "--resume", out, "--steps", "450"]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("450 env steps"), "{stdout}");
+
+    let (ok, _, err) = trainer(&["export", out, "--out", dir.join("p.blob").to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("SAC runs cannot be exported"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,160 @@
+//! The training loop's promises on a tiny budget: a killed run resumes from its last
+//! checkpoint and continues exactly as the uninterrupted run (same evaluations, same
+//! losses, same weights); a NaN/Inf loss stops the run naming the step and leaves the
+//! last good checkpoint resumable; the run directory has its outputs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use tch::Tensor;
+use trainer::run_dir::Algo;
+use trainer::train::{checkpoint_dir, EvalRow, TrainConfig, Trainer};
+
+/// torch's generator is process-global and the loop reseeds it: trainers in parallel
+/// test threads would draw each other's numbers, so these tests take turns.
+static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flame-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// SAC on InvertedPendulum with small networks: a few seconds.
+fn tiny() -> TrainConfig {
+    let mut c = TrainConfig::defaults(Algo::Sac, "InvertedPendulum-v5");
+    c.steps = 700;
+    c.learning_starts = 200;
+    c.batch_size = 32;
+    c.buffer_size = 10_000;
+    c.eval_every = 350;
+    c.eval_episodes = 2;
+    c.checkpoint_every = 300;
+    c.progress_secs = 0.0;
+    c.threads = 1;
+    let sac = c.sac.as_mut().unwrap();
+    sac.policy_hidden = vec![32, 32];
+    sac.critic_hidden = vec![32, 32];
+    c
+}
+
+/// An evaluation row without its timing fields.
+fn timeless(rows: &[EvalRow]) -> Vec<EvalRow> {
+    rows.iter()
+        .map(|r| EvalRow {
+            wall_s: 0.0,
+            updates_per_s: 0.0,
+            env_steps_per_s: 0.0,
+            ..r.clone()
+        })
+        .collect()
+}
+
+fn agent_state(t: &Trainer) -> HashMap<String, Tensor> {
+    t.agent.state().into_iter().collect()
+}
+
+#[test]
+fn resumed_run_continues_the_same_curve() {
+    let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
+    let (a, b) = (scratch("uninterrupted"), scratch("killed"));
+    let mut full = Trainer::new(tiny(), Some(&a)).unwrap();
+    let full_summary = full.run().unwrap();
+
+    // Same run, "killed" at 450 env steps: the checkpoint at 300 survives, the evaluation
+    // at 350 and everything after the checkpoint is lost.
+    let mut first = Trainer::new(tiny(), Some(&b)).unwrap();
+    first.run_until(450, true).unwrap();
+    assert_eq!(first.state.evals.len(), 1);
+    drop(first);
+    let mut resumed = Trainer::resume(&b, None).unwrap();
+    assert_eq!(
+        resumed.state.env_steps, 300,
+        "resumes from the last checkpoint"
+    );
+    assert!(
+        resumed.state.evals.is_empty(),
+        "the lost evaluation is not kept"
+    );
+    let summary = resumed.run().unwrap();
+
+    assert_eq!(summary.env_steps, full_summary.env_steps);
+    assert_eq!(summary.updates, full_summary.updates);
+    assert_eq!(summary.episodes, full_summary.episodes);
+    assert_eq!(timeless(&resumed.state.evals), timeless(&full.state.evals));
+    assert_eq!(
+        resumed.state.last_stats, full.state.last_stats,
+        "same losses"
+    );
+    assert!(!full.state.last_stats.is_empty());
+    let (x, y) = (agent_state(&full), agent_state(&resumed));
+    assert_eq!(x.len(), y.len());
+    for (k, v) in &x {
+        assert!(v.equal(&y[k]), "{k} differs after resume");
+    }
+    // The metrics file on disk has the evaluations of the uninterrupted run.
+    let jsonl = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str::<EvalRow>(l).unwrap().step)
+        .collect();
+    assert_eq!(steps, vec![350, 700]);
+    for f in [
+        "config.json",
+        "normalizer.json",
+        "policy.safetensors",
+        "states.bin",
+        "metrics.csv",
+        "learning_curve.png",
+        "summary.json",
+        "checkpoint/agent.safetensors",
+        "checkpoint/replay.bin",
+        "checkpoint/state.json",
+    ] {
+        assert!(b.join(f).is_file(), "{f} missing");
+    }
+    let png = std::fs::read(b.join("learning_curve.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+#[test]
+fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
+    let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("nan");
+    let mut c = tiny();
+    // Update u runs at env step learning_starts + u: update 150 at step 350, after the
+    // checkpoint at 300.
+    c.inject_nan_at_update = Some(150);
+    let mut t = Trainer::new(c, Some(&dir)).unwrap();
+    let err = format!("{:#}", t.run().unwrap_err());
+    assert!(err.contains("NaN") && err.contains("env step 350"), "{err}");
+    assert!(err.contains("last good checkpoint"), "{err}");
+    drop(t);
+    let ckpt = checkpoint_dir(&dir).expect("checkpoint kept");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["env_steps"], 300);
+    // The kept checkpoint resumes (the injected fault is part of the saved config, so it
+    // fires again at the same update).
+    let mut resumed = Trainer::resume(&dir, None).unwrap();
+    assert_eq!(resumed.state.env_steps, 300);
+    let err = format!("{:#}", resumed.run().unwrap_err());
+    assert!(err.contains("env step 350"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_refuses_what_is_not_a_training_run() {
+    let dir = scratch("notrun");
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = format!("{:#}", Trainer::resume(&dir, None).err().unwrap());
+    assert!(err.contains("not a training run"), "{err}");
+    let err = format!(
+        "{:#}",
+        Trainer::resume(&dir.join("nope"), None).err().unwrap()
+    );
+    assert!(err.contains("no such directory"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
