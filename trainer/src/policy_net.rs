@@ -12,24 +12,36 @@ use tch::{nn, nn::Module, Kind, Tensor};
 use crate::quantize::{Activation, DenseF32, FloatPolicy, ProvenanceInfo};
 use runtime::blob::Algorithm;
 
-/// Sinusoidal features of a time value: `[sin(2^j π t), cos(2^j π t)]` for j < dim/2.
+/// Angular frequency of the j-th sinusoidal time feature: ω_j = (j + 1)·π/2.
+///
+/// Low and linearly spaced on purpose: the MeanFlow target contains ∂u/∂t, which
+/// carries each ω_j as a factor, so geometric (2^j·π) frequencies make targets and their
+/// gradients explode.
+pub fn time_frequency(j: usize) -> f64 {
+    (j + 1) as f64 * std::f64::consts::FRAC_PI_2
+}
+
+/// Sinusoidal features of a time value: `[sin(ω_j t), cos(ω_j t)]` for j < dim/2.
 pub fn time_features(t: f64, dim: usize) -> Vec<f64> {
     (0..dim / 2)
         .flat_map(|j| {
-            let w = (1u64 << j) as f64 * std::f64::consts::PI * t;
+            let w = time_frequency(j) * t;
             [w.sin(), w.cos()]
         })
         .collect()
 }
 
+/// `[1, dim/2]` tensor of the ω_j on `t`'s device.
+fn frequencies(t: &Tensor, dim: usize) -> Tensor {
+    let freqs: Vec<f32> = (0..dim / 2).map(|j| time_frequency(j) as f32).collect();
+    Tensor::from_slice(&freqs)
+        .to_device(t.device())
+        .view([1, -1])
+}
+
 /// The same features for a batch `[B, 1]` of times, in tch.
 pub fn time_features_tensor(t: &Tensor, dim: usize) -> Tensor {
-    let freqs: Vec<f32> = (0..dim / 2)
-        .map(|j| (1u64 << j) as f32 * std::f32::consts::PI)
-        .collect();
-    let w = t * Tensor::from_slice(&freqs)
-        .to_device(t.device())
-        .view([1, -1]);
+    let w = t * frequencies(t, dim);
     Tensor::cat(&[w.sin(), w.cos()], 1)
         .view([-1, 2, (dim / 2) as i64])
         .transpose(1, 2)
@@ -39,24 +51,13 @@ pub fn time_features_tensor(t: &Tensor, dim: usize) -> Tensor {
 /// d/dt of [`time_features_tensor`] along a tangent `t_dot` ([B, 1]):
 /// `[ω cos(ωt), −ω sin(ωt)] · ṫ` in the same interleaved order.
 pub fn time_features_derivative(t: &Tensor, t_dot: &Tensor, dim: usize) -> Tensor {
-    let freqs: Vec<f32> = (0..dim / 2)
-        .map(|j| (1u64 << j) as f32 * std::f32::consts::PI)
-        .collect();
-    let omega = Tensor::from_slice(&freqs)
-        .to_device(t.device())
-        .view([1, -1]);
+    let omega = frequencies(t, dim);
     let w = t * &omega;
     let scale = &omega * t_dot;
     Tensor::cat(&[w.cos() * &scale, -(w.sin() * &scale)], 1)
         .view([-1, 2, (dim / 2) as i64])
         .transpose(1, 2)
         .reshape([-1, dim as i64])
-}
-
-/// mish'(x) = tanh(sp(x)) + x · sigmoid(x) · (1 − tanh²(sp(x))), sp = softplus.
-pub fn mish_derivative(x: &Tensor) -> Tensor {
-    let tanh_sp = x.softplus().tanh();
-    &tanh_sp + x * x.sigmoid() * (1.0 - &tanh_sp * &tanh_sp)
 }
 
 /// Sizes of the network.
@@ -117,52 +118,6 @@ impl FlowPolicyNet {
             x = layer.forward(&x).mish();
         }
         self.output.forward(&x)
-    }
-
-    /// Forward pass that also carries a tangent (forward-mode AD, exact): returns
-    /// `(u, J·(ż, ṙ, ṫ))` where J is the Jacobian of `u` with respect to `(z, r, t)`.
-    /// The observation is held fixed. One extra pass per layer: the tangent goes through
-    /// `W` (no bias) and is then scaled by the activation's derivative at the primal
-    /// pre-activation. tch has no forward-mode AD; this is exact for the MLP and is
-    /// tested against autograd (double backward).
-    pub fn forward_with_tangent(
-        &self,
-        obs_norm: &Tensor,
-        z: &Tensor,
-        r: &Tensor,
-        t: &Tensor,
-        z_dot: &Tensor,
-        r_dot: &Tensor,
-        t_dot: &Tensor,
-    ) -> (Tensor, Tensor) {
-        let d = self.shape.time_dim;
-        let mut x = Tensor::cat(
-            &[
-                obs_norm,
-                z,
-                &time_features_tensor(r, d),
-                &time_features_tensor(t, d),
-            ],
-            1,
-        );
-        let mut x_dot = Tensor::cat(
-            &[
-                &obs_norm.zeros_like(),
-                z_dot,
-                &time_features_derivative(r, r_dot, d),
-                &time_features_derivative(t, t_dot, d),
-            ],
-            1,
-        );
-        for layer in &self.hidden {
-            let pre = layer.forward(&x);
-            let pre_dot = x_dot.matmul(&layer.ws.tr());
-            x_dot = pre_dot * mish_derivative(&pre);
-            x = pre.mish();
-        }
-        let u = self.output.forward(&x);
-        let u_dot = x_dot.matmul(&self.output.ws.tr());
-        (u, u_dot)
     }
 
     /// Plain f32 copy of the network with the time inputs of each flow step folded into
@@ -315,46 +270,5 @@ mod tests {
             let expect = (z[c] - u[c]).clamp(-1.0, 1.0);
             assert!((a[c] - expect).abs() < 1e-5, "{c}: {} vs {}", a[c], expect);
         }
-    }
-
-    #[test]
-    fn tangent_pass_equals_autograd_jvp() {
-        tch::manual_seed(11);
-        let vs = nn::VarStore::new(tch::Device::Cpu);
-        let shape = PolicyShape {
-            obs_dim: 4,
-            act_dim: 3,
-            hidden: vec![32, 32, 32],
-            time_dim: 8,
-        };
-        let net = FlowPolicyNet::new(&vs.root(), shape);
-        let b = 5;
-        let opts = (Kind::Float, tch::Device::Cpu);
-        let obs = Tensor::randn([b, 4], opts);
-        let z = Tensor::randn([b, 3], opts).set_requires_grad(true);
-        let r = (Tensor::rand([b, 1], opts) * 0.5).set_requires_grad(true);
-        let t = (Tensor::rand([b, 1], opts) * 0.5 + 0.5).set_requires_grad(true);
-        let (z_dot, r_dot, t_dot) = (
-            Tensor::randn([b, 3], opts),
-            Tensor::randn([b, 1], opts),
-            Tensor::randn([b, 1], opts),
-        );
-        let (u, u_dot) = net.forward_with_tangent(&obs, &z, &r, &t, &z_dot, &r_dot, &t_dot);
-        // Autograd JVP by double backward: g ↦ Jᵀg is linear in g, and d/dg ⟨Jᵀg, v⟩ = J v.
-        let g = u.zeros_like().set_requires_grad(true);
-        let vjp = Tensor::run_backward(&[(&u * &g).sum(Kind::Float)], &[&z, &r, &t], true, true);
-        let inner = (&vjp[0] * &z_dot).sum(Kind::Float)
-            + (&vjp[1] * &r_dot).sum(Kind::Float)
-            + (&vjp[2] * &t_dot).sum(Kind::Float);
-        let jvp = Tensor::run_backward(&[inner], &[&g], false, false).remove(0);
-        let err = (&u_dot - &jvp).abs().max().double_value(&[]);
-        let scale = jvp.abs().max().double_value(&[]);
-        assert!(
-            err <= 1e-5 * scale.max(1.0),
-            "max |Δ| {err} (scale {scale})"
-        );
-        // And the primal is the plain forward.
-        let plain = net.forward(&obs, &z, &r, &t);
-        assert!((plain - u).abs().max().double_value(&[]) < 1e-6);
     }
 }

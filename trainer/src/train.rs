@@ -34,6 +34,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
+use crate::agents::flame_m::{FlameM, FlameMConfig};
 use crate::agents::sac::{Sac, SacConfig};
 use crate::agents::Agent;
 use crate::env::{self, Env, EnvSpec, VecEnv, VecEnvSnapshot};
@@ -75,6 +76,9 @@ pub struct TrainConfig {
     /// SAC's hyperparameters (for `--algo sac`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sac: Option<SacConfig>,
+    /// FLAME-M's hyperparameters (for `--algo flame-m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flame: Option<FlameMConfig>,
     /// Testing aid: poison the loss of this update (0-based) to exercise the NaN guard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_nan_at_update: Option<u64>,
@@ -110,6 +114,7 @@ impl TrainConfig {
             threads,
             progress_secs: 10.0,
             sac: (algo == Algo::Sac).then(SacConfig::default),
+            flame: (algo == Algo::FlameM).then(FlameMConfig::default),
             inject_nan_at_update: None,
         }
     }
@@ -218,8 +223,17 @@ pub fn make_agent(config: &TrainConfig, spec: &EnvSpec, device: Device) -> Resul
                 device,
             )))
         }
-        algo @ (Algo::FlameM | Algo::FlameR) => bail!(
-            "--algo {} is not implemented in `trainer train` yet (only sac is)",
+        Algo::FlameM => {
+            let flame = config.flame.clone().context("FLAME-M config missing")?;
+            Ok(Box::new(FlameM::new(
+                flame,
+                spec.obs_dim,
+                spec.act_dim,
+                device,
+            )))
+        }
+        algo @ Algo::FlameR => bail!(
+            "--algo {} is not implemented in `trainer train` yet (sac and flame-m are)",
             algo.name()
         ),
     }
@@ -797,9 +811,10 @@ impl Trainer {
     }
 
     fn run_config(&self) -> Result<RunConfig> {
-        let (hidden, time_dim, noise_std) = match &self.config.sac {
-            Some(s) => (s.policy_hidden.clone(), 0, 0.5),
-            None => (Vec::new(), 0, 0.5),
+        let (hidden, time_dim, noise_std) = match (&self.config.sac, &self.config.flame) {
+            (_, Some(f)) => (f.policy_hidden.clone(), f.time_dim, f.noise_std as f32),
+            (Some(s), None) => (s.policy_hidden.clone(), 0, 0.5),
+            (None, None) => (Vec::new(), 0, 0.5),
         };
         Ok(RunConfig {
             algo: self.config.algo,

@@ -7,6 +7,7 @@
 //! no RNG state of its own and a resumed run draws exactly the numbers the uninterrupted
 //! run would have drawn.
 
+pub mod flame_m;
 pub mod sac;
 
 use std::collections::HashMap;

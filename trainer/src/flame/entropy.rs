@@ -84,8 +84,11 @@ pub fn chain_log_prob(
         let r = Tensor::full([b, 1], t_lo, opts);
         let t = Tensor::full([b, 1], t_hi, opts);
         let (u, _) = field.velocity_with_tangent(&z, &r, &t, &z.zeros_like());
-        z = z - u * delta;
-        log_prob = log_prob - step_log_det;
+        // Fresh tensors, not in-place updates: `z` starts as a view of the caller's z0.
+        let next = &z - u * delta;
+        z = next;
+        let next = &log_prob - step_log_det;
+        log_prob = next;
     }
     (z, log_prob)
 }

@@ -1,0 +1,654 @@
+//! FLAME-M: max-entropy RL with a one-step MeanFlow policy trained by Q-reweighted flow
+//! matching (DESIGN §5). Readable top to bottom:
+//!
+//! - **Policy** `u_θ(z, r, t | s)`: an MLP on `[s, z, emb(r), emb(t)]` (3×256 mish), the
+//!   mean velocity over `[r, t]` with `z_t = (1 − t)·a + t·ε` (t = 1 is noise). Acting is
+//!   one evaluation: `a = clip(z − u(z, 0, 1 | s))`, `z ~ σ_z·N(0, I)`. An EMA copy acts
+//!   and computes TD targets.
+//! - **Critic** ([`FlameM::update`] step 1): twin Q with Polyak targets,
+//!   `y = c·r + γ(1 − term)·[min Q̄(s′, a′) + β·α·Ĥ(s′)]`, a′ from the EMA policy. β = 0 by
+//!   default (the official ablation found the entropy term hurts on HalfCheetah/Ant);
+//!   when on, it is *added*, as in SAC (the official code subtracts it: a defect).
+//! - **Policy update** (step 2, every `policy_frequency` updates): anchor
+//!   `x_t = (1 − t)·a + t·ε` from a replay action; K candidates from the interpolation
+//!   posterior ([`crate::flame::posterior`]); weights `softmax_k(min Q(s, a_k) / α)` (α,
+//!   not e^α as in the official code); the weighted velocity `v̄ = Σ w_k v_k`; the MeanFlow
+//!   target `v̄ − (t − r)·(∂_z u·v̄ + ∂_t u)` from **one** exact JVP with tangent
+//!   `(v̄, 0, 1)` (the loss is quadratic with stop-grad targets, so the weighted single
+//!   target has the per-candidate loss's gradient); loss `‖u_θ(x_t, r, t) − sg(target)‖²`
+//!   plus `λ·(−min Q̄(s, a_θ(s)))` through the one-step sampler (`q_grad_weight`).
+//!   Both flows use one time convention (t = 1 noise) in training and sampling.
+//! - **Temperature** (step 3): `Ĥ` from the decoupled M-step chain with exact log-dets
+//!   ([`crate::flame::entropy`]), started from the acting base noise σ_z·N(0, I);
+//!   minimize `log α·(Ĥ − H̄)` with `H̄ = −scale·d`.
+//! - One Adam step per critic per update (the official code takes two: a defect).
+//!
+//! Randomness comes from torch's global generator, which the training loop reseeds
+//! before every call (see [`super`]), so resumed runs draw the same numbers.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::sac::ScalarAdam;
+use super::{Agent, UpdateStats};
+use crate::critic::TwinCritic;
+use crate::flame::entropy::{chain_log_prob, LogDet, VelocityField};
+use crate::flame::posterior::{candidate_velocities, sample_candidates};
+use crate::mlp::{ensure_numel, Activation, Adam, AdamConfig, Mlp, MlpShape};
+use crate::policy_net::{time_features_derivative, time_features_tensor};
+use crate::replay::Batch;
+use crate::run_dir::Normalizer;
+
+/// Every FLAME-M hyperparameter, with the official code's default where it has one (loop
+/// settings — envs, warm-up, batch size — are in `train::TrainConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlameMConfig {
+    /// Discount γ (0.99).
+    pub gamma: f64,
+    /// Polyak rate of the critic targets and of the EMA acting policy (0.005).
+    pub tau: f64,
+    /// Critic and policy Adam learning rate (3e-4).
+    pub lr: f64,
+    /// Temperature Adam learning rate (3e-4).
+    pub alpha_lr: f64,
+    /// Policy, EMA and critic targets are updated every this many updates (2).
+    pub policy_frequency: u64,
+    /// Reward scale c in the TD target (0.2).
+    pub reward_scale: f64,
+    /// Candidate clean actions per state for the Q-weighted target (K = 100).
+    pub candidates: i64,
+    /// Particles for best-of-N training-time acting (N_p = 32).
+    pub particles: i64,
+    /// Std of the base noise z, for acting and for the entropy chain (σ_z = 0.5).
+    pub noise_std: f64,
+    /// Exploration noise added to the chosen action: std α·noise_scale (0.1).
+    pub noise_scale: f64,
+    /// Sampling range of the flow times t (and r < t): (t_min, t_max) = (1e-3, 0.995).
+    pub t_min: f64,
+    pub t_max: f64,
+    /// MeanFlow's adaptive loss weighting: each sample's squared error ℓ is weighted by
+    /// sg(1/(ℓ + 1e-3)^p), p = 1 (0 disables). Keeps the bootstrapped JVP target from
+    /// running away early in training.
+    pub adaptive_loss_power: f64,
+    /// Weight λ of the deterministic-policy-gradient term −λ·min Q̄(s, a_θ(s)) (1.0).
+    pub q_grad_weight: f64,
+    /// β: add α·Ĥ(s′) to the TD target (false, the official ablation's better choice).
+    pub entropy_in_td: bool,
+    /// Tune α (true); else it stays at `init_alpha`.
+    pub autotune: bool,
+    /// α at the start (our choice: 0.2; the official code's e^α parameterization differs).
+    pub init_alpha: f64,
+    /// Target entropy H̄ = −scale·d (1.0).
+    pub target_entropy_scale: f64,
+    /// Steps M of the decoupled entropy chain (3).
+    pub entropy_steps: usize,
+    /// Log-determinant of each chain step: exact (d JVPs) or first-order Hutchinson.
+    pub log_det: LogDet,
+    /// States per update used for the entropy estimate (64 of the batch).
+    pub entropy_states: i64,
+    /// Policy and critic hidden widths (256, 256, 256), mish.
+    pub policy_hidden: Vec<usize>,
+    pub critic_hidden: Vec<usize>,
+    /// Sinusoidal features per time input.
+    pub time_dim: usize,
+}
+
+impl Default for FlameMConfig {
+    fn default() -> Self {
+        Self {
+            gamma: 0.99,
+            tau: 0.005,
+            lr: 3e-4,
+            alpha_lr: 3e-4,
+            policy_frequency: 2,
+            reward_scale: 0.2,
+            candidates: 100,
+            particles: 32,
+            noise_std: 0.5,
+            noise_scale: 0.1,
+            t_min: 1e-3,
+            t_max: 0.995,
+            adaptive_loss_power: 1.0,
+            q_grad_weight: 1.0,
+            entropy_in_td: false,
+            autotune: true,
+            init_alpha: 0.2,
+            target_entropy_scale: 1.0,
+            entropy_steps: 3,
+            log_det: LogDet::Exact,
+            entropy_states: 64,
+            policy_hidden: vec![256, 256, 256],
+            critic_hidden: vec![256, 256, 256],
+            time_dim: 16,
+        }
+    }
+}
+
+pub struct FlameM {
+    pub config: FlameMConfig,
+    obs_dim: usize,
+    act_dim: usize,
+    /// `[s, z, emb(r), emb(t)] → u`.
+    policy: Mlp,
+    policy_adam: Adam,
+    /// EMA of `policy.params`: acts and computes TD targets.
+    ema: Tensor,
+    critic: TwinCritic,
+    log_alpha: f64,
+    alpha_adam: ScalarAdam,
+    target_entropy: f64,
+    device: Device,
+}
+
+/// The policy network as a velocity field for the entropy chain, conditioned on states.
+struct PolicyField<'a> {
+    flame: &'a FlameM,
+    params: &'a Tensor,
+    obs: &'a Tensor,
+}
+
+impl VelocityField for PolicyField<'_> {
+    fn velocity_with_tangent(
+        &self,
+        z: &Tensor,
+        r: &Tensor,
+        t: &Tensor,
+        z_dot: &Tensor,
+    ) -> (Tensor, Tensor) {
+        let reps = z.size()[0] / self.obs.size()[0];
+        let obs = self.obs.repeat([reps, 1]);
+        let input = self.flame.policy_input(&obs, z, r, t);
+        let zeros = |n: usize| Tensor::zeros([z.size()[0], n as i64], (Kind::Float, z.device()));
+        let d = self.flame.config.time_dim;
+        let input_dot = Tensor::cat(&[&zeros(self.flame.obs_dim), z_dot, &zeros(2 * d)], 1);
+        self.flame
+            .policy
+            .forward_with_tangent(self.params, &input, &input_dot)
+    }
+}
+
+impl FlameM {
+    pub fn new(config: FlameMConfig, obs_dim: usize, act_dim: usize, device: Device) -> Self {
+        let mut sizes = vec![obs_dim + act_dim + 2 * config.time_dim];
+        sizes.extend_from_slice(&config.policy_hidden);
+        sizes.push(act_dim);
+        let policy = Mlp::new(
+            MlpShape {
+                sizes,
+                activation: Activation::Mish,
+                members: 1,
+            },
+            device,
+        );
+        let policy_adam = Adam::new(AdamConfig::with_lr(config.lr), &policy.params);
+        let ema = policy.detached_copy();
+        let critic = TwinCritic::new(
+            obs_dim,
+            act_dim,
+            &config.critic_hidden,
+            Activation::Mish,
+            AdamConfig::with_lr(config.lr),
+            config.tau,
+            device,
+        );
+        Self {
+            log_alpha: config.init_alpha.ln(),
+            alpha_adam: ScalarAdam {
+                m: 0.0,
+                v: 0.0,
+                steps: 0,
+            },
+            target_entropy: -config.target_entropy_scale * act_dim as f64,
+            config,
+            obs_dim,
+            act_dim,
+            policy,
+            policy_adam,
+            ema,
+            critic,
+            device,
+        }
+    }
+
+    fn alpha_value(&self) -> f64 {
+        self.log_alpha.exp()
+    }
+
+    fn policy_input(&self, obs: &Tensor, z: &Tensor, r: &Tensor, t: &Tensor) -> Tensor {
+        let d = self.config.time_dim;
+        Tensor::cat(
+            &[
+                obs,
+                z,
+                &time_features_tensor(r, d),
+                &time_features_tensor(t, d),
+            ],
+            1,
+        )
+    }
+
+    fn column(&self, n: i64, value: f64) -> Tensor {
+        Tensor::full([n, 1], value, (Kind::Float, self.device))
+    }
+
+    /// One-step action `clip(z − u(z, 0, 1 | s))` with the given parameters.
+    fn one_step(&self, params: &Tensor, obs: &Tensor, z: &Tensor) -> Tensor {
+        let n = obs.size()[0];
+        let input = self.policy_input(obs, z, &self.column(n, 0.0), &self.column(n, 1.0));
+        (z - self.policy.forward_with(params, &input)).clamp(-1.0, 1.0)
+    }
+
+    fn base_noise(&self, n: i64) -> Tensor {
+        Tensor::randn([n, self.act_dim as i64], (Kind::Float, self.device)) * self.config.noise_std
+    }
+
+    /// Entropy estimate Ĥ = −mean log π from the decoupled chain on `obs`.
+    fn entropy(&self, params: &Tensor, obs: &Tensor) -> f64 {
+        let field = PolicyField {
+            flame: self,
+            params,
+            obs,
+        };
+        let z0 = self.base_noise(obs.size()[0]);
+        let (_, log_prob) = chain_log_prob(
+            &field,
+            &z0,
+            self.config.noise_std,
+            self.config.entropy_steps,
+            self.config.log_det,
+        );
+        -log_prob.mean(Kind::Float).double_value(&[])
+    }
+
+    /// The Q-reweighted MeanFlow target for anchors `x_t` at times `(r, t)` (no grad).
+    fn meanflow_target(&self, obs: &Tensor, x_t: &Tensor, r: &Tensor, t: &Tensor) -> Tensor {
+        let (b, d) = x_t.size2().expect("x_t is [B, d]");
+        let k = self.config.candidates;
+        let candidates = sample_candidates(x_t, t, k);
+        let velocities = candidate_velocities(x_t, t, &candidates);
+        let obs_k = obs.repeat_interleave_self_int(k, 0, None);
+        let q = self
+            .critic
+            .min_q(&obs_k, &candidates.view([b * k, d]))
+            .view([b, k]);
+        let weights = (q / self.alpha_value()).softmax(1, Kind::Float);
+        let v_bar = (weights.unsqueeze(-1) * velocities).sum_dim_intlist(1, false, Kind::Float);
+        // d/dt u(x_t, r, t) along (ẋ, ṙ, ṫ) = (v̄, 0, 1): one JVP for all K candidates.
+        let input = self.policy_input(obs, x_t, r, t);
+        let zeros = |n: usize| Tensor::zeros([b, n as i64], (Kind::Float, self.device));
+        let time = self.config.time_dim;
+        let input_dot = Tensor::cat(
+            &[
+                &zeros(self.obs_dim),
+                &v_bar,
+                &zeros(time),
+                &time_features_derivative(t, &self.column(b, 1.0), time),
+            ],
+            1,
+        );
+        let (_, du_dt) = self
+            .policy
+            .forward_with_tangent(&self.policy.params, &input, &input_dot);
+        v_bar - (t - r) * du_dt
+    }
+}
+
+impl Agent for FlameM {
+    fn act(&self, obs: &Tensor, explore: bool) -> Tensor {
+        tch::no_grad(|| {
+            let obs = obs.to_device(self.device).to_kind(Kind::Float);
+            let (n, p, d) = (obs.size()[0], self.config.particles, self.act_dim as i64);
+            // Best of N_p one-step samples by min Q.
+            let obs_p = obs.repeat_interleave_self_int(p, 0, None);
+            let actions = self.one_step(&self.ema, &obs_p, &self.base_noise(n * p));
+            let q = self.critic.min_q(&obs_p, &actions).view([n, p]);
+            let best = q.argmax(1, true).view([n, 1, 1]).expand([n, 1, d], false);
+            let chosen = actions.view([n, p, d]).gather(1, &best, false).view([n, d]);
+            if explore {
+                let noise = chosen.randn_like() * (self.alpha_value() * self.config.noise_scale);
+                (chosen + noise).clamp(-1.0, 1.0)
+            } else {
+                chosen
+            }
+        })
+    }
+
+    fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats {
+        let c = self.config.clone();
+        let b = batch.obs.size()[0];
+        let alpha = self.alpha_value();
+
+        // 1. Critic: one Adam step towards the TD target.
+        let y = tch::no_grad(|| {
+            let next_action = self.one_step(&self.ema, &batch.next_obs, &self.base_noise(b));
+            let mut bootstrap = self.critic.target_min_q(&batch.next_obs, &next_action);
+            if c.entropy_in_td {
+                bootstrap += alpha * self.entropy(&self.ema, &batch.next_obs);
+            }
+            &batch.rew * c.reward_scale + (1.0 - &batch.term) * c.gamma * bootstrap
+        });
+        let (q_loss, q_mean) = self.critic.train_step(&batch.obs, &batch.act, &y);
+        let mut stats = vec![
+            ("q_loss", q_loss.double_value(&[])),
+            ("q_mean", q_mean.double_value(&[])),
+            ("alpha", alpha),
+        ];
+        if !update.is_multiple_of(c.policy_frequency) {
+            return stats;
+        }
+
+        // 2. Policy: Q-reweighted MeanFlow matching plus the Q-gradient term.
+        let opts = (Kind::Float, self.device);
+        let t = Tensor::rand([b, 1], opts) * (c.t_max - c.t_min) + c.t_min;
+        let r = (&t - c.t_min) * Tensor::rand([b, 1], opts) + c.t_min;
+        let noise = Tensor::randn_like(&batch.act);
+        let x_t = (1.0 - &t) * &batch.act + &t * noise;
+        let target = tch::no_grad(|| self.meanflow_target(&batch.obs, &x_t, &r, &t));
+        let u = self
+            .policy
+            .forward(&self.policy_input(&batch.obs, &x_t, &r, &t));
+        let per_sample = (u - target).square().sum_dim_intlist(1, false, Kind::Float);
+        let adaptive = (per_sample.detach() + 1e-3).pow_tensor_scalar(-c.adaptive_loss_power);
+        let flow_loss = per_sample.mean(Kind::Float);
+        let weighted_flow_loss = (adaptive * &per_sample).mean(Kind::Float);
+        let z = self.base_noise(b);
+        let ones = self.column(b, 1.0);
+        let input = self.policy_input(&batch.obs, &z, &ones.zeros_like(), &ones);
+        let a_theta = (&z - self.policy.forward(&input)).clamp(-1.0, 1.0);
+        let q_target = self.critic.net.forward_with(
+            &self.critic.target,
+            &Tensor::cat(&[&batch.obs, &a_theta], 1),
+        );
+        let q_pi = q_target.get(0).minimum(&q_target.get(1)).mean(Kind::Float);
+        let loss = weighted_flow_loss - c.q_grad_weight * &q_pi;
+        let grad = self.policy.grad(&loss);
+        self.policy_adam.step(&self.policy.params, &grad);
+        tch::no_grad(|| {
+            self.ema
+                .copy_(&(&self.ema * (1.0 - c.tau) + &self.policy.params * c.tau));
+        });
+        self.critic.polyak();
+
+        // 3. Temperature from the decoupled entropy estimate.
+        let states = batch.obs.narrow(0, 0, c.entropy_states.min(b));
+        let entropy = tch::no_grad(|| self.entropy(&self.policy.params, &states));
+        if c.autotune {
+            let grad = entropy - self.target_entropy;
+            self.alpha_adam
+                .step(&mut self.log_alpha, grad, AdamConfig::with_lr(c.alpha_lr));
+        }
+        stats.extend([
+            ("flow_loss", flow_loss.double_value(&[])),
+            ("q_pi", q_pi.double_value(&[])),
+            ("entropy", entropy),
+        ]);
+        stats
+    }
+
+    fn alpha(&self) -> f64 {
+        self.alpha_value()
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.critic.state("critic");
+        out.extend([
+            (
+                "policy.params".to_string(),
+                self.policy.params.shallow_clone(),
+            ),
+            (
+                "policy.adam_m".to_string(),
+                self.policy_adam.m.shallow_clone(),
+            ),
+            (
+                "policy.adam_v".to_string(),
+                self.policy_adam.v.shallow_clone(),
+            ),
+            (
+                "policy.adam_steps".to_string(),
+                Tensor::from_slice(&[self.policy_adam.steps]),
+            ),
+            ("policy.ema".to_string(), self.ema.shallow_clone()),
+            (
+                "alpha.state".to_string(),
+                Tensor::from_slice(&[self.log_alpha, self.alpha_adam.m, self.alpha_adam.v]),
+            ),
+            (
+                "alpha.adam_steps".to_string(),
+                Tensor::from_slice(&[self.alpha_adam.steps]),
+            ),
+        ]);
+        out
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.critic.load_state("critic", state)?;
+        let get = |name: &str| {
+            state
+                .get(name)
+                .with_context(|| format!("checkpoint lacks {name}"))
+        };
+        let n = self.policy.params.numel() as i64;
+        tch::no_grad(|| -> Result<()> {
+            for (dst, name) in [
+                (&mut self.policy.params, "policy.params"),
+                (&mut self.policy_adam.m, "policy.adam_m"),
+                (&mut self.policy_adam.v, "policy.adam_v"),
+                (&mut self.ema, "policy.ema"),
+            ] {
+                let src = get(name)?;
+                ensure_numel(name, src, n)?;
+                dst.copy_(src);
+            }
+            Ok(())
+        })?;
+        self.policy_adam.steps = get("policy.adam_steps")?.int64_value(&[0]);
+        let a = Vec::<f64>::try_from(get("alpha.state")?)?;
+        anyhow::ensure!(
+            a.len() == 3,
+            "checkpoint alpha.state has {} values",
+            a.len()
+        );
+        (self.log_alpha, self.alpha_adam.m, self.alpha_adam.v) = (a[0], a[1], a[2]);
+        self.alpha_adam.steps = get("alpha.adam_steps")?.int64_value(&[0]);
+        Ok(())
+    }
+
+    /// The EMA (acting) policy in `policy_net::FlowPolicyNet`'s layout, which
+    /// `trainer export` loads: `hidden{i}.{weight,bias}`, `output.{weight,bias}`,
+    /// weights `[out, in]`.
+    fn policy_tensors(&self) -> Vec<(String, Tensor)> {
+        let layers = self.policy.layer_views(&self.ema);
+        let last = layers.len() - 1;
+        layers
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, (w, b))| {
+                let name = if i == last {
+                    "output".to_string()
+                } else {
+                    format!("hidden{i}")
+                };
+                [
+                    (format!("{name}.weight"), w.tr().contiguous()),
+                    (format!("{name}.bias"), b.copy()),
+                ]
+            })
+            .collect()
+    }
+
+    /// FLAME, like SAC here, consumes raw observations (identity normalizer).
+    fn normalizer(&self) -> Normalizer {
+        Normalizer {
+            mean: vec![0.0; self.obs_dim],
+            std: vec![1.0; self.obs_dim],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy_net::{FlowPolicyNet, PolicyShape};
+    use tch::nn;
+
+    fn small(obs_dim: usize, act_dim: usize) -> FlameM {
+        tch::manual_seed(0);
+        let config = FlameMConfig {
+            candidates: 16,
+            particles: 8,
+            entropy_states: 8,
+            policy_hidden: vec![32, 32],
+            critic_hidden: vec![32, 32],
+            time_dim: 8,
+            ..FlameMConfig::default()
+        };
+        FlameM::new(config, obs_dim, act_dim, Device::Cpu)
+    }
+
+    fn batch(b: i64, obs_dim: i64, act_dim: i64) -> Batch {
+        let opts = (Kind::Float, Device::Cpu);
+        Batch {
+            obs: Tensor::randn([b, obs_dim], opts),
+            act: Tensor::rand([b, act_dim], opts) * 2.0 - 1.0,
+            rew: Tensor::randn([b, 1], opts),
+            next_obs: Tensor::randn([b, obs_dim], opts),
+            term: Tensor::zeros([b, 1], opts),
+        }
+    }
+
+    /// The weighted single target equals the weighted mean of the K per-candidate
+    /// MeanFlow targets (each with its own JVP), so `‖u − Σ w_k tgt_k‖²` and
+    /// `Σ w_k ‖u − tgt_k‖²` have the same gradient (Σ w_k = 1).
+    #[test]
+    fn single_jvp_target_equals_the_weighted_per_candidate_targets() {
+        let agent = small(5, 3);
+        let (b, d) = (4i64, 3i64);
+        let opts = (Kind::Float, Device::Cpu);
+        let obs = Tensor::randn([b, 5], opts);
+        let x_t = Tensor::randn([b, d], opts) * 0.5;
+        let t = Tensor::rand([b, 1], opts) * 0.9 + 0.05;
+        let r = &t * Tensor::rand([b, 1], opts);
+        tch::manual_seed(3);
+        let single = tch::no_grad(|| agent.meanflow_target(&obs, &x_t, &r, &t));
+        // Per candidate, with the same draws.
+        tch::manual_seed(3);
+        let k = agent.config.candidates;
+        let candidates = sample_candidates(&x_t, &t, k);
+        let velocities = candidate_velocities(&x_t, &t, &candidates);
+        let q = agent
+            .critic
+            .min_q(
+                &obs.repeat_interleave_self_int(k, 0, None),
+                &candidates.view([b * k, d]),
+            )
+            .view([b, k]);
+        let w = (q / agent.alpha_value()).softmax(1, Kind::Float).detach();
+        let input = agent.policy_input(&obs, &x_t, &r, &t);
+        let time = agent.config.time_dim;
+        let dt = time_features_derivative(&t, &agent.column(b, 1.0), time);
+        let mut weighted = Tensor::zeros([b, d], opts);
+        for j in 0..k {
+            let v = velocities.select(1, j);
+            let input_dot = Tensor::cat(
+                &[
+                    &Tensor::zeros([b, 5], opts),
+                    &v,
+                    &Tensor::zeros([b, time as i64], opts),
+                    &dt,
+                ],
+                1,
+            );
+            let (_, du) =
+                agent
+                    .policy
+                    .forward_with_tangent(&agent.policy.params, &input, &input_dot);
+            let target = &v - (&t - &r) * du;
+            weighted += w.select(1, j).unsqueeze(1) * target;
+        }
+        let err = (single - weighted).abs().max().double_value(&[]);
+        assert!(
+            err < 1e-4,
+            "single vs per-candidate targets differ by {err}"
+        );
+    }
+
+    #[test]
+    fn updates_are_finite_and_move_policy_critic_and_alpha() {
+        let mut agent = small(6, 2);
+        let before = agent.policy.params.copy();
+        let alpha = agent.alpha();
+        for update in 0..4 {
+            let stats = agent.update(&batch(32, 6, 2), update);
+            assert!(stats.iter().all(|(_, v)| v.is_finite()), "{stats:?}");
+        }
+        assert!(
+            (agent.policy.params.copy() - before)
+                .abs()
+                .max()
+                .double_value(&[])
+                > 0.0
+        );
+        assert_ne!(agent.alpha(), alpha);
+        let a = agent.act(&Tensor::randn([5, 6], (Kind::Float, Device::Cpu)), true);
+        assert_eq!(a.size(), [5, 2]);
+        assert!(a.abs().max().double_value(&[]) <= 1.0);
+    }
+
+    #[test]
+    fn checkpoint_state_round_trips() {
+        let mut agent = small(4, 2);
+        agent.update(&batch(16, 4, 2), 0);
+        let state: HashMap<String, Tensor> = agent
+            .state()
+            .into_iter()
+            .map(|(k, v)| (k, v.copy()))
+            .collect();
+        let mut other = small(4, 2);
+        other.load_state(&state).unwrap();
+        let obs = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
+        tch::manual_seed(9);
+        let a = agent.act(&obs, false);
+        tch::manual_seed(9);
+        let b = other.act(&obs, false);
+        assert_eq!(
+            Vec::<f32>::try_from(a.view([-1])).unwrap(),
+            Vec::<f32>::try_from(b.view([-1])).unwrap()
+        );
+        assert_eq!(agent.alpha(), other.alpha());
+    }
+
+    /// `policy_tensors` is what `trainer export` loads into a `FlowPolicyNet`.
+    #[test]
+    fn exported_tensors_load_into_the_export_network() {
+        let agent = small(5, 3);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let net = FlowPolicyNet::new(
+            &vs.root(),
+            PolicyShape {
+                obs_dim: 5,
+                act_dim: 3,
+                hidden: vec![32, 32],
+                time_dim: 8,
+            },
+        );
+        let path =
+            std::env::temp_dir().join(format!("flame-m-export-{}.safetensors", std::process::id()));
+        let tensors = agent.policy_tensors();
+        let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        Tensor::write_safetensors(&named, &path).unwrap();
+        vs.load(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let opts = (Kind::Float, Device::Cpu);
+        let (obs, z) = (Tensor::randn([4, 5], opts), Tensor::randn([4, 3], opts));
+        let (r, t) = (agent.column(4, 0.0), agent.column(4, 1.0));
+        let expect = agent
+            .policy
+            .forward_with(&agent.ema, &agent.policy_input(&obs, &z, &r, &t));
+        let got = net.forward(&obs, &z, &r, &t);
+        assert!((got - expect).abs().max().double_value(&[]) < 1e-5);
+    }
+}
