@@ -57,7 +57,13 @@ pub fn learning_curve(path: &Path, points: &[CurvePoint], max_step: f64) -> Resu
         .y_labels(0)
         .draw()
         .map_err(|e| err(&e))?;
-    // Zero line and a light grid at tenths of the budget.
+    // Axes (left, bottom), zero line and a light grid at tenths of the budget.
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, hi), (0.0, lo), (max_step, lo)],
+            BLACK.stroke_width(2),
+        ))
+        .map_err(|e| err(&e))?;
     for k in 1..10 {
         let x = max_step * k as f64 / 10.0;
         chart

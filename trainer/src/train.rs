@@ -923,12 +923,16 @@ impl Trainer {
         Tensor::write_safetensors(&cpu(self.agent.state()), tmp.join("agent.safetensors"))?;
         self.replay.save(&tmp.join("replay.bin"))?;
         write_json(&tmp.join("state.json"), &self.state)?;
+        // Swap: checkpoint/ → checkpoint.old/, checkpoint.tmp/ → checkpoint/. Whenever the
+        // process dies, one complete checkpoint is under one of the two names
+        // ([`checkpoint_dir`]); a leftover checkpoint.old/ is only dropped once a newer
+        // checkpoint/ exists.
         let ckpt = root.join("checkpoint");
         let old = root.join("checkpoint.old");
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
-        }
         if ckpt.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old)?;
+            }
             std::fs::rename(&ckpt, &old)?;
         }
         std::fs::rename(&tmp, &ckpt)?;

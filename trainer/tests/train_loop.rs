@@ -158,3 +158,23 @@ fn resume_refuses_what_is_not_a_training_run() {
     assert!(err.contains("no such directory"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_crash_between_the_checkpoint_renames_still_resumes() {
+    let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("swap");
+    let mut c = tiny();
+    c.steps = 300;
+    Trainer::new(c, Some(&dir)).unwrap().run().unwrap();
+    // As if killed after checkpoint/ became checkpoint.old/ and while checkpoint.tmp/
+    // was still being written.
+    std::fs::rename(dir.join("checkpoint"), dir.join("checkpoint.old")).unwrap();
+    std::fs::create_dir_all(dir.join("checkpoint.tmp")).unwrap();
+    std::fs::write(dir.join("checkpoint.tmp/state.json"), "{ half").unwrap();
+    let mut t = Trainer::resume(&dir, Some(400)).unwrap();
+    assert_eq!(t.state.env_steps, 300);
+    t.run().unwrap();
+    assert!(dir.join("checkpoint/state.json").is_file());
+    assert!(!dir.join("checkpoint.old").exists() && !dir.join("checkpoint.tmp").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
