@@ -7,7 +7,9 @@
 //! The scheme (TFLite / CMSIS-NN):
 //! - weights: symmetric per output channel, int8 in [−127, 127], `s_w[c] = max|W[c,:]| / 127`;
 //! - activations: asymmetric per tensor, `s = (max − min) / 255` over the calibration
-//!   data (the range always contains 0), zero point so that `min ↦ −128`;
+//!   data (the range always contains 0), zero point so that `min ↦ −128`; then each
+//!   range may be clipped (shrunk toward 0) where that lowers the int8 policy's action
+//!   error on the calibration states without raising its worst case ([`refine`]);
 //! - bias: int32 at scale `s_in · s_w[c]`;
 //! - requantization of each hidden pre-activation by the fixed-point multiplier
 //!   `s_in · s_w[c] / s_pre` (see `runtime::quant`);
@@ -21,7 +23,9 @@ use rand_distr::StandardNormal;
 use runtime::blob::{
     self, Algorithm, HiddenLayer, InputStage, Metadata, OutputLayer, PolicyBlob, Provenance,
 };
+use runtime::noise::SplitMix64;
 use runtime::quant::quantize_multiplier;
+use runtime::{NoiseMode, Policy, Scratch};
 
 /// A dense layer in f32: `y = W x + b`, `W` row-major `[out][in]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -280,13 +284,140 @@ fn calibrate(policy: &FloatPolicy, observations: &[Vec<f32>], seed: u64) -> Rang
     ranges
 }
 
-/// Quantize `policy` with activation ranges calibrated on `calibration_obs` and encode
-/// the blob.
+/// Factors by which [`refine`] may shrink a calibrated range (1 keeps the min/max range).
+const CLIP_FACTORS: [f64; 10] = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2];
+/// Calibration states [`refine`] evaluates (a strided subset of the calibration set).
+const REFINE_STATES: usize = 512;
+
+/// The tensors [`refine`] tunes: all observation inputs together, and each hidden layer's
+/// pre- and post-activation range.
+#[derive(Debug, Clone, Copy)]
+enum Tensor {
+    Observations,
+    Preact(usize),
+    Postact(usize),
+}
+
+fn scaled(base: &Ranges, policy: &FloatPolicy, tensor: Tensor, factor: f64) -> Ranges {
+    let mut r = base.clone();
+    let shrink = |range: &mut (f64, f64)| *range = (range.0 * factor, range.1 * factor);
+    match tensor {
+        Tensor::Observations => r.input[..policy.obs_dim].iter_mut().for_each(shrink),
+        Tensor::Preact(l) => shrink(&mut r.preact[l]),
+        Tensor::Postact(l) => shrink(&mut r.postact[l]),
+    }
+    r
+}
+
+/// Min/max ranges are set by rare outliers; clipping them buys resolution for the bulk of
+/// the values. For each tensor, in turn (two sweeps), keep the clip factor that minimizes
+/// the int8 policy's mean squared action error against the float policy on calibration
+/// states (both modes, the runtime's own noise), measured with the runtime itself. Only
+/// calibration states are used, so held-out error stays an honest measurement.
+fn refine(policy: &FloatPolicy, observations: &[Vec<f32>], calibrated: &Ranges) -> Result<Ranges> {
+    let stride = observations.len().div_ceil(REFINE_STATES).max(1);
+    let cases: Vec<(&Vec<f32>, NoiseMode, Vec<f32>)> = observations
+        .iter()
+        .step_by(stride)
+        .enumerate()
+        .map(|(i, obs)| {
+            let (mode, z0) = if i % 2 == 0 {
+                (NoiseMode::Deterministic, vec![0.0; policy.act_dim])
+            } else {
+                let seed = i as u64;
+                let mut rng = SplitMix64::new(seed);
+                let z0 = (0..policy.act_dim)
+                    .map(|_| rng.next_gaussian() * policy.noise_std)
+                    .collect();
+                (NoiseMode::Stochastic { seed }, z0)
+            };
+            (obs, mode, policy.act(obs, &z0))
+        })
+        .collect();
+    let half: Vec<f64> = (0..policy.act_dim)
+        .map(|c| 0.5 * (policy.action_high[c] - policy.action_low[c]) as f64)
+        .collect();
+    // (mean squared error, largest error) in half-range units.
+    let error = |ranges: &Ranges| -> Option<(f64, f64)> {
+        let bytes = build(policy, ranges).ok()?;
+        let int8 = Policy::from_bytes(&bytes).ok()?;
+        let mut scratch = Scratch::new();
+        let mut action = vec![0f32; policy.act_dim];
+        let (mut sum, mut max) = (0.0, 0f64);
+        for (obs, mode, float) in &cases {
+            int8.act(obs, *mode, &mut scratch, &mut action).ok()?;
+            for c in 0..policy.act_dim {
+                let e = (action[c] as f64 - float[c] as f64) / half[c];
+                sum += e * e;
+                max = max.max(e.abs());
+            }
+        }
+        Some((sum / (cases.len() * policy.act_dim) as f64, max))
+    };
+    let mut tensors = vec![Tensor::Observations];
+    for l in 0..policy.hidden.len() {
+        tensors.extend([Tensor::Preact(l), Tensor::Postact(l)]);
+    }
+    let mut factors = vec![1.0; tensors.len()];
+    let with = |factors: &[f64]| {
+        tensors
+            .iter()
+            .zip(factors)
+            .fold(calibrated.clone(), |r, (&t, &f)| scaled(&r, policy, t, f))
+    };
+    let (mut best, max_minmax) =
+        error(calibrated).context("min/max calibration does not quantize")?;
+    for _sweep in 0..2 {
+        for t in 0..tensors.len() {
+            for &f in &CLIP_FACTORS {
+                let mut candidate = factors.clone();
+                candidate[t] = f;
+                // Lower mean squared error without a larger worst case than min/max.
+                if let Some((e, max)) = error(&with(&candidate)) {
+                    if e < best && max <= max_minmax {
+                        (best, factors) = (e, candidate);
+                    }
+                }
+            }
+        }
+    }
+    Ok(with(&factors))
+}
+
+/// How activation ranges are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calibration {
+    /// The min/max of each tensor over the calibration data.
+    MinMax,
+    /// Min/max, then clipped per tensor by [`refine`] (the default).
+    Refined,
+}
+
+/// Quantize `policy` with activation ranges calibrated on `calibration_obs` (min/max,
+/// then clipped by [`refine`]) and encode the blob.
 pub fn quantize(policy: &FloatPolicy, calibration_obs: &[Vec<f32>], seed: u64) -> Result<Vec<u8>> {
+    quantize_with(policy, calibration_obs, seed, Calibration::Refined)
+}
+
+/// [`quantize`] with a choice of calibration.
+pub fn quantize_with(
+    policy: &FloatPolicy,
+    calibration_obs: &[Vec<f32>],
+    seed: u64,
+    calibration: Calibration,
+) -> Result<Vec<u8>> {
     policy.validate()?;
     ensure!(!calibration_obs.is_empty(), "no calibration observations");
     let ranges = calibrate(policy, calibration_obs, seed);
+    let ranges = match calibration {
+        Calibration::MinMax => ranges,
+        Calibration::Refined => refine(policy, calibration_obs, &ranges)?,
+    };
+    build(policy, &ranges)
+}
 
+/// Encode the blob for `policy` with the given activation ranges.
+fn build(policy: &FloatPolicy, ranges: &Ranges) -> Result<Vec<u8>> {
     // Inputs: symmetric, one scale per element (zero point 0). The scale s_i is folded
     // into the first layer's weight column i, so that layer sees an input scale of 1.
     let input_scales: Vec<f64> = ranges
