@@ -415,10 +415,34 @@ fn reexec_with_passive_openmp() {
         .exec();
 }
 
+/// Keep freed memory in glibc's heap. libtorch frees and reallocates the same
+/// activation-sized buffers (hundreds of KB) every update; with glibc's default trim and
+/// mmap thresholds they go back to the kernel and come back as fresh zeroed pages, and
+/// the page faults cost ~10% of an update (measured with perf: SAC 11.6 → 10.5 ms CPU).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_TOP_PAD: i32 = -2;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only sets allocator tunables; called before any other thread
+        // exists.
+        unsafe {
+            mallopt(M_TRIM_THRESHOLD, 1 << 30);
+            mallopt(M_TOP_PAD, 64 << 20);
+            mallopt(M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum on 64-bit
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Train(_) | Command::Bench { .. }) {
         reexec_with_passive_openmp();
+        keep_freed_memory();
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
