@@ -90,8 +90,35 @@ mod imp {
         rows: usize,
         x: &[i8],
         zero_point: i32,
-        mut emit: impl FnMut(usize, i32),
+        emit: impl FnMut(usize, i32),
     ) {
+        dense_with(weights, rows, x, zero_point, emit, avx2_available())
+    }
+
+    /// AVX2 is used where the CPU has it and `std` can tell (runtime detection).
+    #[inline]
+    fn avx2_available() -> bool {
+        #[cfg(all(target_arch = "x86_64", any(test, feature = "std")))]
+        {
+            std::is_x86_feature_detected!("avx2")
+        }
+        #[cfg(not(all(target_arch = "x86_64", any(test, feature = "std"))))]
+        {
+            false
+        }
+    }
+
+    /// [`dense`] with the AVX2 choice made by the caller (tests run both paths).
+    #[inline]
+    pub(super) fn dense_with(
+        weights: &[u8],
+        rows: usize,
+        x: &[i8],
+        zero_point: i32,
+        mut emit: impl FnMut(usize, i32),
+        avx2: bool,
+    ) {
+        let _ = avx2;
         let width = x.len();
         let mut xw = [0i16; MAX_WIDTH];
         for (o, &v) in xw.iter_mut().zip(x) {
@@ -107,7 +134,16 @@ mod imp {
             let mut c = 0;
             while c + 4 <= rows {
                 let block = &weights[c * width..(c + 4) * width];
-                let accs = sse2::rows4(block, width, xw);
+                let accs = if avx2 {
+                    #[cfg(any(test, feature = "std"))]
+                    // SAFETY: the caller checked that the CPU has AVX2.
+                    let accs = unsafe { avx2::rows4(block, width, xw) };
+                    #[cfg(not(any(test, feature = "std")))]
+                    let accs = sse2::rows4(block, width, xw);
+                    accs
+                } else {
+                    sse2::rows4(block, width, xw)
+                };
                 for (r, acc) in accs.into_iter().enumerate() {
                     emit(c + r, acc);
                 }
@@ -120,6 +156,46 @@ mod imp {
         #[cfg(not(target_arch = "x86_64"))]
         for (c, row) in weights.chunks_exact(width).enumerate() {
             emit(c, dot_widened(row, xw));
+        }
+    }
+
+    /// x86-64 with AVX2 (detected at run time): as [`sse2`], sixteen int8 weights
+    /// sign-extended in one `vpmovsxbw`, sixteen products per `vpmaddwd`.
+    #[cfg(all(target_arch = "x86_64", any(test, feature = "std")))]
+    mod avx2 {
+        use core::arch::x86_64::*;
+
+        /// The four rows of `block` (`4 × width` bytes) against `xw` (`width` int16).
+        ///
+        /// # Safety
+        /// The CPU must support AVX2.
+        #[target_feature(enable = "avx2")]
+        pub unsafe fn rows4(block: &[u8], width: usize, xw: &[i16]) -> [i32; 4] {
+            let full = width / 16 * 16;
+            let mut acc = [_mm256_setzero_si256(); 4];
+            for k in (0..full).step_by(16) {
+                let x: &[i16; 16] = xw[k..k + 16].try_into().expect("16 values");
+                // Unaligned load of exactly the 32 bytes of `x`.
+                let xv = _mm256_loadu_si256(x.as_ptr() as *const __m256i);
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let start = r * width + k;
+                    let w: &[u8; 16] = block[start..start + 16].try_into().expect("16 bytes");
+                    // Unaligned load of exactly the 16 bytes of `w`.
+                    let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.as_ptr() as *const __m128i));
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(wv, xv));
+                }
+            }
+            let mut out = [0i32; 4];
+            for (r, o) in out.iter_mut().enumerate() {
+                let mut lanes = [0i32; 8];
+                _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc[r]);
+                let row = &block[r * width..(r + 1) * width];
+                *o = row[full..].iter().zip(&xw[full..]).fold(
+                    lanes.iter().fold(0i32, |s, &l| s.wrapping_add(l)),
+                    |s, (&w, &x)| s.wrapping_add((w as i8 as i32).wrapping_mul(x as i32)),
+                );
+            }
+            out
         }
     }
 
@@ -498,7 +574,14 @@ mod tests {
             dense_reference(&weights, rows, &x, zero_point, |c, a| expect.push((c, a)));
             let mut got = Vec::new();
             dense(&weights, rows, &x, zero_point, |c, a| got.push((c, a)));
-            prop_assert_eq!(got, expect);
+            prop_assert_eq!(&got, &expect);
+            // Both x86-64 paths, whichever `dense` picked on this CPU.
+            #[cfg(all(target_arch = "x86_64"))]
+            for avx2 in [false, std::is_x86_feature_detected!("avx2")] {
+                let mut got = Vec::new();
+                imp::dense_with(&weights, rows, &x, zero_point, |c, a| got.push((c, a)), avx2);
+                prop_assert_eq!(&got, &expect);
+            }
         }
     }
 
