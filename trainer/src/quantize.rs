@@ -418,14 +418,22 @@ pub fn quantize_with(
     build(policy, &ranges)
 }
 
+/// Observation ranges are widened by this factor before quantization. States outside
+/// the calibration set (the next episode's fastest joint) otherwise saturate at ±127,
+/// and a saturated input was the largest int8 error on held-out states: on an untrained
+/// 3×256 HalfCheetah policy the max action error fell from 0.37 to 0.095 (half-range
+/// units) with 1.5, mean error unchanged (0.0181); 2.0 gave 0.108.
+const INPUT_HEADROOM: f64 = 1.5;
+
 /// Encode the blob for `policy` with the given activation ranges.
 fn build(policy: &FloatPolicy, ranges: &Ranges) -> Result<Vec<u8>> {
-    // Inputs: symmetric, one scale per element (zero point 0). The scale s_i is folded
-    // into the first layer's weight column i, so that layer sees an input scale of 1.
+    // Inputs: symmetric, one scale per element (zero point 0), with headroom past the
+    // calibrated extremes. The scale s_i is folded into the first layer's weight column
+    // i, so that layer sees an input scale of 1.
     let input_scales: Vec<f64> = ranges
         .input
         .iter()
-        .map(|&(lo, hi)| (lo.abs().max(hi.abs()) / 127.0).max(1e-6))
+        .map(|&(lo, hi)| (INPUT_HEADROOM * lo.abs().max(hi.abs()) / 127.0).max(1e-6))
         .collect();
     let mut s_in = 1.0;
     let mut zp_in = 0;
