@@ -90,8 +90,15 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
     },
-    /// List the tasks with their dimensions.
-    Envs,
+    /// List the tasks with their dimensions; with --bench, also measure env steps/s.
+    Envs {
+        /// Measure steps/s of each task, single env and VecEnv(5), with random actions.
+        #[arg(long)]
+        bench: bool,
+        /// Env steps per task and setting for --bench.
+        #[arg(long, default_value_t = 20_000)]
+        bench_steps: usize,
+    },
     /// List the devices libtorch sees (cpu, cuda:N).
     Devices,
 }
@@ -376,13 +383,20 @@ fn run(cli: Cli) -> Result<()> {
             )?;
             println!("{report}");
         }
-        Command::Envs => {
+        Command::Envs { bench, bench_steps } => {
             println!("{:<22} {:>5} {:>5}  action bounds", "id", "obs", "act");
             for spec in trainer::env::specs() {
                 println!(
                     "{:<22} {:>5} {:>5}  [{}, {}]",
                     spec.id, spec.obs_dim, spec.act_dim, spec.action_low[0], spec.action_high[0]
                 );
+            }
+            if bench {
+                anyhow::ensure!(bench_steps > 0, "--bench-steps must be positive");
+                let ids = trainer::env::ids();
+                for result in trainer::env::bench::bench(&ids, bench_steps, 5, 0)? {
+                    println!("{result}");
+                }
             }
         }
         Command::Devices => {

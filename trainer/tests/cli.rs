@@ -76,3 +76,29 @@ fn devices_include_the_cpu() {
         .lines()
         .any(|l| l == "cpu"));
 }
+
+#[test]
+fn envs_lists_and_benchmarks_every_task() {
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["envs", "--bench", "--bench-steps", "200"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for id in [
+        "HalfCheetah-v5",
+        "Hopper-v5",
+        "Walker2d-v5",
+        "Ant-v5",
+        "Humanoid-v5",
+        "InvertedPendulum-v5",
+    ] {
+        let bench_line = text
+            .lines()
+            .find(|l| l.starts_with(id) && l.contains("steps/s"));
+        assert!(
+            bench_line.is_some_and(|l| l.contains("VecEnv(5)")),
+            "{id}: {text}"
+        );
+    }
+}
