@@ -7,10 +7,12 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tch::{Device, Tensor};
 
-use crate::mlp::{ensure_numel, Activation, Adam, AdamConfig, Mlp, MlpShape};
+use crate::mlp::{
+    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape,
+};
 
 /// Twin critics `Q1, Q2 (s, a)` and their targets `Q̄1, Q̄2`.
 pub struct TwinCritic {
@@ -98,40 +100,19 @@ impl TwinCritic {
 
     /// Every tensor of the critic's state, named with `prefix`.
     pub fn state(&self, prefix: &str) -> Vec<(String, Tensor)> {
-        vec![
-            (format!("{prefix}.params"), self.net.params.shallow_clone()),
-            (format!("{prefix}.target"), self.target.shallow_clone()),
-            (format!("{prefix}.adam_m"), self.adam.m.shallow_clone()),
-            (format!("{prefix}.adam_v"), self.adam.v.shallow_clone()),
-            (
-                format!("{prefix}.adam_steps"),
-                Tensor::from_slice(&[self.adam.steps]),
-            ),
-        ]
+        checkpoint_entries(
+            prefix,
+            &[("params", &self.net.params), ("target", &self.target)],
+            &self.adam,
+        )
     }
 
     /// Restores [`TwinCritic::state`] in place.
     pub fn load_state(&mut self, prefix: &str, state: &HashMap<String, Tensor>) -> Result<()> {
-        let get = |name: &str| {
-            state
-                .get(&format!("{prefix}.{name}"))
-                .with_context(|| format!("checkpoint lacks {prefix}.{name}"))
-        };
-        let n = self.net.params.numel() as i64;
-        tch::no_grad(|| -> Result<()> {
-            for (dst, name) in [
-                (&mut self.net.params, "params"),
-                (&mut self.target, "target"),
-                (&mut self.adam.m, "adam_m"),
-                (&mut self.adam.v, "adam_v"),
-            ] {
-                let src = get(name)?;
-                ensure_numel(name, src, n)?;
-                dst.copy_(src);
-            }
-            Ok(())
-        })?;
-        self.adam.steps = get("adam_steps")?.int64_value(&[0]);
-        Ok(())
+        let buffers: &mut [(&str, &mut Tensor)] = &mut [
+            ("params", &mut self.net.params),
+            ("target", &mut self.target),
+        ];
+        restore_entries(prefix, buffers, &mut self.adam, state)
     }
 }

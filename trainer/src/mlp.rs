@@ -11,7 +11,9 @@
 //! critics are `E = 2`): each layer's weights are `[E, in, out]` and one batched matmul
 //! evaluates every member.
 
-use anyhow::{ensure, Result};
+use std::collections::HashMap;
+
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -325,6 +327,61 @@ pub fn ensure_numel(name: &str, t: &Tensor, numel: i64) -> Result<()> {
         "checkpoint tensor {name} has {} values, expected {numel}",
         t.numel()
     );
+    Ok(())
+}
+
+/// Checkpoint entries `{prefix}.{name}` of a trained network: its flat buffers (the
+/// parameters and same-sized copies such as Polyak targets or an EMA) and its Adam state
+/// (`adam_m`, `adam_v`, `adam_steps`).
+pub fn checkpoint_entries(
+    prefix: &str,
+    buffers: &[(&str, &Tensor)],
+    adam: &Adam,
+) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> = buffers
+        .iter()
+        .map(|(name, t)| (format!("{prefix}.{name}"), t.shallow_clone()))
+        .collect();
+    out.extend([
+        (format!("{prefix}.adam_m"), adam.m.shallow_clone()),
+        (format!("{prefix}.adam_v"), adam.v.shallow_clone()),
+        (
+            format!("{prefix}.adam_steps"),
+            Tensor::from_slice(&[adam.steps]),
+        ),
+    ]);
+    out
+}
+
+/// Restores the entries [`checkpoint_entries`] wrote, in place, checking every size.
+pub fn restore_entries(
+    prefix: &str,
+    buffers: &mut [(&str, &mut Tensor)],
+    adam: &mut Adam,
+    state: &HashMap<String, Tensor>,
+) -> Result<()> {
+    let get = |name: &str| {
+        let key = format!("{prefix}.{name}");
+        state
+            .get(&key)
+            .with_context(|| format!("checkpoint lacks {key}"))
+    };
+    let n = adam.m.numel() as i64;
+    tch::no_grad(|| -> Result<()> {
+        let Adam { m, v, .. } = &mut *adam;
+        let moments: [(&str, &mut Tensor); 2] = [("adam_m", m), ("adam_v", v)];
+        for (name, dst) in buffers
+            .iter_mut()
+            .map(|(n, t)| (*n, &mut **t))
+            .chain(moments)
+        {
+            let src = get(name)?;
+            ensure_numel(&format!("{prefix}.{name}"), src, n)?;
+            dst.copy_(src);
+        }
+        Ok(())
+    })?;
+    adam.steps = get("adam_steps")?.int64_value(&[0]);
     Ok(())
 }
 

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -37,7 +37,9 @@ use super::{Agent, UpdateStats};
 use crate::critic::TwinCritic;
 use crate::flame::entropy::{chain_log_prob, LogDet, VelocityField};
 use crate::flame::posterior::{candidate_velocities, sample_candidates};
-use crate::mlp::{ensure_numel, Activation, Adam, AdamConfig, Mlp, MlpShape};
+use crate::mlp::{
+    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape,
+};
 use crate::policy_net::{time_features_derivative, time_features_tensor};
 use crate::replay::Batch;
 use crate::run_dir::Normalizer;
@@ -394,66 +396,18 @@ impl Agent for FlameM {
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = self.critic.state("critic");
-        out.extend([
-            (
-                "policy.params".to_string(),
-                self.policy.params.shallow_clone(),
-            ),
-            (
-                "policy.adam_m".to_string(),
-                self.policy_adam.m.shallow_clone(),
-            ),
-            (
-                "policy.adam_v".to_string(),
-                self.policy_adam.v.shallow_clone(),
-            ),
-            (
-                "policy.adam_steps".to_string(),
-                Tensor::from_slice(&[self.policy_adam.steps]),
-            ),
-            ("policy.ema".to_string(), self.ema.shallow_clone()),
-            (
-                "alpha.state".to_string(),
-                Tensor::from_slice(&[self.log_alpha, self.alpha_adam.m, self.alpha_adam.v]),
-            ),
-            (
-                "alpha.adam_steps".to_string(),
-                Tensor::from_slice(&[self.alpha_adam.steps]),
-            ),
-        ]);
+        let buffers = [("params", &self.policy.params), ("ema", &self.ema)];
+        out.extend(checkpoint_entries("policy", &buffers, &self.policy_adam));
+        out.extend(self.alpha_adam.entries(self.log_alpha));
         out
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         self.critic.load_state("critic", state)?;
-        let get = |name: &str| {
-            state
-                .get(name)
-                .with_context(|| format!("checkpoint lacks {name}"))
-        };
-        let n = self.policy.params.numel() as i64;
-        tch::no_grad(|| -> Result<()> {
-            for (dst, name) in [
-                (&mut self.policy.params, "policy.params"),
-                (&mut self.policy_adam.m, "policy.adam_m"),
-                (&mut self.policy_adam.v, "policy.adam_v"),
-                (&mut self.ema, "policy.ema"),
-            ] {
-                let src = get(name)?;
-                ensure_numel(name, src, n)?;
-                dst.copy_(src);
-            }
-            Ok(())
-        })?;
-        self.policy_adam.steps = get("policy.adam_steps")?.int64_value(&[0]);
-        let a = Vec::<f64>::try_from(get("alpha.state")?)?;
-        anyhow::ensure!(
-            a.len() == 3,
-            "checkpoint alpha.state has {} values",
-            a.len()
-        );
-        (self.log_alpha, self.alpha_adam.m, self.alpha_adam.v) = (a[0], a[1], a[2]);
-        self.alpha_adam.steps = get("alpha.adam_steps")?.int64_value(&[0]);
+        let buffers: &mut [(&str, &mut Tensor)] =
+            &mut [("params", &mut self.policy.params), ("ema", &mut self.ema)];
+        restore_entries("policy", buffers, &mut self.policy_adam, state)?;
+        self.log_alpha = self.alpha_adam.restore(state)?;
         Ok(())
     }
 

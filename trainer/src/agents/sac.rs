@@ -24,7 +24,9 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Agent, UpdateStats};
 use crate::critic::TwinCritic;
-use crate::mlp::{ensure_numel, Activation, Adam, AdamConfig, Mlp, MlpShape};
+use crate::mlp::{
+    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape,
+};
 use crate::replay::Batch;
 use crate::run_dir::Normalizer;
 
@@ -97,6 +99,39 @@ pub(crate) struct ScalarAdam {
 }
 
 impl ScalarAdam {
+    /// Checkpoint entries of log α and this optimizer: `alpha.state` = [log α, m, v] and
+    /// `alpha.adam_steps`.
+    pub(crate) fn entries(&self, log_alpha: f64) -> Vec<(String, Tensor)> {
+        vec![
+            (
+                "alpha.state".to_string(),
+                Tensor::from_slice(&[log_alpha, self.m, self.v]),
+            ),
+            (
+                "alpha.adam_steps".to_string(),
+                Tensor::from_slice(&[self.steps]),
+            ),
+        ]
+    }
+
+    /// Restores [`ScalarAdam::entries`]; returns log α.
+    pub(crate) fn restore(&mut self, state: &HashMap<String, Tensor>) -> Result<f64> {
+        let get = |name: &str| {
+            state
+                .get(name)
+                .with_context(|| format!("checkpoint lacks {name}"))
+        };
+        let a = Vec::<f64>::try_from(get("alpha.state")?)?;
+        anyhow::ensure!(
+            a.len() == 3,
+            "checkpoint alpha.state has {} values",
+            a.len()
+        );
+        (self.m, self.v) = (a[1], a[2]);
+        self.steps = get("alpha.adam_steps")?.int64_value(&[0]);
+        Ok(a[0])
+    }
+
     pub(crate) fn step(&mut self, x: &mut f64, grad: f64, c: AdamConfig) {
         self.steps += 1;
         self.m = c.beta1 * self.m + (1.0 - c.beta1) * grad;
@@ -265,66 +300,20 @@ impl Agent for Sac {
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = self.critic.state("critic");
-        out.extend([
-            (
-                "actor.params".to_string(),
-                self.actor.params.shallow_clone(),
-            ),
-            (
-                "actor.adam_m".to_string(),
-                self.actor_adam.m.shallow_clone(),
-            ),
-            (
-                "actor.adam_v".to_string(),
-                self.actor_adam.v.shallow_clone(),
-            ),
-            (
-                "actor.adam_steps".to_string(),
-                Tensor::from_slice(&[self.actor_adam.steps]),
-            ),
-            (
-                "alpha.state".to_string(),
-                Tensor::from_slice(&[self.log_alpha, self.alpha_adam.m, self.alpha_adam.v]),
-            ),
-            (
-                "alpha.adam_steps".to_string(),
-                Tensor::from_slice(&[self.alpha_adam.steps]),
-            ),
-        ]);
+        out.extend(checkpoint_entries(
+            "actor",
+            &[("params", &self.actor.params)],
+            &self.actor_adam,
+        ));
+        out.extend(self.alpha_adam.entries(self.log_alpha));
         out
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         self.critic.load_state("critic", state)?;
-        let get = |name: &str| {
-            state
-                .get(name)
-                .with_context(|| format!("checkpoint lacks {name}"))
-        };
-        let n = self.actor.params.numel() as i64;
-        tch::no_grad(|| -> Result<()> {
-            for (dst, name) in [
-                (&mut self.actor.params, "actor.params"),
-                (&mut self.actor_adam.m, "actor.adam_m"),
-                (&mut self.actor_adam.v, "actor.adam_v"),
-            ] {
-                let src = get(name)?;
-                ensure_numel(name, src, n)?;
-                dst.copy_(src);
-            }
-            Ok(())
-        })?;
-        self.actor_adam.steps = get("actor.adam_steps")?.int64_value(&[0]);
-        let a = Vec::<f64>::try_from(get("alpha.state")?)?;
-        anyhow::ensure!(
-            a.len() == 3,
-            "checkpoint alpha.state has {} values",
-            a.len()
-        );
-        self.log_alpha = a[0];
-        self.alpha_adam.m = a[1];
-        self.alpha_adam.v = a[2];
-        self.alpha_adam.steps = get("alpha.adam_steps")?.int64_value(&[0]);
+        let buffers: &mut [(&str, &mut Tensor)] = &mut [("params", &mut self.actor.params)];
+        restore_entries("actor", buffers, &mut self.actor_adam, state)?;
+        self.log_alpha = self.alpha_adam.restore(state)?;
         Ok(())
     }
 
