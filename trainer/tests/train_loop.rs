@@ -14,6 +14,16 @@ use trainer::train::{checkpoint_dir, EvalRow, TrainConfig, Trainer};
 /// test threads would draw each other's numbers, so these tests take turns.
 static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Training reseeds torch's one global generator before every agent call; tests in this
+/// binary run on parallel threads, so each holds this lock to keep its draws its own.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flame-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -56,6 +66,7 @@ fn agent_state(t: &Trainer) -> HashMap<String, Tensor> {
 
 #[test]
 fn resumed_run_continues_the_same_curve() {
+    let _rng = serial();
     let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
     let (a, b) = (scratch("uninterrupted"), scratch("killed"));
     let mut full = Trainer::new(tiny(), Some(&a)).unwrap();
@@ -121,6 +132,7 @@ fn resumed_run_continues_the_same_curve() {
 
 #[test]
 fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
+    let _rng = serial();
     let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch("nan");
     let mut c = tiny();
@@ -147,6 +159,7 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn resume_refuses_what_is_not_a_training_run() {
+    let _rng = serial();
     let dir = scratch("notrun");
     std::fs::create_dir_all(&dir).unwrap();
     let err = format!("{:#}", Trainer::resume(&dir, None).err().unwrap());
@@ -161,6 +174,7 @@ fn resume_refuses_what_is_not_a_training_run() {
 
 #[test]
 fn a_crash_between_the_checkpoint_renames_still_resumes() {
+    let _rng = serial();
     let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch("swap");
     let mut c = tiny();
