@@ -206,7 +206,7 @@ pub fn golden_path(blob: &Path) -> PathBuf {
 }
 
 pub fn export(run: &Path, opts: &ExportOptions) -> Result<FidelityReport> {
-    let (mut float, states) = load_float_policy(run)?;
+    let (float, states) = load_float_policy(run)?;
     if states.len() < 20 {
         bail!(
             "{} holds only {} states; export needs at least 20",
@@ -237,10 +237,11 @@ pub fn export(run: &Path, opts: &ExportOptions) -> Result<FidelityReport> {
     } else {
         None
     };
-    float.provenance.float_return = returns.map(|r| r.0 as f32);
-    float.provenance.int8_return = returns.map(|r| r.1 as f32);
-    // Re-encode with the measured returns in the provenance (weights are identical).
-    let bytes = quantize(&float, &calibration, 0)?;
+    // Record the measured returns in the provenance: the same blob, re-encoded.
+    let mut blob = draft_policy.blob().clone();
+    blob.meta.provenance.float_return = returns.map(|r| r.0 as f32);
+    blob.meta.provenance.int8_return = returns.map(|r| r.1 as f32);
+    let bytes = runtime::blob::encode(&blob).context("encoding the blob")?;
     let policy = Policy::from_bytes(&bytes)
         .map_err(|e| anyhow::anyhow!("exported blob does not parse: {e}"))?;
     let blob_hash = runtime::blob::blob_hash(&bytes);
