@@ -14,8 +14,8 @@ use serde::Serialize;
 use tch::nn;
 
 use crate::env;
-use crate::policy_net::{flow_steps, FloatPolicyMeta, FlowPolicyNet};
-use crate::quantize::{quantize, FloatPolicy, ProvenanceInfo};
+use crate::policy_net::{flow_steps, FlowPolicyNet};
+use crate::quantize::{quantize, FloatPolicy, PolicyMeta, ProvenanceInfo};
 use crate::rollout::{run_episode, to_f32};
 use crate::run_dir::{write_json, RunDir};
 
@@ -91,7 +91,7 @@ pub fn load_float_policy(run: &Path) -> Result<(FloatPolicy, Vec<Vec<f32>>)> {
     let net = FlowPolicyNet::new(&vs.root(), config.shape.clone());
     vs.load(run.weights())
         .with_context(|| format!("loading {}", run.weights().display()))?;
-    let meta = FloatPolicyMeta {
+    let meta = PolicyMeta {
         env_id: config.env_id.clone(),
         algorithm,
         action_low: to_f32(&spec.action_low),
@@ -128,7 +128,7 @@ fn action_error(
             .act(obs, NoiseMode::Deterministic, &mut scratch, &mut action)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         for (c, (&q, f)) in action.iter().zip(float.act(obs, &zero)).enumerate() {
-            let half = 0.5 * (float.action_high[c] - float.action_low[c]) as f64;
+            let half = 0.5 * (float.meta.action_high[c] - float.meta.action_low[c]) as f64;
             let err = (q as f64 - f as f64).abs() / half;
             max = max.max(err);
             sum += err;
@@ -144,7 +144,7 @@ fn compare_returns(
     policy: &Policy<'_>,
     episodes: usize,
 ) -> Result<(f64, f64)> {
-    let mut env = env::make(&float.env_id)?;
+    let mut env = env::make(&float.meta.env_id)?;
     let zero = vec![0f32; float.act_dim];
     let mut scratch = Scratch::new();
     let (mut float_sum, mut int8_sum) = (0.0, 0.0);

@@ -9,7 +9,7 @@
 use anyhow::{ensure, Result};
 use tch::{nn, nn::Module, Kind, Tensor};
 
-use crate::quantize::{Activation, DenseF32, FloatPolicy, ProvenanceInfo};
+use crate::quantize::{Activation, DenseF32, FloatPolicy, PolicyMeta};
 use runtime::blob::Algorithm;
 
 /// Angular frequency of the j-th sinusoidal time feature: ω_j = (j + 1)·π/2.
@@ -122,11 +122,7 @@ impl FlowPolicyNet {
 
     /// Plain f32 copy of the network with the time inputs of each flow step folded into
     /// the first layer's bias. `steps` lists `(r, t)` per network evaluation.
-    pub fn to_float_policy(
-        &self,
-        meta: FloatPolicyMeta,
-        steps: &[(f64, f64)],
-    ) -> Result<FloatPolicy> {
+    pub fn to_float_policy(&self, meta: PolicyMeta, steps: &[(f64, f64)]) -> Result<FloatPolicy> {
         ensure!(!steps.is_empty(), "at least one flow step");
         let dense = |l: &nn::Linear| -> Result<DenseF32> {
             let w = l.ws.to_kind(Kind::Float).to_device(tch::Device::Cpu);
@@ -179,36 +175,15 @@ impl FlowPolicyNet {
             hidden.push(dense(l)?);
         }
         Ok(FloatPolicy {
-            env_id: meta.env_id,
-            algorithm: meta.algorithm,
+            meta,
             obs_dim: s.obs_dim,
             act_dim: s.act_dim,
-            action_low: meta.action_low,
-            action_high: meta.action_high,
-            obs_mean: meta.obs_mean,
-            obs_std: meta.obs_std,
-            obs_clip: meta.obs_clip,
-            noise_std: meta.noise_std,
             hidden,
             step_biases,
             activation: Activation::Mish,
             output: dense(&self.output)?,
-            provenance: meta.provenance,
         })
     }
-}
-
-/// Everything a [`FloatPolicy`] needs besides the weights.
-pub struct FloatPolicyMeta {
-    pub env_id: String,
-    pub algorithm: Algorithm,
-    pub action_low: Vec<f32>,
-    pub action_high: Vec<f32>,
-    pub obs_mean: Vec<f32>,
-    pub obs_std: Vec<f32>,
-    pub obs_clip: f32,
-    pub noise_std: f32,
-    pub provenance: ProvenanceInfo,
 }
 
 /// The `(r, t)` pairs of each network evaluation: FLAME-M one step (0, 1); FLAME-R N
@@ -230,6 +205,7 @@ pub fn flow_steps(algorithm: Algorithm, nfe: usize) -> Vec<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quantize::ProvenanceInfo;
 
     #[test]
     fn folded_float_policy_matches_tch_forward() {
@@ -242,7 +218,7 @@ mod tests {
             time_dim: 8,
         };
         let net = FlowPolicyNet::new(&vs.root(), shape);
-        let meta = FloatPolicyMeta {
+        let meta = PolicyMeta {
             env_id: "Test-v0".into(),
             algorithm: Algorithm::FlameM,
             action_low: vec![-1.0; 3],

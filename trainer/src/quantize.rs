@@ -77,13 +77,12 @@ pub struct ProvenanceInfo {
     pub int8_return: Option<f32>,
 }
 
-/// A flow policy in f32, structured exactly as the runtime evaluates it.
+/// Everything about a flow policy besides its layers: task, bounds, normalization,
+/// base noise and provenance.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FloatPolicy {
+pub struct PolicyMeta {
     pub env_id: String,
     pub algorithm: Algorithm,
-    pub obs_dim: usize,
-    pub act_dim: usize,
     pub action_low: Vec<f32>,
     pub action_high: Vec<f32>,
     pub obs_mean: Vec<f32>,
@@ -91,13 +90,21 @@ pub struct FloatPolicy {
     pub obs_clip: f32,
     /// σ_z of the base noise in stochastic mode.
     pub noise_std: f32,
+    pub provenance: ProvenanceInfo,
+}
+
+/// A flow policy in f32, structured exactly as the runtime evaluates it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatPolicy {
+    pub meta: PolicyMeta,
+    pub obs_dim: usize,
+    pub act_dim: usize,
     /// Hidden layers; the first takes `[normalized obs, z]` and its `bias` is unused:
     /// `step_biases[k]` (bias plus the folded time embedding of flow step k) replaces it.
     pub hidden: Vec<DenseF32>,
     pub step_biases: Vec<Vec<f32>>,
     pub activation: Activation,
     pub output: DenseF32,
-    pub provenance: ProvenanceInfo,
 }
 
 /// What one float forward pass saw, for calibration.
@@ -126,8 +133,8 @@ impl FloatPolicy {
         obs.iter()
             .enumerate()
             .map(|(i, &o)| {
-                ((o - self.obs_mean[i]) * (1.0 / self.obs_std[i]))
-                    .clamp(-self.obs_clip, self.obs_clip)
+                ((o - self.meta.obs_mean[i]) * (1.0 / self.meta.obs_std[i]))
+                    .clamp(-self.meta.obs_clip, self.meta.obs_clip)
             })
             .collect()
     }
@@ -165,7 +172,10 @@ impl FloatPolicy {
         z.iter()
             .enumerate()
             .map(|(c, &v)| {
-                let (lo, hi) = (self.action_low[c] as f64, self.action_high[c] as f64);
+                let (lo, hi) = (
+                    self.meta.action_low[c] as f64,
+                    self.meta.action_high[c] as f64,
+                );
                 (lo + (v.clamp(-1.0, 1.0) + 1.0) * 0.5 * (hi - lo)) as f32
             })
             .collect()
@@ -184,11 +194,11 @@ impl FloatPolicy {
             "first layer input is not obs+act"
         );
         ensure!(
-            self.obs_mean.len() == self.obs_dim && self.obs_std.len() == self.obs_dim,
+            self.meta.obs_mean.len() == self.obs_dim && self.meta.obs_std.len() == self.obs_dim,
             "normalizer dims"
         );
         ensure!(
-            self.obs_std.iter().all(|&s| s > 0.0 && s.is_finite()),
+            self.meta.obs_std.iter().all(|&s| s > 0.0 && s.is_finite()),
             "normalizer std must be positive"
         );
         ensure!(
@@ -276,7 +286,7 @@ fn calibrate(policy: &FloatPolicy, observations: &[Vec<f32>], seed: u64) -> Rang
     for obs in observations {
         policy.act_recording(obs, &vec![0.0; policy.act_dim], Some(&mut ranges));
         let z: Vec<f32> = (0..policy.act_dim)
-            .map(|_| policy.noise_std * rng.sample::<f32, _>(StandardNormal))
+            .map(|_| policy.meta.noise_std * rng.sample::<f32, _>(StandardNormal))
             .collect();
         policy.act_recording(obs, &z, Some(&mut ranges));
     }
@@ -326,7 +336,7 @@ fn refine(policy: &FloatPolicy, observations: &[Vec<f32>], calibrated: &Ranges) 
                 let seed = i as u64;
                 let mut rng = SplitMix64::new(seed);
                 let z0 = (0..policy.act_dim)
-                    .map(|_| rng.next_gaussian() * policy.noise_std)
+                    .map(|_| rng.next_gaussian() * policy.meta.noise_std)
                     .collect();
                 (NoiseMode::Stochastic { seed }, z0)
             };
@@ -334,7 +344,7 @@ fn refine(policy: &FloatPolicy, observations: &[Vec<f32>], calibrated: &Ranges) 
         })
         .collect();
     let half: Vec<f64> = (0..policy.act_dim)
-        .map(|c| 0.5 * (policy.action_high[c] - policy.action_low[c]) as f64)
+        .map(|c| 0.5 * (policy.meta.action_high[c] - policy.meta.action_low[c]) as f64)
         .collect();
     // (mean squared error, largest error) in half-range units.
     let error = |ranges: &Ranges| -> Option<(f64, f64)> {
@@ -511,12 +521,12 @@ fn build(policy: &FloatPolicy, ranges: &Ranges) -> Result<Vec<u8>> {
     let out_biases = quantize_bias(&policy.output.bias, s_in, &out_sw)?;
     let out_scales = f32_bytes(out_sw.iter().map(|&sw| (s_in * sw) as f32));
 
-    let action_low = f32_bytes(policy.action_low.iter().copied());
-    let action_high = f32_bytes(policy.action_high.iter().copied());
-    let obs_mean = f32_bytes(policy.obs_mean.iter().copied());
-    let obs_inv_std = f32_bytes(policy.obs_std.iter().map(|&s| 1.0 / s));
+    let action_low = f32_bytes(policy.meta.action_low.iter().copied());
+    let action_high = f32_bytes(policy.meta.action_high.iter().copied());
+    let obs_mean = f32_bytes(policy.meta.obs_mean.iter().copied());
+    let obs_inv_std = f32_bytes(policy.meta.obs_std.iter().map(|&s| 1.0 / s));
     let inv_scales = f32_bytes(input_scales.iter().map(|&s| (1.0 / s) as f32));
-    let p = &policy.provenance;
+    let p = &policy.meta.provenance;
     let mut hidden = heapless::Vec::new();
     for (layer, o) in policy.hidden.iter().zip(&owned) {
         hidden
@@ -540,14 +550,14 @@ fn build(policy: &FloatPolicy, ranges: &Ranges) -> Result<Vec<u8>> {
     }
     let blob = PolicyBlob {
         meta: Metadata {
-            env_id: &policy.env_id,
-            algorithm: policy.algorithm,
+            env_id: &policy.meta.env_id,
+            algorithm: policy.meta.algorithm,
             obs_dim: policy.obs_dim as u16,
             act_dim: policy.act_dim as u16,
             nfe: policy.nfe() as u16,
             action_low: &action_low,
             action_high: &action_high,
-            noise_std: policy.noise_std,
+            noise_std: policy.meta.noise_std,
             provenance: Provenance {
                 trainer_version: env!("CARGO_PKG_VERSION"),
                 git_revision: &p.git_revision,
@@ -560,7 +570,7 @@ fn build(policy: &FloatPolicy, ranges: &Ranges) -> Result<Vec<u8>> {
         input: InputStage {
             obs_mean: &obs_mean,
             obs_inv_std: &obs_inv_std,
-            obs_clip: policy.obs_clip,
+            obs_clip: policy.meta.obs_clip,
             inv_scales: &inv_scales,
             zero_point: 0,
         },
