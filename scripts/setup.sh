@@ -10,6 +10,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# CI may run with a minimal environment: fall back to the passwd home directory.
+HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
 DEPS="${FLAME_DEPS:-$HOME/.cache/flame-mcu}"
 VENV="$DEPS/venv"
 TORCH_VERSION=2.11.0
