@@ -104,8 +104,6 @@ pub fn load_float_policy(run: &Path) -> Result<(FloatPolicy, Vec<Vec<f32>>)> {
             git_revision: config.git_revision.clone(),
             env_steps: config.env_steps,
             seed: config.seed,
-            float_return: None,
-            int8_return: None,
         },
     };
     let policy = net.to_float_policy(meta, &flow_steps(algorithm, config.nfe))?;

@@ -67,14 +67,13 @@ impl Activation {
     }
 }
 
-/// Where a policy came from (owned form of `runtime::blob::Provenance`).
+/// Where a policy came from (owned part of `runtime::blob::Provenance`). The measured
+/// returns are not known when quantizing: `export` writes them into the encoded blob.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProvenanceInfo {
     pub git_revision: String,
     pub env_steps: u64,
     pub seed: u64,
-    pub float_return: Option<f32>,
-    pub int8_return: Option<f32>,
 }
 
 /// Everything about a flow policy besides its layers: task, bounds, normalization,
@@ -563,8 +562,8 @@ fn build(policy: &FloatPolicy, ranges: &Ranges) -> Result<Vec<u8>> {
                 git_revision: &p.git_revision,
                 env_steps: p.env_steps,
                 seed: p.seed,
-                float_return: p.float_return,
-                int8_return: p.int8_return,
+                float_return: None,
+                int8_return: None,
             },
         },
         input: InputStage {
