@@ -186,17 +186,17 @@ impl FlowPolicyNet {
     }
 }
 
-/// The `(r, t)` pairs of each network evaluation: FLAME-M one step (0, 1); FLAME-R N
-/// uniform Euler steps from t = 1 (noise) to 0 (data).
+/// The `(r, t)` pairs of each network evaluation; each step is `z ← z − u(z, r, t)/N`
+/// from t = 1 (noise) to 0 (data). FLAME-M: one step (0, 1), the mean velocity over the
+/// whole interval. FLAME-R: N uniform Euler steps of the instantaneous velocity
+/// `v(z, t_k) = u(z, t_k, t_k)` at `t_k = 1 − k/N` (its network is trained on r = t).
 pub fn flow_steps(algorithm: Algorithm, nfe: usize) -> Vec<(f64, f64)> {
     match algorithm {
         Algorithm::FlameM => vec![(0.0, 1.0)],
         Algorithm::FlameR => (0..nfe)
             .map(|k| {
-                (
-                    1.0 - (k + 1) as f64 / nfe as f64,
-                    1.0 - k as f64 / nfe as f64,
-                )
+                let t = 1.0 - k as f64 / nfe as f64;
+                (t, t)
             })
             .collect(),
     }

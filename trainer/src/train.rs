@@ -34,7 +34,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::agents::flame_m::{FlameM, FlameMConfig};
+use crate::agents::flame::{Flame, FlameConfig};
 use crate::agents::sac::{Sac, SacConfig};
 use crate::agents::Agent;
 use crate::env::{self, Env, EnvSpec, VecEnv, VecEnvSnapshot};
@@ -76,9 +76,13 @@ pub struct TrainConfig {
     /// SAC's hyperparameters (for `--algo sac`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sac: Option<SacConfig>,
-    /// FLAME-M's hyperparameters (for `--algo flame-m`).
+    /// FLAME-M's or FLAME-R's hyperparameters (for `--algo flame-m | flame-r`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flame: Option<FlameMConfig>,
+    pub flame: Option<FlameConfig>,
+    /// Stop after this much wall time (seconds) as if `steps` were reached: final
+    /// evaluation, checkpoint and summary (None: no limit). For fixed time budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wall_s: Option<f64>,
     /// Testing aid: poison the loss of this update (0-based) to exercise the NaN guard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_nan_at_update: Option<u64>,
@@ -114,7 +118,11 @@ impl TrainConfig {
             threads,
             progress_secs: 10.0,
             sac: (algo == Algo::Sac).then(SacConfig::default),
-            flame: (algo == Algo::FlameM).then(FlameMConfig::default),
+            flame: algo
+                .blob_algorithm()
+                .ok()
+                .map(FlameConfig::for_algorithm),
+            max_wall_s: None,
             inject_nan_at_update: None,
         }
     }
@@ -139,7 +147,21 @@ impl TrainConfig {
             self.progress_secs.is_finite() && self.progress_secs >= 0.0,
             "--progress-every must be a non-negative number of seconds"
         );
+        if let Some(limit) = self.max_wall_s {
+            ensure!(
+                limit.is_finite() && limit > 0.0,
+                "--max-wall must be a positive number of seconds, got {limit}"
+            );
+        }
         parse_device(&self.device)?;
+        if let Some(f) = &self.flame {
+            f.validate()?;
+            ensure!(
+                self.algo != Algo::FlameM || f.nfe == 1,
+                "FLAME-M acts in one network evaluation (nfe 1), got nfe {}",
+                f.nfe
+            );
+        }
         if let Some(s) = &self.sac {
             for (name, v) in [
                 ("--gamma", s.gamma),
@@ -223,19 +245,16 @@ pub fn make_agent(config: &TrainConfig, spec: &EnvSpec, device: Device) -> Resul
                 device,
             )))
         }
-        Algo::FlameM => {
-            let flame = config.flame.clone().context("FLAME-M config missing")?;
-            Ok(Box::new(FlameM::new(
+        Algo::FlameM | Algo::FlameR => {
+            let flame = config.flame.clone().context("FLAME config missing")?;
+            Ok(Box::new(Flame::new(
                 flame,
+                config.algo.blob_algorithm()?,
                 spec.obs_dim,
                 spec.act_dim,
                 device,
             )))
         }
-        algo @ Algo::FlameR => bail!(
-            "--algo {} is not implemented in `trainer train` yet (sac and flame-m are)",
-            algo.name()
-        ),
     }
 }
 
@@ -248,6 +267,10 @@ pub struct EvalRow {
     pub eval_return: f64,
     pub eval_return_std: f64,
     pub eval_length: f64,
+    /// Mean return of the deployed policy (FLAME: one flow sample from z = 0, no critic,
+    /// as on the MCU; SAC: its mean action) over the same episodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_return_single: Option<f64>,
     /// Mean return of the last 10 finished training episodes (NaN → null if none).
     pub train_return: Option<f64>,
     pub alpha: f64,
@@ -415,8 +438,9 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// Reopens a run from its last checkpoint; `steps` optionally extends the budget.
-    pub fn resume(dir: &Path, steps: Option<u64>) -> Result<Self> {
+    /// Reopens a run from its last checkpoint; `steps` and `max_wall_s` optionally
+    /// replace the budgets.
+    pub fn resume(dir: &Path, steps: Option<u64>, max_wall_s: Option<f64>) -> Result<Self> {
         ensure!(
             dir.is_dir(),
             "--resume {}: no such directory",
@@ -450,6 +474,9 @@ impl Trainer {
         if let Some(steps) = steps {
             ensure!(steps > 0, "--steps must be positive");
             config.steps = steps;
+        }
+        if max_wall_s.is_some() {
+            config.max_wall_s = max_wall_s;
         }
         config.validate()?;
         tch::set_num_threads(config.threads as i32);
@@ -512,6 +539,14 @@ impl Trainer {
         let mut window = (self.state.env_steps, self.state.updates, Instant::now());
         let mut rates = (0.0, 0.0);
         while self.state.env_steps < until {
+            if scheduled && self.wall_budget_spent() {
+                eprintln!(
+                    "wall-time budget of {} spent at env step {}: stopping",
+                    fmt_secs(self.config.max_wall_s.unwrap_or(0.0)),
+                    self.state.env_steps
+                );
+                break;
+            }
             self.vec_step()?;
             self.state.wall_s = wall0 + start.elapsed().as_secs_f64();
             let dt = window.2.elapsed().as_secs_f64();
@@ -543,6 +578,13 @@ impl Trainer {
             }
         }
         Ok(())
+    }
+
+    /// Whether the run's `max_wall_s` (counted over all its sessions) is used up.
+    fn wall_budget_spent(&self) -> bool {
+        self.config
+            .max_wall_s
+            .is_some_and(|limit| self.state.wall_s >= limit)
     }
 
     /// One vector step: act, step the envs, store, update.
@@ -615,6 +657,8 @@ impl Trainer {
             .replay
             .sample(self.config.batch_size, &mut rng, self.device);
         torch_seed(derive_seed(self.config.seed, SEED_UPDATE, u));
+        self.agent
+            .set_progress(self.state.env_steps as f64 / self.config.steps as f64);
         let mut stats = self.agent.update(&batch, u);
         if self.config.inject_nan_at_update == Some(u) {
             if let Some(s) = stats.first_mut() {
@@ -655,8 +699,9 @@ impl Trainer {
     }
 
     /// Mean, std and mean length of `eval_episodes` deterministic episodes (fixed seeds,
-    /// the same at every evaluation), stepped as one batch.
-    pub fn evaluate(&mut self) -> Result<(f64, f64, f64)> {
+    /// the same at every evaluation), stepped as one batch: the agent's evaluation action
+    /// (FLAME: best of N_p by min Q), or with `deployed` the deployed policy's action.
+    pub fn evaluate(&mut self, deployed: bool) -> Result<(f64, f64, f64)> {
         let k = self.config.eval_episodes;
         while self.eval_envs.len() < k {
             self.eval_envs.push(env::make(&self.config.env_id)?);
@@ -676,11 +721,12 @@ impl Trainer {
             let o = Tensor::from_slice(&flat)
                 .view([active.len() as i64, obs_dim as i64])
                 .to_device(self.device);
-            let a = self
-                .agent
-                .act(&o, false)
-                .to_device(Device::Cpu)
-                .contiguous();
+            let a = if deployed {
+                self.agent.act_deployed(&o)
+            } else {
+                self.agent.act(&o, false)
+            };
+            let a = a.to_device(Device::Cpu).contiguous();
             let a = Vec::<f32>::try_from(a.view([-1]))?;
             let env_a = self.to_env_units(&a);
             let mut still = Vec::with_capacity(active.len());
@@ -711,7 +757,12 @@ impl Trainer {
     }
 
     fn evaluate_with_rates(&mut self, rates: (f64, f64)) -> Result<()> {
-        let (mean, std, len) = self.evaluate()?;
+        let (mean, std, len) = self.evaluate(false)?;
+        // SAC's deployed action is its evaluation action: no second pass.
+        let single = match self.config.algo {
+            Algo::Sac => None,
+            Algo::FlameM | Algo::FlameR => Some(self.evaluate(true)?.0),
+        };
         let train_return = (!self.state.recent_returns.is_empty()).then(|| {
             self.state.recent_returns.iter().sum::<f64>() / self.state.recent_returns.len() as f64
         });
@@ -722,6 +773,7 @@ impl Trainer {
             eval_return: mean,
             eval_return_std: std,
             eval_length: len,
+            eval_return_single: single,
             train_return,
             alpha: self.agent.alpha(),
             updates_per_s: rates.0,
@@ -729,8 +781,9 @@ impl Trainer {
             stats: self.state.last_stats.clone(),
         });
         if self.config.progress_secs > 0.0 {
+            let single = single.map_or(String::new(), |r| format!("; deployed (z = 0) {r:.1}"));
             eprintln!(
-                "eval @ {} steps: return {mean:.1} ± {std:.1} (length {len:.0}, {} episodes)",
+                "eval @ {} steps: return {mean:.1} ± {std:.1} (length {len:.0}, {} episodes){single}",
                 self.state.env_steps, self.config.eval_episodes
             );
         }
@@ -811,10 +864,10 @@ impl Trainer {
     }
 
     fn run_config(&self) -> Result<RunConfig> {
-        let (hidden, time_dim, noise_std) = match (&self.config.sac, &self.config.flame) {
-            (_, Some(f)) => (f.policy_hidden.clone(), f.time_dim, f.noise_std as f32),
-            (Some(s), None) => (s.policy_hidden.clone(), 0, 0.5),
-            (None, None) => (Vec::new(), 0, 0.5),
+        let (hidden, time_dim, noise_std, nfe) = match (&self.config.sac, &self.config.flame) {
+            (_, Some(f)) => (f.policy_hidden.clone(), f.time_dim, f.noise_std as f32, f.nfe),
+            (Some(s), None) => (s.policy_hidden.clone(), 0, 0.5, 1),
+            (None, None) => (Vec::new(), 0, 0.5, 1),
         };
         Ok(RunConfig {
             algo: self.config.algo,
@@ -826,7 +879,7 @@ impl Trainer {
                 hidden,
                 time_dim,
             },
-            nfe: 1,
+            nfe,
             noise_std,
             // The agents consume raw observations (identity normalizer): no clipping.
             obs_clip: 1e6,
@@ -860,7 +913,7 @@ impl Trainer {
             .collect();
         write_atomic(&run.root.join("metrics.csv"), |p| {
             let mut text = String::from(
-                "step,updates,wall_s,eval_return,eval_return_std,eval_length,train_return,alpha,updates_per_s,env_steps_per_s",
+                "step,updates,wall_s,eval_return,eval_return_std,eval_length,eval_return_single,train_return,alpha,updates_per_s,env_steps_per_s",
             );
             for k in &keys {
                 text += &format!(",{k}");
@@ -868,13 +921,14 @@ impl Trainer {
             text.push('\n');
             for r in rows {
                 text += &format!(
-                    "{},{},{:.3},{},{},{},{},{},{:.2},{:.2}",
+                    "{},{},{:.3},{},{},{},{},{},{},{:.2},{:.2}",
                     r.step,
                     r.updates,
                     r.wall_s,
                     r.eval_return,
                     r.eval_return_std,
                     r.eval_length,
+                    r.eval_return_single.map_or(String::new(), |v| v.to_string()),
                     r.train_return.map_or(String::new(), |v| v.to_string()),
                     r.alpha,
                     r.updates_per_s,

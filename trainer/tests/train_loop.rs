@@ -10,10 +10,6 @@ use tch::Tensor;
 use trainer::run_dir::Algo;
 use trainer::train::{checkpoint_dir, EvalRow, TrainConfig, Trainer};
 
-/// torch's generator is process-global and the loop reseeds it: trainers in parallel
-/// test threads would draw each other's numbers, so these tests take turns.
-static TORCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Training reseeds torch's one global generator before every agent call; tests in this
 /// binary run on parallel threads, so each holds this lock to keep its draws its own.
 static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -67,7 +63,6 @@ fn agent_state(t: &Trainer) -> HashMap<String, Tensor> {
 #[test]
 fn resumed_run_continues_the_same_curve() {
     let _rng = serial();
-    let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
     let (a, b) = (scratch("uninterrupted"), scratch("killed"));
     let mut full = Trainer::new(tiny(), Some(&a)).unwrap();
     let full_summary = full.run().unwrap();
@@ -78,7 +73,7 @@ fn resumed_run_continues_the_same_curve() {
     first.run_until(450, true).unwrap();
     assert_eq!(first.state.evals.len(), 1);
     drop(first);
-    let mut resumed = Trainer::resume(&b, None).unwrap();
+    let mut resumed = Trainer::resume(&b, None, None).unwrap();
     assert_eq!(
         resumed.state.env_steps, 300,
         "resumes from the last checkpoint"
@@ -133,7 +128,6 @@ fn resumed_run_continues_the_same_curve() {
 #[test]
 fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     let _rng = serial();
-    let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch("nan");
     let mut c = tiny();
     // Update u runs at env step learning_starts + u: update 150 at step 350, after the
@@ -150,7 +144,7 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     assert_eq!(state["env_steps"], 300);
     // The kept checkpoint resumes (the injected fault is part of the saved config, so it
     // fires again at the same update).
-    let mut resumed = Trainer::resume(&dir, None).unwrap();
+    let mut resumed = Trainer::resume(&dir, None, None).unwrap();
     assert_eq!(resumed.state.env_steps, 300);
     let err = format!("{:#}", resumed.run().unwrap_err());
     assert!(err.contains("env step 350"), "{err}");
@@ -162,11 +156,11 @@ fn resume_refuses_what_is_not_a_training_run() {
     let _rng = serial();
     let dir = scratch("notrun");
     std::fs::create_dir_all(&dir).unwrap();
-    let err = format!("{:#}", Trainer::resume(&dir, None).err().unwrap());
+    let err = format!("{:#}", Trainer::resume(&dir, None, None).err().unwrap());
     assert!(err.contains("not a training run"), "{err}");
     let err = format!(
         "{:#}",
-        Trainer::resume(&dir.join("nope"), None).err().unwrap()
+        Trainer::resume(&dir.join("nope"), None, None).err().unwrap()
     );
     assert!(err.contains("no such directory"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -175,7 +169,6 @@ fn resume_refuses_what_is_not_a_training_run() {
 #[test]
 fn a_crash_between_the_checkpoint_renames_still_resumes() {
     let _rng = serial();
-    let _guard = TORCH.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch("swap");
     let mut c = tiny();
     c.steps = 300;
@@ -185,7 +178,7 @@ fn a_crash_between_the_checkpoint_renames_still_resumes() {
     std::fs::rename(dir.join("checkpoint"), dir.join("checkpoint.old")).unwrap();
     std::fs::create_dir_all(dir.join("checkpoint.tmp")).unwrap();
     std::fs::write(dir.join("checkpoint.tmp/state.json"), "{ half").unwrap();
-    let mut t = Trainer::resume(&dir, Some(400)).unwrap();
+    let mut t = Trainer::resume(&dir, Some(400), None).unwrap();
     assert_eq!(t.state.env_steps, 300);
     t.run().unwrap();
     assert!(dir.join("checkpoint/state.json").is_file());

@@ -1,5 +1,5 @@
-//! The agents behind `trainer train --algo`: SAC here; FLAME-M / FLAME-R plug into the
-//! same [`Agent`] trait (their math lives in `crate::flame`).
+//! The agents behind `trainer train --algo`: SAC, and FLAME-M / FLAME-R (one module,
+//! two flows; their math lives in `crate::flame`), all behind the [`Agent`] trait.
 //!
 //! The training loop ([`crate::train`]) owns the envs, the replay buffer, evaluation,
 //! checkpoints and every random seed: before each call into an agent that draws random
@@ -7,7 +7,7 @@
 //! no RNG state of its own and a resumed run draws exactly the numbers the uninterrupted
 //! run would have drawn.
 
-pub mod flame_m;
+pub mod flame;
 pub mod sac;
 
 use std::collections::HashMap;
@@ -26,6 +26,15 @@ pub trait Agent {
     /// Actions in [-1, 1]^d for a batch of raw observations `[n, obs]`: stochastic
     /// training-time acting when `explore`, else the deterministic evaluation action.
     fn act(&self, obs: &Tensor, explore: bool) -> Tensor;
+
+    /// The action the deployed policy takes without a critic or sampling noise (FLAME:
+    /// one flow sample from z = 0, what the MCU runtime computes deterministically; SAC:
+    /// its mean action).
+    fn act_deployed(&self, obs: &Tensor) -> Tensor;
+
+    /// Fraction of the run's env steps done (0 to 1), set before each update: agents
+    /// with schedules key them on it (a resumed run sets the same values).
+    fn set_progress(&mut self, _fraction: f64) {}
 
     /// One gradient update on a replay minibatch; `update` counts updates from 0 (agents
     /// with delayed policy updates key them on it).

@@ -242,6 +242,10 @@ impl Agent for Sac {
         })
     }
 
+    fn act_deployed(&self, obs: &Tensor) -> Tensor {
+        self.act(obs, false)
+    }
+
     fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats {
         let c = &self.config;
         let alpha = self.alpha_value();

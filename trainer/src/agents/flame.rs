@@ -1,26 +1,32 @@
-//! FLAME-M: max-entropy RL with a one-step MeanFlow policy trained by Q-reweighted flow
-//! matching (DESIGN §5). Readable top to bottom:
+//! FLAME-M and FLAME-R: max-entropy RL with a flow policy trained by Q-reweighted flow
+//! matching (DESIGN §5). One agent, two flows, readable top to bottom:
 //!
-//! - **Policy** `u_θ(z, r, t | s)`: an MLP on `[s, z, emb(r), emb(t)]` (3×256 mish), the
-//!   mean velocity over `[r, t]` with `z_t = (1 − t)·a + t·ε` (t = 1 is noise). Acting is
-//!   one evaluation: `a = clip(z − u(z, 0, 1 | s))`, `z ~ σ_z·N(0, I)`. An EMA copy acts
-//!   and computes TD targets.
-//! - **Critic** ([`FlameM::update`] step 1): twin Q with Polyak targets,
+//! - **Policy** `u_θ(z, r, t | s)`: an MLP on `[s, z, emb(r), emb(t)]` (3×256 mish) with
+//!   `z_t = (1 − t)·a + t·ε` (t = 1 is noise). FLAME-M (MeanFlow) learns the mean velocity
+//!   over `[r, t]` and acts in one evaluation: `a = clip(z − u(z, 0, 1 | s))`. FLAME-R
+//!   (rectified flow) learns the instantaneous velocity `v(z, t) = u(z, t, t)` — the same
+//!   network on the diagonal r = t, so both export to the same blob layout — and acts
+//!   with N Euler steps `z ← z − u(z, t_k, t_k)/N` from t = 1 to 0. The steps are
+//!   [`flow_steps`], the same list the exporter folds into the blob. `z ~ σ_z·N(0, I)`.
+//!   An EMA copy acts and computes TD targets.
+//! - **Critic** ([`Flame::update`] step 1): twin Q with Polyak targets,
 //!   `y = c·r + γ(1 − term)·[min Q̄(s′, a′) + β·α·Ĥ(s′)]`, a′ from the EMA policy. β = 0 by
 //!   default (the official ablation found the entropy term hurts on HalfCheetah/Ant);
 //!   when on, it is *added*, as in SAC (the official code subtracts it: a defect).
 //! - **Policy update** (step 2, every `policy_frequency` updates): anchor
 //!   `x_t = (1 − t)·a + t·ε` from a replay action; K candidates from the interpolation
 //!   posterior ([`crate::flame::posterior`]); weights `softmax_k(min Q(s, a_k) / α)` (α,
-//!   not e^α as in the official code); the weighted velocity `v̄ = Σ w_k v_k`; the MeanFlow
-//!   target `v̄ − (t − r)·(∂_z u·v̄ + ∂_t u)` from **one** exact JVP with tangent
+//!   not e^α as in the official code); the weighted velocity `v̄ = Σ w_k v_k`.
+//!   FLAME-R regresses `u(x_t, t, t)` on `v̄`. FLAME-M regresses `u(x_t, r, t)` on the
+//!   MeanFlow target `v̄ − (t − r)·(∂_z u·v̄ + ∂_t u)` from **one** exact JVP with tangent
 //!   `(v̄, 0, 1)` (the loss is quadratic with stop-grad targets, so the weighted single
-//!   target has the per-candidate loss's gradient); loss `‖u_θ(x_t, r, t) − sg(target)‖²`
-//!   plus `λ·(−min Q̄(s, a_θ(s)))` through the one-step sampler (`q_grad_weight`).
-//!   Both flows use one time convention (t = 1 noise) in training and sampling.
-//! - **Temperature** (step 3): `Ĥ` from the decoupled M-step chain with exact log-dets
-//!   ([`crate::flame::entropy`]), started from the acting base noise σ_z·N(0, I);
-//!   minimize `log α·(Ĥ − H̄)` with `H̄ = −scale·d`.
+//!   target has the per-candidate loss's gradient), with MeanFlow's adaptive loss weight.
+//!   Both add `λ·(−min Q̄(s, a_θ(s)))` through the sampler (`q_grad_weight`; the official
+//!   code's 1 for FLAME-M, 0 for FLAME-R). One time convention (t = 1 noise) everywhere.
+//! - **Temperature** (step 3): `Ĥ` from a flow chain started from the acting base noise
+//!   σ_z·N(0, I) ([`crate::flame::entropy`]): FLAME-M the decoupled M = 3 step chain with
+//!   exact log-dets; FLAME-R its own N-step chain with the instantaneous change of
+//!   variables (`Δ·tr ∂v/∂z` per step, exact trace). Minimize `log α·(Ĥ − H̄)`, `H̄ = −scale·d`.
 //! - One Adam step per critic per update (the official code takes two: a defect).
 //!
 //! Randomness comes from torch's global generator, which the training loop reseeds
@@ -28,7 +34,8 @@
 
 use std::collections::HashMap;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
+use runtime::blob::Algorithm;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -40,20 +47,28 @@ use crate::flame::posterior::{candidate_velocities, sample_candidates};
 use crate::mlp::{
     checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape,
 };
-use crate::policy_net::{time_features_derivative, time_features_tensor};
+use crate::policy_net::{flow_steps, time_features_derivative, time_features_tensor};
 use crate::replay::Batch;
 use crate::run_dir::Normalizer;
 
-/// Every FLAME-M hyperparameter, with the official code's default where it has one (loop
+/// Every FLAME hyperparameter, with the official code's default where it has one (loop
 /// settings — envs, warm-up, batch size — are in `train::TrainConfig`).
+/// [`FlameConfig::for_algorithm`] gives FLAME-M's or FLAME-R's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FlameMConfig {
+pub struct FlameConfig {
+    /// Network evaluations per action: FLAME-M 1, FLAME-R N = 20.
+    #[serde(default = "one")]
+    pub nfe: usize,
     /// Discount γ (0.99).
     pub gamma: f64,
     /// Polyak rate of the critic targets and of the EMA acting policy (0.005).
     pub tau: f64,
-    /// Critic and policy Adam learning rate (3e-4).
+    /// Critic and policy Adam learning rate at the start (3e-4).
     pub lr: f64,
+    /// The policy's learning rate decays linearly to this over the run (3e-5, as the
+    /// official code); the critics keep `lr`.
+    #[serde(default = "default_final_policy_lr")]
+    pub final_policy_lr: f64,
     /// Temperature Adam learning rate (3e-4).
     pub alpha_lr: f64,
     /// Policy, EMA and critic targets are updated every this many updates (2).
@@ -72,10 +87,11 @@ pub struct FlameMConfig {
     pub t_min: f64,
     pub t_max: f64,
     /// MeanFlow's adaptive loss weighting: each sample's squared error ℓ is weighted by
-    /// sg(1/(ℓ + 1e-3)^p), p = 1 (0 disables). Keeps the bootstrapped JVP target from
-    /// running away early in training.
+    /// sg(1/(ℓ + 1e-3)^p), p = 1 for FLAME-M (0 disables; FLAME-R: 0, plain MSE). Keeps
+    /// the bootstrapped JVP target from running away early in training.
     pub adaptive_loss_power: f64,
-    /// Weight λ of the deterministic-policy-gradient term −λ·min Q̄(s, a_θ(s)) (1.0).
+    /// Weight λ of the deterministic-policy-gradient term −λ·min Q̄(s, a_θ(s))
+    /// (FLAME-M 1.0, FLAME-R 0).
     pub q_grad_weight: f64,
     /// β: add α·Ĥ(s′) to the TD target (false, the official ablation's better choice).
     pub entropy_in_td: bool,
@@ -85,9 +101,10 @@ pub struct FlameMConfig {
     pub init_alpha: f64,
     /// Target entropy H̄ = −scale·d (1.0).
     pub target_entropy_scale: f64,
-    /// Steps M of the decoupled entropy chain (3).
+    /// Steps of the entropy chain (FLAME-M: M = 3; FLAME-R: its N).
     pub entropy_steps: usize,
-    /// Log-determinant of each chain step: exact (d JVPs) or first-order Hutchinson.
+    /// Log-determinant of each chain step: FLAME-M exact (d JVPs), FLAME-R the exact
+    /// trace (instantaneous change of variables); first-order Hutchinson as an option.
     pub log_det: LogDet,
     /// States per update used for the entropy estimate (64 of the batch).
     pub entropy_states: i64,
@@ -98,12 +115,23 @@ pub struct FlameMConfig {
     pub time_dim: usize,
 }
 
-impl Default for FlameMConfig {
-    fn default() -> Self {
-        Self {
+fn one() -> usize {
+    1
+}
+
+fn default_final_policy_lr() -> f64 {
+    3e-5
+}
+
+impl FlameConfig {
+    /// The official defaults for FLAME-M ([`Algorithm::FlameM`]) or FLAME-R.
+    pub fn for_algorithm(algorithm: Algorithm) -> Self {
+        let mean_flow = Self {
+            nfe: 1,
             gamma: 0.99,
             tau: 0.005,
             lr: 3e-4,
+            final_policy_lr: default_final_policy_lr(),
             alpha_lr: 3e-4,
             policy_frequency: 2,
             reward_scale: 0.2,
@@ -125,12 +153,84 @@ impl Default for FlameMConfig {
             policy_hidden: vec![256, 256, 256],
             critic_hidden: vec![256, 256, 256],
             time_dim: 16,
+        };
+        match algorithm {
+            Algorithm::FlameM => mean_flow,
+            Algorithm::FlameR => Self {
+                nfe: 20,
+                adaptive_loss_power: 0.0,
+                q_grad_weight: 0.0,
+                entropy_steps: 20,
+                log_det: LogDet::Trace,
+                ..mean_flow
+            },
         }
     }
 }
 
-pub struct FlameM {
-    pub config: FlameMConfig,
+impl FlameConfig {
+    /// Refuses values the agent cannot run with, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("--gamma", self.gamma),
+            ("--tau", self.tau),
+            ("--lr", self.lr),
+            ("--final-policy-lr", self.final_policy_lr),
+            ("--alpha-lr", self.alpha_lr),
+            ("--alpha", self.init_alpha),
+            ("--reward-scale", self.reward_scale),
+            ("--noise-std", self.noise_std),
+        ] {
+            ensure!(
+                v.is_finite() && v > 0.0,
+                "{name} must be a positive number, got {v}"
+            );
+        }
+        ensure!(self.gamma <= 1.0, "--gamma must be at most 1");
+        ensure!(self.tau <= 1.0, "--tau must be at most 1");
+        ensure!(self.nfe >= 1, "--nfe must be at least 1");
+        ensure!(self.candidates >= 1, "--candidates (K) must be at least 1");
+        ensure!(self.particles >= 1, "--particles must be at least 1");
+        ensure!(self.entropy_steps >= 1, "--entropy-steps must be at least 1");
+        ensure!(self.entropy_states >= 1, "--entropy-states must be at least 1");
+        ensure!(
+            self.policy_frequency >= 1,
+            "--policy-frequency must be at least 1"
+        );
+        ensure!(
+            self.t_min > 0.0 && self.t_min < self.t_max && self.t_max < 1.0,
+            "flow times need 0 < t_min < t_max < 1"
+        );
+        for (name, v) in [
+            ("--noise-scale", self.noise_scale),
+            ("--q-grad-weight", self.q_grad_weight),
+            ("--adaptive-loss-power", self.adaptive_loss_power),
+            ("--target-entropy-scale", self.target_entropy_scale),
+        ] {
+            ensure!(
+                v.is_finite() && v >= 0.0,
+                "{name} must be a non-negative number, got {v}"
+            );
+        }
+        ensure!(
+            !self.policy_hidden.is_empty() && self.policy_hidden.iter().all(|&h| h > 0),
+            "--hidden needs positive widths"
+        );
+        ensure!(
+            !self.critic_hidden.is_empty() && self.critic_hidden.iter().all(|&h| h > 0),
+            "--critic-hidden needs positive widths"
+        );
+        ensure!(
+            self.time_dim >= 2 && self.time_dim.is_multiple_of(2),
+            "--time-dim must be even and at least 2"
+        );
+        Ok(())
+    }
+}
+
+pub struct Flame {
+    pub config: FlameConfig,
+    algorithm: Algorithm,
     obs_dim: usize,
     act_dim: usize,
     /// `[s, z, emb(r), emb(t)] → u`.
@@ -142,12 +242,14 @@ pub struct FlameM {
     log_alpha: f64,
     alpha_adam: ScalarAdam,
     target_entropy: f64,
+    /// Fraction of the run's env steps done, for the policy learning-rate decay.
+    progress: f64,
     device: Device,
 }
 
 /// The policy network as a velocity field for the entropy chain, conditioned on states.
 struct PolicyField<'a> {
-    flame: &'a FlameM,
+    flame: &'a Flame,
     params: &'a Tensor,
     obs: &'a Tensor,
 }
@@ -162,6 +264,11 @@ impl VelocityField for PolicyField<'_> {
     ) -> (Tensor, Tensor) {
         let reps = z.size()[0] / self.obs.size()[0];
         let obs = self.obs.repeat([reps, 1]);
+        // FLAME-R's network is the instantaneous velocity on the diagonal r = t.
+        let r = match self.flame.algorithm {
+            Algorithm::FlameM => r,
+            Algorithm::FlameR => t,
+        };
         let input = self.flame.policy_input(&obs, z, r, t);
         let zeros = |n: usize| Tensor::zeros([z.size()[0], n as i64], (Kind::Float, z.device()));
         let d = self.flame.config.time_dim;
@@ -172,8 +279,15 @@ impl VelocityField for PolicyField<'_> {
     }
 }
 
-impl FlameM {
-    pub fn new(config: FlameMConfig, obs_dim: usize, act_dim: usize, device: Device) -> Self {
+impl Flame {
+    /// A FLAME-M or FLAME-R agent (`algorithm` picks the flow; `config.nfe` its steps).
+    pub fn new(
+        config: FlameConfig,
+        algorithm: Algorithm,
+        obs_dim: usize,
+        act_dim: usize,
+        device: Device,
+    ) -> Self {
         let mut sizes = vec![obs_dim + act_dim + 2 * config.time_dim];
         sizes.extend_from_slice(&config.policy_hidden);
         sizes.push(act_dim);
@@ -205,18 +319,26 @@ impl FlameM {
             },
             target_entropy: -config.target_entropy_scale * act_dim as f64,
             config,
+            algorithm,
             obs_dim,
             act_dim,
             policy,
             policy_adam,
             ema,
             critic,
+            progress: 0.0,
             device,
         }
     }
 
     fn alpha_value(&self) -> f64 {
         self.log_alpha.exp()
+    }
+
+    /// The policy's learning rate: linear from `lr` to `final_policy_lr` over the run.
+    fn policy_lr(&self) -> f64 {
+        let c = &self.config;
+        c.lr + (c.final_policy_lr - c.lr) * self.progress.clamp(0.0, 1.0)
     }
 
     fn policy_input(&self, obs: &Tensor, z: &Tensor, r: &Tensor, t: &Tensor) -> Tensor {
@@ -236,18 +358,25 @@ impl FlameM {
         Tensor::full([n, 1], value, (Kind::Float, self.device))
     }
 
-    /// One-step action `clip(z − u(z, 0, 1 | s))` with the given parameters.
-    fn one_step(&self, params: &Tensor, obs: &Tensor, z: &Tensor) -> Tensor {
+    /// The action `clip(z_N)` after the flow's steps from base sample `z`, with the given
+    /// parameters: FLAME-M one step `z − u(z, 0, 1)`, FLAME-R N Euler steps. The steps
+    /// are [`flow_steps`], exactly what the exporter folds into the blob.
+    fn sample(&self, params: &Tensor, obs: &Tensor, z: &Tensor) -> Tensor {
         let n = obs.size()[0];
-        let input = self.policy_input(obs, z, &self.column(n, 0.0), &self.column(n, 1.0));
-        (z - self.policy.forward_with(params, &input)).clamp(-1.0, 1.0)
+        let step = 1.0 / self.config.nfe as f64;
+        let mut z = z.shallow_clone();
+        for (r, t) in flow_steps(self.algorithm, self.config.nfe) {
+            let input = self.policy_input(obs, &z, &self.column(n, r), &self.column(n, t));
+            z = &z - self.policy.forward_with(params, &input) * step;
+        }
+        z.clamp(-1.0, 1.0)
     }
 
     fn base_noise(&self, n: i64) -> Tensor {
         Tensor::randn([n, self.act_dim as i64], (Kind::Float, self.device)) * self.config.noise_std
     }
 
-    /// Entropy estimate Ĥ = −mean log π from the decoupled chain on `obs`.
+    /// Entropy estimate Ĥ = −mean log π from the flow chain on `obs`.
     fn entropy(&self, params: &Tensor, obs: &Tensor) -> f64 {
         let field = PolicyField {
             flame: self,
@@ -265,14 +394,15 @@ impl FlameM {
         -log_prob.mean(Kind::Float).double_value(&[])
     }
 
-    /// The Q-reweighted MeanFlow target for anchors `x_t` at times `(r, t)` (no grad).
-    fn meanflow_target(&self, obs: &Tensor, x_t: &Tensor, r: &Tensor, t: &Tensor) -> Tensor {
+    /// The Q-reweighted regression target for anchors `x_t` at times `(r, t)` (no grad).
+    fn flow_target(&self, obs: &Tensor, x_t: &Tensor, r: &Tensor, t: &Tensor) -> Tensor {
         let candidates = sample_candidates(x_t, t, self.config.candidates);
-        self.meanflow_target_for(obs, x_t, r, t, &candidates)
+        self.flow_target_for(obs, x_t, r, t, &candidates)
     }
 
-    /// [`FlameM::meanflow_target`] for given posterior candidates `[B, K, d]`.
-    fn meanflow_target_for(
+    /// [`Flame::flow_target`] for given posterior candidates `[B, K, d]`: FLAME-R the
+    /// weighted velocity `v̄`, FLAME-M the MeanFlow target `v̄ − (t − r)·du/dt`.
+    fn flow_target_for(
         &self,
         obs: &Tensor,
         x_t: &Tensor,
@@ -290,6 +420,9 @@ impl FlameM {
             .view([b, k]);
         let weights = (q / self.alpha_value()).softmax(1, Kind::Float);
         let v_bar = (weights.unsqueeze(-1) * velocities).sum_dim_intlist(1, false, Kind::Float);
+        if self.algorithm == Algorithm::FlameR {
+            return v_bar;
+        }
         // d/dt u(x_t, r, t) along (ẋ, ṙ, ṫ) = (v̄, 0, 1): one JVP for all K candidates.
         let input = self.policy_input(obs, x_t, r, t);
         let zeros = |n: usize| Tensor::zeros([b, n as i64], (Kind::Float, self.device));
@@ -310,14 +443,14 @@ impl FlameM {
     }
 }
 
-impl Agent for FlameM {
+impl Agent for Flame {
     fn act(&self, obs: &Tensor, explore: bool) -> Tensor {
         tch::no_grad(|| {
             let obs = obs.to_device(self.device).to_kind(Kind::Float);
             let (n, p, d) = (obs.size()[0], self.config.particles, self.act_dim as i64);
-            // Best of N_p one-step samples by min Q.
+            // Best of N_p samples by min Q.
             let obs_p = obs.repeat_interleave_self_int(p, 0, None);
-            let actions = self.one_step(&self.ema, &obs_p, &self.base_noise(n * p));
+            let actions = self.sample(&self.ema, &obs_p, &self.base_noise(n * p));
             let q = self.critic.min_q(&obs_p, &actions).view([n, p]);
             let best = q.argmax(1, true).view([n, 1, 1]).expand([n, 1, d], false);
             let chosen = actions.view([n, p, d]).gather(1, &best, false).view([n, d]);
@@ -337,7 +470,7 @@ impl Agent for FlameM {
 
         // 1. Critic: one Adam step towards the TD target.
         let y = tch::no_grad(|| {
-            let next_action = self.one_step(&self.ema, &batch.next_obs, &self.base_noise(b));
+            let next_action = self.sample(&self.ema, &batch.next_obs, &self.base_noise(b));
             let mut bootstrap = self.critic.target_min_q(&batch.next_obs, &next_action);
             if c.entropy_in_td {
                 bootstrap += alpha * self.entropy(&self.ema, &batch.next_obs);
@@ -354,13 +487,16 @@ impl Agent for FlameM {
             return stats;
         }
 
-        // 2. Policy: Q-reweighted MeanFlow matching plus the Q-gradient term.
+        // 2. Policy: Q-reweighted flow matching plus the Q-gradient term.
         let opts = (Kind::Float, self.device);
         let t = Tensor::rand([b, 1], opts) * (c.t_max - c.t_min) + c.t_min;
-        let r = (&t - c.t_min) * Tensor::rand([b, 1], opts) + c.t_min;
+        let r = match self.algorithm {
+            Algorithm::FlameM => (&t - c.t_min) * Tensor::rand([b, 1], opts) + c.t_min,
+            Algorithm::FlameR => t.shallow_clone(),
+        };
         let noise = Tensor::randn_like(&batch.act);
         let x_t = (1.0 - &t) * &batch.act + &t * noise;
-        let target = tch::no_grad(|| self.meanflow_target(&batch.obs, &x_t, &r, &t));
+        let target = tch::no_grad(|| self.flow_target(&batch.obs, &x_t, &r, &t));
         let u = self
             .policy
             .forward(&self.policy_input(&batch.obs, &x_t, &r, &t));
@@ -368,16 +504,20 @@ impl Agent for FlameM {
         let adaptive = (per_sample.detach() + 1e-3).pow_tensor_scalar(-c.adaptive_loss_power);
         let flow_loss = per_sample.mean(Kind::Float);
         let weighted_flow_loss = (adaptive * &per_sample).mean(Kind::Float);
-        let z = self.base_noise(b);
-        let ones = self.column(b, 1.0);
-        let input = self.policy_input(&batch.obs, &z, &ones.zeros_like(), &ones);
-        let a_theta = (&z - self.policy.forward(&input)).clamp(-1.0, 1.0);
-        let q_target = self.critic.net.forward_with(
-            &self.critic.target,
-            &Tensor::cat(&[&batch.obs, &a_theta], 1),
-        );
-        let q_pi = q_target.get(0).minimum(&q_target.get(1)).mean(Kind::Float);
-        let loss = weighted_flow_loss - c.q_grad_weight * &q_pi;
+        // −λ·min Q̄(s, a_θ(s)) through the sampler (skipped when λ = 0).
+        let q_pi = (c.q_grad_weight != 0.0).then(|| {
+            let a_theta = self.sample(&self.policy.params, &batch.obs, &self.base_noise(b));
+            let q_target = self.critic.net.forward_with(
+                &self.critic.target,
+                &Tensor::cat(&[&batch.obs, &a_theta], 1),
+            );
+            q_target.get(0).minimum(&q_target.get(1)).mean(Kind::Float)
+        });
+        let loss = match &q_pi {
+            Some(q) => weighted_flow_loss - c.q_grad_weight * q,
+            None => weighted_flow_loss,
+        };
+        self.policy_adam.config.lr = self.policy_lr();
         let grad = self.policy.grad(&loss);
         self.policy_adam.step(&self.policy.params, &grad);
         tch::no_grad(|| {
@@ -386,7 +526,7 @@ impl Agent for FlameM {
         });
         self.critic.polyak();
 
-        // 3. Temperature from the decoupled entropy estimate.
+        // 3. Temperature from the entropy estimate.
         let states = batch.obs.narrow(0, 0, c.entropy_states.min(b));
         let entropy = tch::no_grad(|| self.entropy(&self.policy.params, &states));
         if c.autotune {
@@ -396,10 +536,24 @@ impl Agent for FlameM {
         }
         stats.extend([
             ("flow_loss", flow_loss.double_value(&[])),
-            ("q_pi", q_pi.double_value(&[])),
             ("entropy", entropy),
         ]);
+        stats.extend(q_pi.map(|q| ("q_pi", q.double_value(&[]))));
         stats
+    }
+
+    /// The deployed policy: one sample from z = 0 (what the MCU computes
+    /// deterministically), no critic.
+    fn act_deployed(&self, obs: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let obs = obs.to_device(self.device).to_kind(Kind::Float);
+            let z = Tensor::zeros([obs.size()[0], self.act_dim as i64], (Kind::Float, self.device));
+            self.sample(&self.ema, &obs, &z)
+        })
+    }
+
+    fn set_progress(&mut self, fraction: f64) {
+        self.progress = fraction;
     }
 
     fn alpha(&self) -> f64 {
@@ -461,18 +615,33 @@ mod tests {
     use crate::policy_net::{FlowPolicyNet, PolicyShape};
     use tch::nn;
 
-    fn small(obs_dim: usize, act_dim: usize) -> FlameM {
+    fn small_with(algorithm: Algorithm, obs_dim: usize, act_dim: usize) -> Flame {
         tch::manual_seed(0);
-        let config = FlameMConfig {
+        let config = FlameConfig {
             candidates: 16,
             particles: 8,
             entropy_states: 8,
             policy_hidden: vec![32, 32],
             critic_hidden: vec![32, 32],
             time_dim: 8,
-            ..FlameMConfig::default()
+            ..FlameConfig::for_algorithm(algorithm)
         };
-        FlameM::new(config, obs_dim, act_dim, Device::Cpu)
+        let nfe = config.nfe.min(5);
+        Flame::new(
+            FlameConfig {
+                nfe,
+                entropy_steps: config.entropy_steps.min(5),
+                ..config
+            },
+            algorithm,
+            obs_dim,
+            act_dim,
+            Device::Cpu,
+        )
+    }
+
+    fn small(obs_dim: usize, act_dim: usize) -> Flame {
+        small_with(Algorithm::FlameM, obs_dim, act_dim)
     }
 
     fn batch(b: i64, obs_dim: i64, act_dim: i64) -> Batch {
@@ -502,7 +671,7 @@ mod tests {
         // and give both computations the same ones.
         let k = agent.config.candidates;
         let candidates = sample_candidates(&x_t, &t, k);
-        let single = tch::no_grad(|| agent.meanflow_target_for(&obs, &x_t, &r, &t, &candidates));
+        let single = tch::no_grad(|| agent.flow_target_for(&obs, &x_t, &r, &t, &candidates));
         let velocities = candidate_velocities(&x_t, &t, &candidates);
         let q = agent
             .critic
@@ -543,7 +712,13 @@ mod tests {
 
     #[test]
     fn updates_are_finite_and_move_policy_critic_and_alpha() {
-        let mut agent = small(6, 2);
+        for algorithm in [Algorithm::FlameM, Algorithm::FlameR] {
+            updates_move_policy_critic_and_alpha(algorithm);
+        }
+    }
+
+    fn updates_move_policy_critic_and_alpha(algorithm: Algorithm) {
+        let mut agent = small_with(algorithm, 6, 2);
         let before = agent.policy.params.copy();
         let alpha = agent.alpha();
         for update in 0..4 {
@@ -615,5 +790,65 @@ mod tests {
             .forward_with(&agent.ema, &agent.policy_input(&obs, &z, &r, &t));
         let got = net.forward(&obs, &z, &r, &t);
         assert!((got - expect).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    /// The agent's own sampler (training, TD targets, evaluation) computes exactly what
+    /// the exported policy computes: FLAME-M's one step and FLAME-R's N Euler steps,
+    /// through `FlowPolicyNet` and the folded time biases of `flow_steps`.
+    #[test]
+    fn deployed_action_equals_the_exported_float_policy() {
+        use crate::quantize::{PolicyMeta, ProvenanceInfo};
+        for algorithm in [Algorithm::FlameM, Algorithm::FlameR] {
+            let (obs_dim, act_dim) = (5usize, 3usize);
+            let agent = small_with(algorithm, obs_dim, act_dim);
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let shape = PolicyShape {
+                obs_dim,
+                act_dim,
+                hidden: vec![32, 32],
+                time_dim: 8,
+            };
+            let net = FlowPolicyNet::new(&vs.root(), shape);
+            let path = std::env::temp_dir().join(format!(
+                "flame-deployed-{}-{:?}.safetensors",
+                std::process::id(),
+                algorithm
+            ));
+            let tensors = agent.policy_tensors();
+            let named: Vec<(&str, &Tensor)> =
+                tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+            Tensor::write_safetensors(&named, &path).unwrap();
+            vs.load(&path).unwrap();
+            let _ = std::fs::remove_file(&path);
+            let meta = PolicyMeta {
+                env_id: "Test-v0".into(),
+                algorithm,
+                action_low: vec![-1.0; act_dim],
+                action_high: vec![1.0; act_dim],
+                obs_mean: vec![0.0; obs_dim],
+                obs_std: vec![1.0; obs_dim],
+                obs_clip: 1e6,
+                noise_std: 0.5,
+                provenance: ProvenanceInfo::default(),
+            };
+            let float = net
+                .to_float_policy(meta, &flow_steps(algorithm, agent.config.nfe))
+                .unwrap();
+            assert_eq!(float.nfe(), agent.config.nfe);
+            let obs: Vec<f32> = (0..4 * obs_dim).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3).collect();
+            let got = agent.act_deployed(&Tensor::from_slice(&obs).view([4, obs_dim as i64]));
+            let got = Vec::<f32>::try_from(got.contiguous().view([-1])).unwrap();
+            for (row, o) in obs.chunks(obs_dim).enumerate() {
+                let expect = float.act(o, &vec![0.0; act_dim]);
+                for c in 0..act_dim {
+                    let g = got[row * act_dim + c];
+                    assert!(
+                        (g - expect[c]).abs() < 1e-4,
+                        "{algorithm:?} row {row} dim {c}: agent {g} vs exported {}",
+                        expect[c]
+                    );
+                }
+            }
+        }
     }
 }
