@@ -118,10 +118,7 @@ impl TrainConfig {
             threads,
             progress_secs: 10.0,
             sac: (algo == Algo::Sac).then(SacConfig::default),
-            flame: algo
-                .blob_algorithm()
-                .ok()
-                .map(FlameConfig::for_algorithm),
+            flame: algo.blob_algorithm().ok().map(FlameConfig::for_algorithm),
             max_wall_s: None,
             inject_nan_at_update: None,
         }
@@ -865,7 +862,12 @@ impl Trainer {
 
     fn run_config(&self) -> Result<RunConfig> {
         let (hidden, time_dim, noise_std, nfe) = match (&self.config.sac, &self.config.flame) {
-            (_, Some(f)) => (f.policy_hidden.clone(), f.time_dim, f.noise_std as f32, f.nfe),
+            (_, Some(f)) => (
+                f.policy_hidden.clone(),
+                f.time_dim,
+                f.noise_std as f32,
+                f.nfe,
+            ),
             (Some(s), None) => (s.policy_hidden.clone(), 0, 0.5, 1),
             (None, None) => (Vec::new(), 0, 0.5, 1),
         };
@@ -928,7 +930,8 @@ impl Trainer {
                     r.eval_return,
                     r.eval_return_std,
                     r.eval_length,
-                    r.eval_return_single.map_or(String::new(), |v| v.to_string()),
+                    r.eval_return_single
+                        .map_or(String::new(), |v| v.to_string()),
                     r.train_return.map_or(String::new(), |v| v.to_string()),
                     r.alpha,
                     r.updates_per_s,

@@ -160,7 +160,9 @@ fn resume_refuses_what_is_not_a_training_run() {
     assert!(err.contains("not a training run"), "{err}");
     let err = format!(
         "{:#}",
-        Trainer::resume(&dir.join("nope"), None, None).err().unwrap()
+        Trainer::resume(&dir.join("nope"), None, None)
+            .err()
+            .unwrap()
     );
     assert!(err.contains("no such directory"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -191,8 +191,14 @@ impl FlameConfig {
         ensure!(self.nfe >= 1, "--nfe must be at least 1");
         ensure!(self.candidates >= 1, "--candidates (K) must be at least 1");
         ensure!(self.particles >= 1, "--particles must be at least 1");
-        ensure!(self.entropy_steps >= 1, "--entropy-steps must be at least 1");
-        ensure!(self.entropy_states >= 1, "--entropy-states must be at least 1");
+        ensure!(
+            self.entropy_steps >= 1,
+            "--entropy-steps must be at least 1"
+        );
+        ensure!(
+            self.entropy_states >= 1,
+            "--entropy-states must be at least 1"
+        );
         ensure!(
             self.policy_frequency >= 1,
             "--policy-frequency must be at least 1"
@@ -547,7 +553,10 @@ impl Agent for Flame {
     fn act_deployed(&self, obs: &Tensor) -> Tensor {
         tch::no_grad(|| {
             let obs = obs.to_device(self.device).to_kind(Kind::Float);
-            let z = Tensor::zeros([obs.size()[0], self.act_dim as i64], (Kind::Float, self.device));
+            let z = Tensor::zeros(
+                [obs.size()[0], self.act_dim as i64],
+                (Kind::Float, self.device),
+            );
             self.sample(&self.ema, &obs, &z)
         })
     }
@@ -835,7 +844,9 @@ mod tests {
                 .to_float_policy(meta, &flow_steps(algorithm, agent.config.nfe))
                 .unwrap();
             assert_eq!(float.nfe(), agent.config.nfe);
-            let obs: Vec<f32> = (0..4 * obs_dim).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3).collect();
+            let obs: Vec<f32> = (0..4 * obs_dim)
+                .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3)
+                .collect();
             let got = agent.act_deployed(&Tensor::from_slice(&obs).view([4, obs_dim as i64]));
             let got = Vec::<f32>::try_from(got.contiguous().view([-1])).unwrap();
             for (row, o) in obs.chunks(obs_dim).enumerate() {

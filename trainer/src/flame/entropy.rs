@@ -185,7 +185,10 @@ mod tests {
             (trace - true_entropy).abs()
         };
         let (coarse, fine) = (error(3), error(20));
-        assert!(fine < 0.25 * coarse, "20 steps err {fine} vs 3 steps err {coarse}");
+        assert!(
+            fine < 0.25 * coarse,
+            "20 steps err {fine} vs 3 steps err {coarse}"
+        );
         assert!(fine < 0.1, "20 steps err {fine}");
     }
 
