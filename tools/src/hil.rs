@@ -4,18 +4,29 @@
 //! the env, and checks it bit for bit against the host `runtime` on the same observation
 //! and mode. Link faults (timeouts, frame errors reported by either side) are retried with
 //! a fresh sequence number and counted; they never pass unseen.
+//!
+//! With [`FaultPlan`] (`tools hil --inject-faults SEED[:RATE]`) the runner also corrupts
+//! its own traffic: on a random fraction of steps it first sends a damaged copy of the
+//! step's `Act` frame (random bytes, dropped bytes, a bit flip, an oversized frame, or a
+//! flood of line noise), resynchronizes, records what the firmware answered against what
+//! a correct firmware must answer (one frame error per damaged frame, computed with the
+//! same frame reader on the host), and then sends the step's request cleanly, so the
+//! episode completes and every step is still checked bit for bit.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use runtime::wire::CostUnit;
+use runtime::noise::SplitMix64;
+use runtime::wire::{
+    decode_frame, CostUnit, ErrorCode, Feed, FrameReader, Request, Response, MAX_FRAME,
+};
 use runtime::{NoiseMode, Policy, Scratch};
 use serde::Serialize;
 use trainer::env;
 use trainer::rollout::{run_episode, to_f32};
 
-use crate::link::{DeviceLink, LinkError};
+use crate::link::{encode_request, DeviceLink, LinkError};
 
 /// How the base sample is drawn on both ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -39,6 +50,110 @@ pub struct HilOptions {
     pub attempts: usize,
     /// A run directory whose float policy is rolled out on the same seeds for comparison.
     pub float_run: Option<PathBuf>,
+    /// Corrupt the host→device traffic on some steps (fault injection).
+    pub faults: Option<FaultPlan>,
+}
+
+/// Which steps get a corrupted request: each step independently with probability `rate`,
+/// drawn from a generator seeded with `seed` (the same plan gives the same faults).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FaultPlan {
+    pub seed: u64,
+    pub rate: f64,
+}
+
+impl FaultPlan {
+    /// The fault rate when `--inject-faults` names only a seed.
+    pub const DEFAULT_RATE: f64 = 0.05;
+}
+
+impl std::str::FromStr for FaultPlan {
+    type Err = String;
+
+    /// `SEED` or `SEED:RATE`, with RATE in (0, 1].
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (seed, rate) = match text.split_once(':') {
+            Some((seed, rate)) => (seed, Some(rate)),
+            None => (text, None),
+        };
+        let seed = seed
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("fault seed `{seed}` is not an unsigned integer (SEED[:RATE])"))?;
+        let rate = match rate {
+            None => Self::DEFAULT_RATE,
+            Some(r) => r
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| *r > 0.0 && *r <= 1.0)
+                .ok_or_else(|| format!("fault rate `{r}` is not a number in (0, 1]"))?,
+        };
+        Ok(Self { seed, rate })
+    }
+}
+
+/// How one injected fault damages the step's request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// 1–16 random non-zero bytes inserted into the frame.
+    RandomBytes,
+    /// 1–3 bytes of the frame body lost.
+    DroppedBytes,
+    /// One bit of the frame body flipped.
+    BitFlip,
+    /// The frame padded past the device's receive buffer (`MAX_FRAME`).
+    Oversized,
+    /// 256–2048 bytes of line noise (zeros included) instead of the request.
+    Flood,
+}
+
+impl FaultKind {
+    /// Every kind, in the order the runner cycles through them.
+    pub const ALL: [FaultKind; 5] = [
+        FaultKind::RandomBytes,
+        FaultKind::DroppedBytes,
+        FaultKind::BitFlip,
+        FaultKind::Oversized,
+        FaultKind::Flood,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::RandomBytes => "random-bytes",
+            FaultKind::DroppedBytes => "dropped-bytes",
+            FaultKind::BitFlip => "bit-flip",
+            FaultKind::Oversized => "oversized",
+            FaultKind::Flood => "flood",
+        }
+    }
+}
+
+/// One corrupted step: what was sent, what a correct firmware answers to it, and what the
+/// firmware answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    pub episode: usize,
+    pub step: usize,
+    pub kind: FaultKind,
+    /// Bytes put on the line for the damaged request.
+    pub bytes: usize,
+    /// The frame errors a correct firmware sends for these bytes, in order (the host
+    /// splits them with the firmware's own frame reader).
+    pub expected: Vec<ErrorCode>,
+    /// The frame errors the firmware sent.
+    pub answered: Vec<ErrorCode>,
+    /// Anything else the firmware sent before the link was resynchronized (a response
+    /// with a sequence number, a frame the host could not decode): never expected.
+    pub unexpected: Vec<String>,
+}
+
+impl FaultReport {
+    /// The firmware answered exactly the expected frame errors and nothing else.
+    pub fn as_expected(&self) -> bool {
+        self.answered == self.expected && self.unexpected.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,11 +183,22 @@ pub struct HilReport {
     /// The float return recorded in the blob's provenance at export, if any.
     pub export_float_return: Option<f32>,
     pub export_int8_return: Option<f32>,
+    /// The fault-injection plan, if any, and every fault injected, in order.
+    pub fault_plan: Option<FaultPlan>,
+    pub faults: Vec<FaultReport>,
 }
 
 impl HilReport {
     pub fn bit_exact(&self) -> bool {
         self.episodes.iter().all(|e| e.bit_exact_steps == e.steps)
+    }
+    /// Every injected fault was answered as a correct firmware must answer it.
+    pub fn faults_handled(&self) -> bool {
+        self.faults.iter().all(FaultReport::as_expected)
+    }
+    /// Bit-exact on every step and every injected fault handled: the run passed.
+    pub fn passed(&self) -> bool {
+        self.bit_exact() && self.faults_handled()
     }
     pub fn mean_return(&self) -> f64 {
         self.episodes.iter().map(|e| e.total_return).sum::<f64>()
@@ -129,11 +255,74 @@ impl std::fmt::Display for HilReport {
         )?;
         let links: usize = self.episodes.iter().map(|e| e.link_errors).sum();
         writeln!(f, "link errors     {links}")?;
+        if let Some(plan) = &self.fault_plan {
+            let handled = self.faults.iter().filter(|r| r.as_expected()).count();
+            writeln!(
+                f,
+                "faults          {} injected (seed {}, rate {}), {handled} answered as expected, {} not",
+                self.faults.len(),
+                plan.seed,
+                plan.rate,
+                self.faults.len() - handled
+            )?;
+            if !self.faults.is_empty() {
+                writeln!(
+                    f,
+                    "{:>9} {:>6} {:<14} {:>6}  firmware answered",
+                    "episode", "step", "fault", "bytes"
+                )?;
+            }
+            for r in &self.faults {
+                let mut answer = summarize_codes(&r.answered);
+                if !r.unexpected.is_empty() {
+                    answer += &format!("; unexpected: {}", r.unexpected.join(", "));
+                }
+                if !r.as_expected() {
+                    answer += &format!("  <- expected {}", summarize_codes(&r.expected));
+                }
+                writeln!(
+                    f,
+                    "{:>9} {:>6} {:<14} {:>6}  {answer}",
+                    r.episode,
+                    r.step,
+                    r.kind.name(),
+                    r.bytes
+                )?;
+            }
+        }
         write!(
             f,
             "bit-exact: {}",
             if self.bit_exact() { "yes" } else { "NO" }
-        )
+        )?;
+        if self.fault_plan.is_some() {
+            write!(
+                f,
+                "\nfaults handled: {}",
+                if self.faults_handled() { "yes" } else { "NO" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `CorruptFrame ×3, FrameTooLong` (runs of equal codes counted), or `nothing`.
+fn summarize_codes(codes: &[ErrorCode]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < codes.len() {
+        let run = codes[i..].iter().take_while(|c| **c == codes[i]).count();
+        parts.push(if run == 1 {
+            format!("{:?}", codes[i])
+        } else {
+            format!("{:?} x{run}", codes[i])
+        });
+        i += run;
+    }
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(", ")
     }
 }
 
@@ -186,6 +375,8 @@ pub fn run_hil<T: Read + Write>(
     let mut host_action = vec![0f32; policy.act_dim()];
     let mut costs = Vec::new();
     let mut episodes = Vec::new();
+    let mut fault_rng = opts.faults.map(|plan| SplitMix64::new(plan.seed));
+    let mut faults = Vec::new();
     for e in 0..opts.episodes {
         let seed = opts.seed + e as u64;
         let mut obs = to_f32(&env.reset(seed));
@@ -205,6 +396,19 @@ pub fn run_hil<T: Read + Write>(
                     seed: step_seed(opts.seed, e, report.steps),
                 },
             };
+            if let (Some(plan), Some(rng)) = (&opts.faults, &mut fault_rng) {
+                if uniform(rng) < plan.rate {
+                    let kind = FaultKind::ALL[faults.len() % FaultKind::ALL.len()];
+                    let fault = inject_fault(link, &obs, mode, kind, rng).with_context(|| {
+                        format!("episode {e} step {}: injecting {kind:?}", report.steps)
+                    })?;
+                    faults.push(FaultReport {
+                        episode: e,
+                        step: report.steps,
+                        ..fault
+                    });
+                }
+            }
             let device = act_with_retries(link, &obs, mode, opts.attempts, &mut report.link_errors)
                 .with_context(|| format!("episode {e} step {}", report.steps))?;
             policy
@@ -255,6 +459,155 @@ pub fn run_hil<T: Read + Write>(
         cost_max: pick(1.0),
         export_float_return: meta.provenance.float_return,
         export_int8_return: meta.provenance.int8_return,
+        fault_plan: opts.faults,
+        faults,
+    })
+}
+
+/// Uniform in [0, 1) from 53 random bits.
+fn uniform(rng: &mut SplitMix64) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn below(rng: &mut SplitMix64, n: usize) -> usize {
+    (rng.next_u64() % n.max(1) as u64) as usize
+}
+
+fn nonzero_byte(rng: &mut SplitMix64) -> u8 {
+    1 + (rng.next_u64() % 255) as u8
+}
+
+/// A damaged copy of `frame` (one complete request frame, delimiter last).
+pub fn damage(frame: &[u8], kind: FaultKind, rng: &mut SplitMix64) -> Vec<u8> {
+    let body = &frame[..frame.len() - 1];
+    let mut out = body.to_vec();
+    match kind {
+        FaultKind::RandomBytes => {
+            let at = below(rng, out.len() + 1);
+            let noise: Vec<u8> = (0..1 + below(rng, 16)).map(|_| nonzero_byte(rng)).collect();
+            out.splice(at..at, noise);
+        }
+        FaultKind::DroppedBytes => {
+            for _ in 0..(1 + below(rng, 3)).min(out.len() - 1) {
+                out.remove(below(rng, out.len()));
+            }
+        }
+        FaultKind::BitFlip => loop {
+            let bit = below(rng, out.len() * 8);
+            let flipped = body[bit / 8] ^ (1 << (bit % 8));
+            // A flip to 0x00 would split the frame in two: still a fault, but not a bit flip.
+            if flipped != 0 {
+                out[bit / 8] = flipped;
+                break;
+            }
+        },
+        FaultKind::Oversized => {
+            let extra = MAX_FRAME + 1 - out.len().min(MAX_FRAME) + below(rng, 64);
+            out.extend((0..extra).map(|_| nonzero_byte(rng)));
+        }
+        FaultKind::Flood => {
+            let n = 256 + below(rng, 1793);
+            out = (0..n).map(|_| rng.next_u64() as u8).collect();
+        }
+    }
+    out.push(0);
+    out
+}
+
+/// What a correct firmware answers to `bytes` sent at a frame boundary: one frame error per
+/// non-empty frame they contain (a frame that decodes as a request is not a fault, and is
+/// returned as `None`).
+pub fn expected_answers(bytes: &[u8]) -> Option<Vec<ErrorCode>> {
+    let mut reader = Box::new(FrameReader::<MAX_FRAME>::new());
+    let mut codes = Vec::new();
+    for &b in bytes {
+        match reader.feed(b) {
+            Feed::Pending => {}
+            Feed::Frame(n) => match decode_frame::<Request>(reader.frame(n)) {
+                Ok(_) => return None,
+                Err(e) => codes.push(e.code()),
+            },
+            Feed::Overflow => codes.push(ErrorCode::FrameTooLong),
+        }
+    }
+    Some(codes)
+}
+
+/// What a stream of host→device bytes holds, split as the firmware splits it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Frames that decode as `Act` requests.
+    pub acts: usize,
+    /// Frames that decode as other requests.
+    pub other_requests: usize,
+    /// Frames a correct firmware answers with a frame error (corrupt or too long).
+    pub errors: usize,
+}
+
+/// Split `bytes` (starting at a frame boundary) into frames and classify them.
+pub fn census(bytes: &[u8]) -> Census {
+    let mut reader = Box::new(FrameReader::<MAX_FRAME>::new());
+    let mut census = Census::default();
+    for &b in bytes {
+        match reader.feed(b) {
+            Feed::Pending => {}
+            Feed::Frame(n) => match decode_frame::<Request>(reader.frame(n)) {
+                Ok(Request::Act { .. }) => census.acts += 1,
+                Ok(_) => census.other_requests += 1,
+                Err(_) => census.errors += 1,
+            },
+            Feed::Overflow => census.errors += 1,
+        }
+    }
+    census
+}
+
+/// Send a damaged copy of this step's `Act`, resynchronize, and report what the firmware
+/// answered (episode and step are filled in by the caller).
+fn inject_fault<T: Read + Write>(
+    link: &mut DeviceLink<T>,
+    obs: &[f32],
+    mode: NoiseMode,
+    kind: FaultKind,
+    rng: &mut SplitMix64,
+) -> Result<FaultReport> {
+    let seq = link.next_seq();
+    let obs =
+        heapless::Vec::from_slice(obs).map_err(|_| anyhow::anyhow!("observation too long"))?;
+    let frame = encode_request(&Request::Act { seq, mode, obs })?;
+    // Redraw in the (astronomically unlikely) case that the damage left a valid request
+    // or no frame at all: every injected fault must be one the firmware has to answer.
+    let (bytes, expected) = loop {
+        let bytes = damage(&frame, kind, rng);
+        match expected_answers(&bytes) {
+            Some(codes) if !codes.is_empty() => break (bytes, codes),
+            _ => continue,
+        }
+    };
+    link.send_bytes(&bytes)?;
+    let synced = link
+        .sync_collect(std::time::Duration::from_secs(10))
+        .context("the device did not answer after the fault")?;
+    let mut answered = Vec::new();
+    let mut unexpected = Vec::new();
+    for said in synced.skipped {
+        match said {
+            Ok(Response::Error { seq: None, code }) => answered.push(code),
+            Ok(other) => unexpected.push(format!("{other:?}")),
+            Err(e) => unexpected.push(format!("undecodable frame ({e:?})")),
+        }
+    }
+    if !matches!(synced.answer, Response::Info { .. }) {
+        unexpected.push(format!("Info answered with {:?}", synced.answer));
+    }
+    Ok(FaultReport {
+        episode: 0,
+        step: 0,
+        kind,
+        bytes: bytes.len(),
+        expected,
+        answered,
+        unexpected,
     })
 }
 
@@ -286,4 +639,65 @@ fn act_with_retries<T: Read + Write>(
         "gave up after {attempts} attempts: {}",
         last.map_or("no attempt".into(), |e| e.to_string())
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn act_frame(seq: u32) -> Vec<u8> {
+        let obs = (0..17).map(|i| i as f32 * 0.25 - 2.0).collect();
+        encode_request(&Request::Act {
+            seq,
+            mode: NoiseMode::Deterministic,
+            obs,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn fault_plans_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            "7".parse::<FaultPlan>().unwrap(),
+            FaultPlan {
+                seed: 7,
+                rate: FaultPlan::DEFAULT_RATE
+            }
+        );
+        assert_eq!(
+            "3:0.5".parse::<FaultPlan>().unwrap(),
+            FaultPlan { seed: 3, rate: 0.5 }
+        );
+        for bad in ["", "x", "-1", "3:0", "3:1.5", "3:abc", "3:"] {
+            assert!(bad.parse::<FaultPlan>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_damage_is_a_fault_the_firmware_must_answer() {
+        let mut rng = SplitMix64::new(1);
+        let clean = act_frame(42);
+        assert_eq!(expected_answers(&clean), None, "a clean frame is a request");
+        for round in 0..200 {
+            let kind = FaultKind::ALL[round % FaultKind::ALL.len()];
+            let bytes = damage(&clean, kind, &mut rng);
+            assert_eq!(bytes.last(), Some(&0), "{kind:?} ends at a frame boundary");
+            let codes = expected_answers(&bytes).expect("damaged frames are not requests");
+            match kind {
+                FaultKind::Oversized => assert_eq!(codes, vec![ErrorCode::FrameTooLong]),
+                FaultKind::Flood => assert!(!codes.is_empty()),
+                _ => assert_eq!(codes, vec![ErrorCode::CorruptFrame], "{kind:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn codes_are_summarized_in_runs() {
+        use ErrorCode::*;
+        assert_eq!(summarize_codes(&[]), "nothing");
+        assert_eq!(
+            summarize_codes(&[CorruptFrame, CorruptFrame, FrameTooLong, CorruptFrame]),
+            "CorruptFrame x2, FrameTooLong, CorruptFrame"
+        );
+    }
 }

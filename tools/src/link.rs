@@ -264,11 +264,21 @@ impl<T: Read + Write> DeviceLink<T> {
     /// `Error` such as `NoPolicy`). Bytes sent while the device was still booting may have
     /// been dropped by its UART; this is what makes the first real request safe.
     pub fn sync(&mut self, within: Duration) -> Result<Response, LinkError> {
+        self.sync_collect(within).map(|s| s.answer)
+    }
+
+    /// [`DeviceLink::sync`], also returning everything the device said before the answer
+    /// (its replies to earlier traffic, e.g. frame errors for injected faults), except the
+    /// answers to this sync's own earlier `Info` attempts.
+    pub fn sync_collect(&mut self, within: Duration) -> Result<Synced, LinkError> {
         let deadline = Instant::now() + within;
         let saved = self.timeout;
         self.timeout = Duration::from_millis(250).min(within);
+        let mut skipped = Vec::new();
+        let mut asked = Vec::new();
         let result = loop {
             let seq = self.next_seq();
+            asked.push(seq);
             let sent = self
                 .send_bytes(&[0])
                 .and_then(|_| self.send(&Request::Info { seq }));
@@ -278,7 +288,9 @@ impl<T: Read + Write> DeviceLink<T> {
             let answer = loop {
                 match self.recv() {
                     Ok(r) if response_seq(&r) == Some(seq) => break Some(Ok(r)),
-                    Ok(_) | Err(LinkError::BadFrame(_)) => continue,
+                    Ok(r) if response_seq(&r).is_some_and(|s| asked.contains(&s)) => continue,
+                    Ok(r) => skipped.push(Ok(r)),
+                    Err(LinkError::BadFrame(e)) => skipped.push(Err(e)),
                     Err(LinkError::Timeout(_)) => break None,
                     Err(e) => break Some(Err(e)),
                 }
@@ -293,8 +305,18 @@ impl<T: Read + Write> DeviceLink<T> {
         self.timeout = saved;
         self.pending.clear();
         self.reader.clear();
-        result
+        result.map(|answer| Synced { answer, skipped })
     }
+}
+
+/// The outcome of [`DeviceLink::sync_collect`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Synced {
+    /// The answer to the `Info` that established the link.
+    pub answer: Response,
+    /// What the device sent before it, in order: responses, or frames the host could not
+    /// decode.
+    pub skipped: Vec<Result<Response, FrameError>>,
 }
 
 #[cfg(test)]
