@@ -1,8 +1,9 @@
 //! Host utilities around the firmware: QEMU launcher and firmware builder ([`qemu`]), the
 //! host end of the serial protocol ([`link`]), the host-in-the-loop runner ([`hil`]) and
-//! the blob inspector ([`inspect`]).
+//! the blob inspector ([`inspect`]) and the firmware memory report ([`size`]).
 
 pub mod hil;
 pub mod inspect;
 pub mod link;
 pub mod qemu;
+pub mod size;

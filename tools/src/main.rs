@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tools::hil::{run_hil, FaultPlan, HilOptions, ModeArg};
 use tools::link::DeviceLink;
 use tools::qemu::{build_firmware, FirmwareBuild, Qemu, QemuOptions};
+use tools::size::SizeReport;
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +75,26 @@ enum Command {
     },
     /// Describe a policy blob: metadata, provenance, layer shapes and sizes.
     Inspect { blob: PathBuf },
+    /// Firmware memory: flash and static RAM from the ELF, no heap, and the peak stack
+    /// measured in QEMU after a workload of every request kind; exit ≠ 0 over budget
+    /// (flash ≤ 256 KiB, static RAM + stack ≤ 16 KiB).
+    Size {
+        /// The policy blob to build in (and to check the firmware's actions against).
+        #[arg(long, default_value = "models/default.blob")]
+        policy: PathBuf,
+        /// A prebuilt QEMU firmware ELF with this blob instead of building one.
+        #[arg(long)]
+        firmware: Option<PathBuf>,
+        /// `Act` requests in the workload before the stack is read.
+        #[arg(long, default_value_t = 20)]
+        acts: usize,
+        /// Only the ELF's static sizes (no QEMU run, no stack measurement).
+        #[arg(long)]
+        no_run: bool,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 fn run(cli: Cli) -> Result<bool> {
@@ -126,7 +147,16 @@ fn run(cli: Cli) -> Result<bool> {
                 };
                 let emulator = Qemu::start(&QemuOptions::new(&elf))?;
                 let mut link = DeviceLink::new(emulator).with_timeout(Duration::from_secs(5));
-                run_hil(&mut link, &blob, &opts)?
+                let result = run_hil(&mut link, &blob, &opts)?;
+                let mut memory = SizeReport::from_elf(&elf, blob.len())?;
+                memory.peak_stack = link.get_mut().stack_high_water().ok();
+                eprintln!(
+                    "firmware memory: flash {} B, static RAM {} B, peak stack {} B (this run)",
+                    memory.flash,
+                    memory.static_ram,
+                    memory.peak_stack.map_or("?".to_string(), |s| s.to_string())
+                );
+                result
             } else if let Some(port) = port {
                 let serial = serialport::new(&port, baud)
                     .timeout(Duration::from_millis(100))
@@ -157,6 +187,39 @@ fn run(cli: Cli) -> Result<bool> {
                 );
             }
             Ok(result.passed())
+        }
+        Command::Size {
+            policy,
+            firmware,
+            acts,
+            no_run,
+            report,
+        } => {
+            let blob = std::fs::read(&policy)
+                .with_context(|| format!("reading policy blob {}", policy.display()))?;
+            let elf = match firmware {
+                Some(elf) => elf,
+                None => {
+                    eprintln!("building the QEMU firmware with {} ...", policy.display());
+                    build_firmware(&FirmwareBuild::qemu(Some(&policy)))?
+                }
+            };
+            let result = if no_run {
+                SizeReport::from_elf(&elf, blob.len())?
+            } else {
+                tools::size::measure(&elf, &blob, acts)?
+            };
+            println!("{result}");
+            if let Some(path) = report {
+                std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            // Without a run the stack is unknown: report the static sizes only.
+            Ok(if no_run {
+                result.flash <= tools::size::FLASH_BUDGET && result.heap_evidence.is_empty()
+            } else {
+                result.violations().is_empty()
+            })
         }
         Command::Inspect { blob } => {
             let bytes =

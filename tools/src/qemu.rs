@@ -487,23 +487,24 @@ pub struct ElfSizes {
     pub rodata: u32,
 }
 
-struct Section<'a> {
-    name: &'a str,
-    kind: u32,
-    flags: u32,
-    addr: u32,
-    offset: u32,
-    size: u32,
-    link: u32,
+/// One section header of an ELF32 file.
+pub(crate) struct Section<'a> {
+    pub name: &'a str,
+    pub kind: u32,
+    pub flags: u32,
+    pub addr: u32,
+    pub offset: u32,
+    pub size: u32,
+    pub link: u32,
 }
 
-const SHF_WRITE: u32 = 1;
-const SHF_ALLOC: u32 = 2;
-const SHT_NOBITS: u32 = 8;
+pub(crate) const SHF_WRITE: u32 = 1;
+pub(crate) const SHF_ALLOC: u32 = 2;
+pub(crate) const SHT_NOBITS: u32 = 8;
 const SHT_SYMTAB: u32 = 2;
 
 /// The section headers of a little-endian ELF32 file, or `None` if it is not one.
-fn elf32_sections(elf: &[u8]) -> Option<Vec<Section<'_>>> {
+pub(crate) fn elf32_sections(elf: &[u8]) -> Option<Vec<Section<'_>>> {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| {
         elf.get(o..o + 4)

@@ -1,0 +1,49 @@
+//! The firmware's memory budget with the shipped 3×256 FLAME-M policy (issue 6): flash
+//! ≤ 256 KiB, static RAM + peak stack ≤ 16 KiB, no heap. Sizes come from the ELF's section
+//! headers; the peak stack is the painted stack's high-water mark in QEMU after a workload
+//! of every request kind (`tools size` prints the same report).
+//! Needs `qemu-system-arm` and the `thumbv7em-none-eabihf` target (scripts/setup.sh).
+
+use tools::qemu::{build_firmware, FirmwareBuild};
+use tools::size::{measure, FLASH_BUDGET, RAM_BUDGET};
+
+#[test]
+fn default_policy_firmware_fits_the_memory_budget() {
+    let blob_path = tests::repo_root().join("models/default.blob");
+    let blob = std::fs::read(&blob_path).unwrap();
+    let policy = runtime::Policy::from_bytes(&blob).unwrap();
+    let widths: Vec<u16> = policy.blob().hidden.iter().map(|l| l.out_dim).collect();
+    assert_eq!(
+        widths,
+        [256, 256, 256],
+        "the shipped model is the paper's 3x256 shape"
+    );
+
+    let elf = build_firmware(&FirmwareBuild::qemu(Some(&blob_path))).unwrap();
+    let report = measure(&elf, &blob, 20).unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("{report}");
+
+    assert!(report.flash <= FLASH_BUDGET, "{report}");
+    assert!(
+        report.rodata as usize >= blob.len(),
+        "the policy's weights stay in flash"
+    );
+    let stack = report.peak_stack.expect("measured");
+    assert!(
+        stack > 512,
+        "stack high-water {stack} B is implausibly small"
+    );
+    assert!(
+        report.static_ram + stack <= RAM_BUDGET,
+        "static RAM {} B + stack {stack} B",
+        report.static_ram
+    );
+    assert!(
+        report.heap_evidence.is_empty(),
+        "{:?}",
+        report.heap_evidence
+    );
+    // The weights are not copied to RAM: static RAM is far below the blob's size.
+    assert!((report.static_ram as usize) < blob.len() / 10, "{report}");
+    assert!(report.violations().is_empty(), "{report}");
+}
