@@ -12,6 +12,7 @@ pub mod plot;
 pub mod policy_net;
 pub mod quantize;
 pub mod replay;
+pub mod results;
 pub mod rollout;
 pub mod run_dir;
 pub mod train;
