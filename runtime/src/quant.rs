@@ -49,6 +49,70 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
     }
 }
 
+/// [`multiply_by_quantized_multiplier`] for the multipliers a blob may hold (`m ≥ 0`,
+/// `shift` in [`SHIFT_RANGE`]): the same bits for every `x`, with both roundings merged
+/// into one (this is what the policy runs per output channel).
+///
+/// With `m ≥ 0` the high multiply never saturates (`m ≠ i32::MIN`). For a right shift
+/// `e = −shift ≥ 1` the two roundings compose exactly: with `p = x·m`,
+/// `q = floor((p + 2^30) / 2^31)` (the high multiply) and `RDBP(q, e) =
+/// floor((q + 2^(e−1) − [q < 0]) / 2^e)`, nested floors give
+/// `floor((p + 2^30 + 2^31·(2^(e−1) − [q < 0])) / 2^(31+e))`. `[q < 0]` may be replaced by
+/// `[x < 0]`: they differ only when `q = 0`, where both give 0. The sum fits in an i64
+/// (`|p| < 2^62`) and the quotient in an i32, so the result is one 64-bit multiply-add
+/// (`SMLAL` on the Cortex-M4) and two shifts.
+#[inline(always)]
+pub fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
+    debug_assert!(multiplier >= 0 && SHIFT_RANGE.contains(&shift));
+    if shift < 0 {
+        // e − 1 = !shift in 0..=30; k = 2^(e−1) − [x < 0] ≥ 0. The nudge
+        // k·2^31 + 2^30 is built from its two 32-bit halves (k >> 1 and
+        // (k << 31) | 2^30), so it is two shifts and an OR, not a 64-bit add.
+        let e1 = !shift as u32 & 31;
+        let k = (1i32 << e1) + (x >> 31);
+        let nudge = ((k >> 1) as i64) << 32 | (((k as u32) << 31) | (1 << 30)) as i64;
+        let sum = x as i64 * multiplier as i64 + nudge;
+        ((sum >> 32) as i32) >> e1
+    } else {
+        let x = if shift > 0 {
+            x.saturating_mul(1i32 << (shift as u32 & 31))
+        } else {
+            x
+        };
+        ((x as i64 * multiplier as i64 + (1 << 30)) >> 31) as i32
+    }
+}
+
+/// A hidden layer's per-channel output stage on a run of `n = accs.len()` channels:
+/// `out[c] = table[sat8(requantize(acc[c] +wrap bias[c], m[c], shift[c]) +sat zp) + 128]`
+/// with `bias`, `m` (i32 LE) and `shift` (i8) read from the blob's byte arrays, which hold
+/// at least `n` entries from these channels on; `m ≥ 0` and `shift` in [`SHIFT_RANGE`]
+/// (what the parser accepts). A function of its own (not inlined into the kernel's loop),
+/// so that its pointers stay in registers.
+#[inline(never)]
+pub fn requantize_into(
+    accs: &[i32],
+    biases: &[u8],
+    multipliers: &[u8],
+    shifts: &[u8],
+    preact_zero_point: i32,
+    table: &[u8; 256],
+    out: &mut [i8],
+) {
+    let n = accs.len();
+    let (biases, multipliers) = (&biases[..4 * n], &multipliers[..4 * n]);
+    let (shifts, out) = (&shifts[..n], &mut out[..n]);
+    let params = biases.chunks_exact(4).zip(multipliers.chunks_exact(4));
+    for ((o, &acc), ((b, m), &s)) in out.iter_mut().zip(accs).zip(params.zip(shifts)) {
+        let bias = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let m = i32::from_le_bytes([m[0], m[1], m[2], m[3]]);
+        let pre = requantize(acc.wrapping_add(bias), m, s as i8 as i32);
+        let code = saturate_i8(pre.saturating_add(preact_zero_point));
+        // `code + 128` is in 0..256: no bounds check.
+        *o = table[(code as i32 + 128) as usize] as i8;
+    }
+}
+
 /// Smallest and largest `shift` a blob may store: right shifts up to 31, left shifts up to 30.
 pub const SHIFT_RANGE: core::ops::RangeInclusive<i32> = -31..=30;
 
@@ -170,6 +234,73 @@ mod tests {
                     "{a} {m} {shift}"
                 );
             }
+        }
+    }
+
+    /// The merged form equals the two-step form for every multiplier a blob may hold.
+    #[test]
+    fn requantize_equals_the_two_step_form() {
+        let mut rng = crate::noise::SplitMix64::new(11);
+        let mut xs: Vec<i32> = vec![
+            0,
+            1,
+            -1,
+            2,
+            -2,
+            3,
+            -3,
+            i32::MIN,
+            i32::MIN + 1,
+            i32::MAX,
+            i32::MAX - 1,
+            1 << 30,
+            -(1 << 30),
+            1 << 24,
+            -(1 << 24),
+        ];
+        let mut ms: Vec<i32> = vec![0, 1, 2, 3, 1 << 30, (1 << 30) + 1, i32::MAX, i32::MAX - 1];
+        for _ in 0..400 {
+            let r = rng.next_u64();
+            xs.push(r as i32);
+            xs.push((r as i32) >> (r >> 59));
+            ms.push((r >> 33) as i32);
+            ms.push((1 << 30) | (r >> 34) as i32);
+        }
+        for shift in SHIFT_RANGE {
+            for &m in &ms {
+                for &x in &xs {
+                    assert_eq!(
+                        requantize(x, m, shift),
+                        multiply_by_quantized_multiplier(x, m, shift),
+                        "x={x} m={m} shift={shift}"
+                    );
+                }
+            }
+            // Ties: with m = 2^30, x·m / 2^31 = x / 2, so small x hit every half-way case
+            // of both roundings.
+            for x in -5000..5000 {
+                for m in [1 << 30, (1 << 30) - 1, (1 << 30) + 1] {
+                    assert_eq!(
+                        requantize(x, m, shift),
+                        multiply_by_quantized_multiplier(x, m, shift),
+                        "x={x} m={m} shift={shift}"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn requantize_matches_on_random_inputs(
+            x in proptest::prelude::any::<i32>(),
+            m in 0..=i32::MAX,
+            shift in SHIFT_RANGE,
+        ) {
+            proptest::prop_assert_eq!(
+                requantize(x, m, shift),
+                multiply_by_quantized_multiplier(x, m, shift)
+            );
         }
     }
 
