@@ -16,6 +16,7 @@ mod board;
 mod reg;
 
 use core::cell::UnsafeCell;
+use core::fmt::Write as _;
 
 use cortex_m_rt::entry;
 use flame_control::{Buffers, Config, Controller};
@@ -59,23 +60,37 @@ fn main() -> ! {
     let golden = match flame_control::golden_for(&GOLDEN.0, &BLOB.0) {
         Ok(golden) => golden,
         Err(problem) => {
-            board::log(format_args!("golden vectors not used: {problem:?}"));
+            let mut text = heapless::String::<96>::new();
+            let _ = write!(text, "{problem:?}"); // a truncated reason is still a reason
+            defmt::warn!("golden vectors not used: {=str}", text.as_str());
             None
         }
     };
     let vectors = golden.as_ref().map_or(0, |g| g.len());
     let mut controller = Controller::new(&BLOB.0, golden, buffers, clock, actuator, config);
-    match controller.policy_error() {
-        None => board::log(format_args!(
-            "flame-firmware {}: policy ok, blob {} bytes, crc {:#010x}, {vectors} golden vectors",
+    match controller.policy() {
+        Some(policy) => defmt::info!(
+            "flame-firmware {=str}: policy ok, blob {=usize} bytes, crc {=u32:#010x}, obs {=usize} act {=usize} hidden {=usize} layers nfe {=u16}, {=usize} golden vectors",
             board::FIRMWARE_VERSION,
             BLOB.0.len(),
-            controller.blob_hash()
-        )),
-        Some(err) => board::log(format_args!(
-            "flame-firmware {}: policy blob rejected ({err}); safe state, every request gets NoPolicy",
-            board::FIRMWARE_VERSION
-        )),
+            controller.blob_hash(),
+            policy.obs_dim(),
+            policy.act_dim(),
+            policy.blob().hidden.len(),
+            policy.blob().meta.nfe,
+            vectors
+        ),
+        None => {
+            let mut reason = heapless::String::<96>::new();
+            if let Some(err) = controller.policy_error() {
+                let _ = write!(reason, "{err}");
+            }
+            defmt::error!(
+                "flame-firmware {=str}: policy blob rejected ({=str}); safe state, every request gets NoPolicy",
+                board::FIRMWARE_VERSION,
+                reason.as_str()
+            )
+        }
     }
     loop {
         // The board links cannot fail (line errors surface as CRC failures of the frame).

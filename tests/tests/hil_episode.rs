@@ -127,7 +127,8 @@ impl<T: Write> Write for Tap<T> {
 /// kind occurs; each one is reported with the firmware's answer, which is exactly the frame
 /// errors a correct firmware sends; the runner retries the step, so the episode completes
 /// and every step's action is still bit-exact. Independently of the runner's own report,
-/// every damaged frame the host put on the line is accounted for.
+/// every damaged frame the host put on the line is accounted for, and the firmware logged
+/// each one (defmt over semihosting).
 #[test]
 fn injected_link_faults_are_reported_and_the_episode_stays_bit_exact() {
     let blob_path = tests::repo_root().join("models/default.blob");
@@ -203,4 +204,22 @@ fn injected_link_faults_are_reported_and_the_episode_stays_bit_exact() {
     );
     assert_eq!(on_the_line.acts, steps, "one clean Act per step");
     assert!(link.get_mut().inner.is_running());
+
+    // The firmware's defmt log (semihosting, decoded with the ELF): the boot line with the
+    // blob's CRC, then one warning per dropped frame.
+    let log = link.get_ref().inner.firmware_log();
+    let crc = format!("crc {:#010x}", runtime::blob::blob_hash(&blob));
+    assert!(
+        log[0].starts_with("INFO flame-firmware") && log[0].contains(&crc),
+        "{log:?}"
+    );
+    let dropped = log
+        .iter()
+        .filter(|l| l.starts_with("WARN frame dropped"))
+        .count();
+    assert_eq!(dropped, reported, "one log line per dropped frame: {log:?}");
+    assert!(
+        !log.iter().any(|l| l.starts_with('?')),
+        "undecodable: {log:?}"
+    );
 }

@@ -75,6 +75,14 @@ enum Command {
     },
     /// Describe a policy blob: metadata, provenance, layer shapes and sizes.
     Inspect { blob: PathBuf },
+    /// Decode the firmware's defmt log (semihosting output of a QEMU run, e.g.
+    /// `cargo run --release | tools log ELF`) into text lines.
+    Log {
+        /// The firmware ELF that produced the log (its `.defmt` strings).
+        elf: PathBuf,
+        /// The raw log; standard input when left out.
+        input: Option<PathBuf>,
+    },
     /// Firmware memory: flash and static RAM from the ELF, no heap, and the peak stack
     /// measured in QEMU after a workload of every request kind; exit ≠ 0 over budget
     /// (flash ≤ 256 KiB, static RAM + stack ≤ 16 KiB).
@@ -150,6 +158,10 @@ fn run(cli: Cli) -> Result<bool> {
                 let result = run_hil(&mut link, &blob, &opts)?;
                 let mut memory = SizeReport::from_elf(&elf, blob.len())?;
                 memory.peak_stack = link.get_mut().stack_high_water().ok();
+                let log = link.get_ref().firmware_log();
+                if let Some(boot) = log.first() {
+                    eprintln!("firmware log: {boot} (+{} more lines)", log.len() - 1);
+                }
                 eprintln!(
                     "firmware memory: flash {} B, static RAM {} B, peak stack {} B (this run)",
                     memory.flash,
@@ -220,6 +232,28 @@ fn run(cli: Cli) -> Result<bool> {
             } else {
                 result.violations().is_empty()
             })
+        }
+        Command::Log { elf, input } => {
+            let image =
+                std::fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
+            let table = tools::defmt_log::Table::from_elf(&image).ok_or_else(|| {
+                anyhow::anyhow!("{}: not an ELF32 file with defmt strings", elf.display())
+            })?;
+            let raw = match input {
+                Some(path) => {
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+                }
+                None => {
+                    let mut raw = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw)
+                        .context("reading standard input")?;
+                    raw
+                }
+            };
+            for line in tools::defmt_log::decode_stream(&table, &raw) {
+                println!("{line}");
+            }
+            Ok(true)
         }
         Command::Inspect { blob } => {
             let bytes =

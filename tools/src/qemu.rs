@@ -6,7 +6,9 @@
 //! - serial0 (USART1) on its own unix socket: semihosting output goes to QEMU's stdout, so
 //!   `-serial stdio` would mix log text into the binary frames (DESIGN §7);
 //! - `-icount shift=0`, so TIM2 counts executed instructions exactly (the cost unit);
-//! - semihosting enabled (without it a semihosting call hangs the guest);
+//! - semihosting enabled (without it a semihosting call hangs the guest); the firmware's
+//!   defmt log frames arrive on QEMU's stdout, kept in their own file and decoded with the
+//!   ELF ([`crate::defmt_log`]), while QEMU's own messages go to stderr;
 //! - the human monitor on a second socket, for reading guest memory (stack high-water).
 //!
 //! `timeout` bounds the emulator's life even if the host process is killed before [`Qemu`]
@@ -282,13 +284,16 @@ impl Qemu {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let (serial_path, monitor_path, log_path) = (
+        let (serial_path, monitor_path, log_path, semihosting_path) = (
             dir.join("serial.sock"),
             dir.join("monitor.sock"),
             dir.join("qemu.log"),
+            dir.join("semihosting.bin"),
         );
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let semihosting = File::create(&semihosting_path)
+            .with_context(|| format!("creating {}", semihosting_path.display()))?;
         let limit = options.time_limit.as_secs().max(1);
         let child = Command::new("timeout")
             .args(["-s", "KILL", &limit.to_string()])
@@ -309,7 +314,7 @@ impl Qemu {
             .arg("-kernel")
             .arg(&options.elf)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
+            .stdout(semihosting)
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -354,9 +359,29 @@ impl Qemu {
         }
     }
 
-    /// What QEMU and the firmware's semihosting printed so far.
+    /// The firmware's log so far (its defmt frames decoded, one line each) followed by
+    /// whatever QEMU itself printed.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.join("qemu.log")).unwrap_or_default()
+        let mut text = self.firmware_log().join("\n");
+        let qemu = fs::read_to_string(self.dir.join("qemu.log")).unwrap_or_default();
+        if !qemu.is_empty() {
+            text.push_str("\nqemu: ");
+            text.push_str(&qemu);
+        }
+        text
+    }
+
+    /// The firmware's defmt log lines so far (`LEVEL message`). Without defmt strings in the
+    /// ELF, the raw output is shown as text.
+    pub fn firmware_log(&self) -> Vec<String> {
+        let raw = fs::read(self.dir.join("semihosting.bin")).unwrap_or_default();
+        match crate::defmt_log::Table::from_elf(&self.elf) {
+            Some(table) => crate::defmt_log::decode_stream(&table, &raw),
+            None => String::from_utf8_lossy(&raw)
+                .lines()
+                .map(str::to_string)
+                .collect(),
+        }
     }
 
     /// Whether QEMU is still running.
@@ -554,17 +579,30 @@ fn c_str(bytes: &[u8], at: usize) -> Option<&str> {
     std::str::from_utf8(&rest[..end]).ok()
 }
 
-/// The value of a symbol in a little-endian ELF32 file's symbol table.
-pub fn elf_symbol(elf: &[u8], name: &str) -> Option<u32> {
+/// Every symbol of a little-endian ELF32 file's symbol table: (name, value, section index).
+pub(crate) fn elf32_symbols(elf: &[u8]) -> Option<Vec<(&str, u32, u16)>> {
     let sections = elf32_sections(elf)?;
     let symtab = sections.iter().find(|s| s.kind == SHT_SYMTAB)?;
     let strtab = sections.get(symtab.link as usize)?;
     let table = elf.get(symtab.offset as usize..(symtab.offset + symtab.size) as usize)?;
-    table.chunks_exact(16).find_map(|sym| {
-        let name_offset = u32::from_le_bytes([sym[0], sym[1], sym[2], sym[3]]) as usize;
-        (c_str(elf, strtab.offset as usize + name_offset)? == name)
-            .then(|| u32::from_le_bytes([sym[4], sym[5], sym[6], sym[7]]))
-    })
+    Some(
+        table
+            .chunks_exact(16)
+            .filter_map(|sym| {
+                let name_offset = u32::from_le_bytes([sym[0], sym[1], sym[2], sym[3]]) as usize;
+                let name = c_str(elf, strtab.offset as usize + name_offset)?;
+                let value = u32::from_le_bytes([sym[4], sym[5], sym[6], sym[7]]);
+                Some((name, value, u16::from_le_bytes([sym[14], sym[15]])))
+            })
+            .collect(),
+    )
+}
+
+/// The value of a symbol in a little-endian ELF32 file's symbol table.
+pub fn elf_symbol(elf: &[u8], name: &str) -> Option<u32> {
+    elf32_symbols(elf)?
+        .into_iter()
+        .find_map(|(n, value, _)| (n == name).then_some(value))
 }
 
 /// Flash and static RAM use of a firmware ELF (what `size` would print, grouped).

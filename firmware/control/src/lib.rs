@@ -122,6 +122,18 @@ impl Default for Buffers {
     }
 }
 
+/// The name of an error code, for log lines.
+pub fn error_name(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::CorruptFrame => "CorruptFrame",
+        ErrorCode::FrameTooLong => "FrameTooLong",
+        ErrorCode::ObservationLength => "ObservationLength",
+        ErrorCode::NonFiniteObservation => "NonFiniteObservation",
+        ErrorCode::NoPolicy => "NoPolicy",
+        ErrorCode::NoGoldenVectors => "NoGoldenVectors",
+    }
+}
+
 /// Why embedded golden vectors were not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoldenProblem {
@@ -283,6 +295,12 @@ impl<'a, C: CostClock, A: Actuator> Controller<'a, C, A> {
             && self.clock.now().wrapping_sub(self.last_valid) > self.config.watchdog_ticks
         {
             self.stats.watchdog_trips = self.stats.watchdog_trips.wrapping_add(1);
+            #[cfg(feature = "defmt")]
+            defmt::warn!(
+                "link silent for {=u32} ticks: safe action (trip {=u32})",
+                self.config.watchdog_ticks,
+                self.stats.watchdog_trips
+            );
             self.enter_safe();
         }
     }
@@ -375,6 +393,8 @@ impl<'a, C: CostClock, A: Actuator> Controller<'a, C, A> {
 
     fn reject(&mut self, seq: u32, code: ErrorCode) -> Response {
         self.stats.rejected = self.stats.rejected.wrapping_add(1);
+        #[cfg(feature = "defmt")]
+        defmt::warn!("request {=u32} refused: {=str}", seq, error_name(code));
         Response::Error {
             seq: Some(seq),
             code,
@@ -387,6 +407,13 @@ impl<'a, C: CostClock, A: Actuator> Controller<'a, C, A> {
             _ => &mut self.stats.corrupt_frames,
         };
         *counter = counter.wrapping_add(1);
+        #[cfg(feature = "defmt")]
+        defmt::warn!(
+            "frame dropped: {=str} ({=u32} corrupt, {=u32} oversized so far)",
+            error_name(code),
+            self.stats.corrupt_frames,
+            self.stats.oversized_frames
+        );
         Response::Error { seq: None, code }
     }
 

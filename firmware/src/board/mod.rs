@@ -1,6 +1,6 @@
 //! Board support: one file per board, each exporting the same names
-//! (`Board { serial, clock, actuator }`, `Board::init`, `log`, `WATCHDOG_TICKS`,
-//! `FIRMWARE_VERSION`) and the panic handler.
+//! (`Board { serial, clock, actuator }`, `Board::init`, `WATCHDOG_TICKS`,
+//! `FIRMWARE_VERSION`), the panic handler and the global defmt logger.
 
 #[cfg(feature = "qemu")]
 mod qemu;

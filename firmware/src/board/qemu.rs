@@ -9,13 +9,17 @@
 //! - Under `-icount shift=0` TIM2 counts at a virtual 1 GHz while each instruction takes
 //!   1 ns, so a TIM2 difference is the exact number of executed instructions.
 //! - Semihosting works when QEMU runs with `-semihosting-config enable=on` (without it a
-//!   semihosting call hangs); its output goes to QEMU's stdout, the UART has its own
-//!   chardev.
+//!   semihosting call hangs); its output goes to QEMU's stdout (or the chardev named in
+//!   `-semihosting-config`), the UART has its own chardev.
+//! - Logs are defmt frames written to semihosting stdout (`defmt-semihosting`): binary,
+//!   decoded on the host with the ELF (`tools::defmt_log`, or `defmt-print -e ELF`).
 
-use core::fmt::{self, Write as _};
+use core::fmt::Write as _;
 use core::panic::PanicInfo;
 
-use cortex_m_semihosting::{debug, hio};
+use cortex_m_semihosting::debug;
+// The global defmt logger.
+use defmt_semihosting as _;
 use flame_control::{CostClock, NoActuator};
 use runtime::wire::CostUnit;
 
@@ -91,21 +95,14 @@ impl CostClock for Tim2Clock {
     }
 }
 
-/// A line on QEMU's stdout (semihosting). Failures are ignored: a log line is not worth
-/// stopping the control loop for.
-pub fn log(args: fmt::Arguments<'_>) {
-    if let Ok(mut out) = hio::hstdout() {
-        let _ = out.write_fmt(args);
-        let _ = out.write_str("\n");
-    }
-}
-
-/// Print the panic on QEMU's stdout and exit QEMU with a failure status, so a test sees
-/// the message and a non-zero exit instead of a silent hang.
+/// Log the panic and exit QEMU with a failure status, so a test sees the message and a
+/// non-zero exit instead of a silent hang.
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
     cortex_m::interrupt::disable();
-    log(format_args!("panic: {info}"));
+    let mut text = heapless::String::<160>::new();
+    let _ = write!(text, "{info}"); // truncated if longer
+    defmt::error!("panic: {=str}", text.as_str());
     loop {
         debug::exit(debug::EXIT_FAILURE);
     }

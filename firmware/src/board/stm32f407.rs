@@ -7,12 +7,13 @@
 //! - Cost clock: the DWT cycle counter (CostUnit::Cycles).
 //! - Actuator: this board has no motors; the LEDs show the output state (green: a computed
 //!   action is applied, red: the safe action). A robot's board file drives its PWM here.
-//! - Logs: none yet (semihosting would halt the core without a debugger attached; defmt
-//!   over RTT is the intended channel).
+//! - Logs: defmt over RTT (`defmt-rtt`), read and decoded by `probe-rs run`; without a
+//!   probe attached the RTT buffer just fills and drops (non-blocking), so logging never
+//!   stalls the control loop. Semihosting is not used: it halts the core without a debugger.
 //!
 //! Flash with `probe-rs run --chip STM32F407VGTx` (see `.cargo/config.toml`).
 
-use core::fmt;
+use core::fmt::Write as _;
 use core::panic::PanicInfo;
 
 use cortex_m::peripheral::DWT;
@@ -21,6 +22,8 @@ use runtime::wire::CostUnit;
 
 use super::Usart;
 use crate::reg::Reg;
+// The global defmt logger.
+use defmt_rtt as _;
 
 pub const FIRMWARE_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "+f407");
 
@@ -134,14 +137,14 @@ impl Actuator for LedActuator {
     }
 }
 
-/// No log channel on this board yet (see the module docs).
-pub fn log(_args: fmt::Arguments<'_>) {}
-
-/// Stop with the outputs in the safe state: red LED on, interrupts off.
+/// Stop with the outputs in the safe state: red LED on, interrupts off, the message on RTT.
 #[panic_handler]
-fn panic(_info: &PanicInfo<'_>) -> ! {
+fn panic(info: &PanicInfo<'_>) -> ! {
     cortex_m::interrupt::disable();
     leds(false);
+    let mut text = heapless::String::<160>::new();
+    let _ = write!(text, "{info}"); // truncated if longer
+    defmt::error!("panic: {=str}", text.as_str());
     loop {
         cortex_m::asm::nop();
     }
