@@ -8,9 +8,9 @@
 //! scaled to the env's bounds. With nfe = 1 this is FLAME-M's `a = clip(z − u(z, 0, 1))`.
 
 use crate::blob::{f32_at, i32_at, HiddenLayer, PolicyBlob};
-use crate::kernels::dense;
+use crate::kernels::{dense, dense_chunks};
 use crate::noise::SplitMix64;
-use crate::quant::{multiply_by_quantized_multiplier, round_half_away_f32, saturate_i8};
+use crate::quant::{requantize_into, round_half_away_f32, saturate_i8};
 use crate::{BlobError, MAX_ACT, MAX_WIDTH};
 use serde::{Deserialize, Serialize};
 
@@ -210,17 +210,19 @@ fn hidden_layer(layer: &HiddenLayer<'_>, bias_set: usize, x: &[i8], y: &mut [i8]
         .try_into()
         .expect("validated: 256-entry activation table");
     let preact_zero_point = layer.preact_zero_point as i32;
-    // Requantize each channel as the kernel emits it (inlined into the kernel's loop).
-    dense(layer.weights, out_dim, x, zp, |c, acc| {
-        if c >= out_dim {
-            return; // never: `dense` emits rows 0..out_dim (lets the compiler drop checks)
-        }
-        let acc = acc.wrapping_add(i32_at(biases, c));
-        let pre =
-            multiply_by_quantized_multiplier(acc, i32_at(multipliers, c), shifts[c] as i8 as i32);
-        let code = saturate_i8(pre.saturating_add(preact_zero_point));
-        // `code + 128` as the table index.
-        y[c] = table[(code as u8 ^ 0x80) as usize] as i8;
+    // Requantize each run of channels as the kernel hands it over.
+    dense_chunks(layer.weights, out_dim, x, zp, |c0, accs| {
+        // `requantize` (inside) is `multiply_by_quantized_multiplier` for the multipliers
+        // the parser accepts (m ≥ 0, shift in range).
+        requantize_into(
+            accs,
+            &biases[4 * c0..],
+            &multipliers[4 * c0..],
+            &shifts[c0..],
+            preact_zero_point,
+            table,
+            &mut y[c0..],
+        );
     });
 }
 
