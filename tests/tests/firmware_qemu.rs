@@ -498,11 +498,13 @@ fn with_input_zero_point(blob: &[u8], zero_point: i8) -> Vec<u8> {
     runtime::blob::encode(&parsed).unwrap()
 }
 
-/// The Cortex-M4 kernels (SXTB16/SADD16/SMLAD, four rows per pass, eight-input steps with
-/// zero padding) against the host runtime on shapes that hit every edge: widths that are
-/// not multiples of 4 or 8, a layer narrower than one step, a single-row output, the
-/// widest layer the runtime accepts, nonzero input zero points on every layer, several
-/// flow steps. The fixtures saturate pre-activations and clamp actions.
+/// The Cortex-M4 kernels (SXTB16/SADD16/SMLAD, four-row and one-row passes entered at a
+/// computed group, zero padding) against the host runtime on shapes that hit every edge:
+/// widths that are not multiples of 4 (ragged last rows take the exact path), layers
+/// narrower than one group, row counts that are not multiples of 4 or of the 32-row
+/// chunk, a single-row output, the widest layer the runtime accepts, nonzero input zero
+/// points on every layer, several flow steps. The fixtures saturate pre-activations and
+/// clamp actions.
 #[test]
 fn optimized_kernels_are_bit_exact_on_odd_shapes() {
     let shape = |obs_dim, act_dim, hidden: &[usize], nfe, seed| FixtureSpec {
@@ -516,6 +518,9 @@ fn optimized_kernels_are_bit_exact_on_odd_shapes() {
         fixture_blob(&shape(13, 3, &[37, 5, 130], 2, 101)),
         with_input_zero_point(&fixture_blob(&shape(30, 1, &[9, 64, 511], 1, 102)), -37),
         with_input_zero_point(&fixture_blob(&shape(17, 6, &[256, 256, 256], 1, 103)), 11),
+        // Widths below one group of four, a three-row layer (one-row passes only), the
+        // widest layer exactly (the whole unrolled body), a two-row output.
+        with_input_zero_point(&fixture_blob(&shape(1, 2, &[3, 512], 1, 104)), 5),
     ];
     for (i, blob) in blobs.iter().enumerate() {
         let policy = Policy::from_bytes(blob).unwrap();
