@@ -101,10 +101,32 @@ enum Command {
     },
     /// List the devices libtorch sees (cpu, cuda:N).
     Devices,
+    /// Results table (results.md, also printed) and learning curves
+    /// (learning_curves.png) from training run directories, with the paper's numbers.
+    Results {
+        /// Run directories (from `trainer train`).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Directory for results.md and learning_curves.png.
+        #[arg(long)]
+        out: PathBuf,
+        /// Env steps of the return columns (k/M suffixes allowed).
+        #[arg(long, value_delimiter = ',', value_parser = trainer::results::parse_steps,
+            default_value = "25k,50k,100k,300k,1M")]
+        milestones: Vec<u64>,
+        /// A column shows the last evaluation at most this fraction of its step before it.
+        #[arg(long, default_value_t = 0.05)]
+        tolerance: f64,
+        /// RUN=BLOB: also show the fidelity report `trainer export` wrote for BLOB
+        /// (runs' own *.report.json files are found without it). Repeatable.
+        #[arg(long = "blob", value_name = "RUN=BLOB")]
+        blobs: Vec<String>,
+    },
 }
 
 /// `trainer train` flags. Every hyperparameter flag is optional: unset means the
-/// algorithm's default (shown in brackets); with `--resume` only `--steps` may be given.
+/// algorithm's default (shown in brackets); with `--resume` only `--steps` and
+/// `--max-wall` may be given.
 #[derive(clap::Args)]
 struct TrainArgs {
     /// Agent [sac].
@@ -200,6 +222,52 @@ struct TrainArgs {
     /// Hidden activation [sac relu].
     #[arg(long, value_enum)]
     activation: Option<trainer::mlp::Activation>,
+    /// Stop after this many seconds of wall time as if --steps were reached (final
+    /// evaluation, checkpoint, summary). With --resume: the new budget.
+    #[arg(long)]
+    max_wall: Option<f64>,
+    /// FLAME: critic and initial policy learning rate [3e-4].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// FLAME: the policy learning rate decays linearly to this over the run [3e-5].
+    #[arg(long)]
+    final_policy_lr: Option<f64>,
+    /// FLAME-R: Euler steps per action N [20] (FLAME-M acts in one).
+    #[arg(long)]
+    nfe: Option<usize>,
+    /// FLAME: posterior candidates K per state for the Q-weighted target [100].
+    #[arg(long)]
+    candidates: Option<i64>,
+    /// FLAME: particles N_p for best-of-N acting [32].
+    #[arg(long)]
+    particles: Option<i64>,
+    /// FLAME: std σ_z of the base noise [0.5].
+    #[arg(long)]
+    noise_std: Option<f64>,
+    /// FLAME: exploration noise std α·scale [0.1].
+    #[arg(long)]
+    noise_scale: Option<f64>,
+    /// FLAME: weight λ of the Q-gradient term through the sampler [flame-m 1; flame-r 0].
+    #[arg(long)]
+    q_grad_weight: Option<f64>,
+    /// FLAME: add α·Ĥ(s′) to the TD target (β = 1) [off].
+    #[arg(long)]
+    entropy_in_td: bool,
+    /// FLAME: steps of the entropy chain [flame-m 3; flame-r N].
+    #[arg(long)]
+    entropy_steps: Option<usize>,
+    /// FLAME: log-determinant per chain step [flame-m exact; flame-r trace].
+    #[arg(long, value_enum)]
+    log_det: Option<trainer::flame::entropy::LogDet>,
+    /// FLAME: states per update for the entropy estimate [64].
+    #[arg(long)]
+    entropy_states: Option<i64>,
+    /// FLAME: sinusoidal features per time input [16].
+    #[arg(long)]
+    time_dim: Option<usize>,
+    /// FLAME: MeanFlow adaptive loss weight power p [flame-m 1; flame-r 0].
+    #[arg(long)]
+    adaptive_loss_power: Option<f64>,
     /// Testing aid: make update N's loss NaN (exercises the NaN guard).
     #[arg(long, hide = true)]
     inject_nan_at_update: Option<u64>,
@@ -219,6 +287,25 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         eval_episodes <- eval_episodes, checkpoint_every <- checkpoint_every,
         device <- device, threads <- threads, progress_secs <- progress_every);
     c.inject_nan_at_update = a.inject_nan_at_update;
+    c.max_wall_s = a.max_wall;
+    refuse_flags_of_the_other_algorithm(a, algo)?;
+    if let Some(f) = c.flame.as_mut() {
+        macro_rules! set_flame {
+            ($($field:ident <- $flag:ident),*) => {$(if let Some(v) = a.$flag.clone() { f.$field = v; })*};
+        }
+        set_flame!(gamma <- gamma, tau <- tau, lr <- lr, final_policy_lr <- final_policy_lr,
+            alpha_lr <- alpha_lr, init_alpha <- alpha, target_entropy_scale <- target_entropy_scale,
+            policy_frequency <- policy_frequency, reward_scale <- reward_scale,
+            policy_hidden <- hidden, critic_hidden <- critic_hidden, nfe <- nfe,
+            candidates <- candidates, particles <- particles, noise_std <- noise_std,
+            noise_scale <- noise_scale, q_grad_weight <- q_grad_weight,
+            entropy_steps <- entropy_steps, log_det <- log_det, entropy_states <- entropy_states,
+            time_dim <- time_dim, adaptive_loss_power <- adaptive_loss_power);
+        f.entropy_in_td |= a.entropy_in_td;
+        if a.no_autotune {
+            f.autotune = false;
+        }
+    }
     if let Some(s) = c.sac.as_mut() {
         macro_rules! set_sac {
             ($($field:ident <- $flag:ident),*) => {$(if let Some(v) = a.$flag.clone() { s.$field = v; })*};
@@ -237,6 +324,48 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     c.validate()?;
     Ok(c)
+}
+
+/// Flags that only one family of agents has: refuse them for the other, by name.
+fn refuse_flags_of_the_other_algorithm(a: &TrainArgs, algo: Algo) -> Result<()> {
+    let sac_only = [
+        ("--q-lr", a.q_lr.is_some()),
+        ("--policy-lr", a.policy_lr.is_some()),
+        ("--target-frequency", a.target_frequency.is_some()),
+        ("--activation", a.activation.is_some()),
+    ];
+    let flame_only = [
+        ("--lr", a.lr.is_some()),
+        ("--final-policy-lr", a.final_policy_lr.is_some()),
+        ("--nfe", a.nfe.is_some()),
+        ("--candidates", a.candidates.is_some()),
+        ("--particles", a.particles.is_some()),
+        ("--noise-std", a.noise_std.is_some()),
+        ("--noise-scale", a.noise_scale.is_some()),
+        ("--q-grad-weight", a.q_grad_weight.is_some()),
+        ("--entropy-in-td", a.entropy_in_td),
+        ("--entropy-steps", a.entropy_steps.is_some()),
+        ("--log-det", a.log_det.is_some()),
+        ("--entropy-states", a.entropy_states.is_some()),
+        ("--time-dim", a.time_dim.is_some()),
+        ("--adaptive-loss-power", a.adaptive_loss_power.is_some()),
+    ];
+    let (foreign, owner) = match algo {
+        Algo::Sac => (&flame_only[..], "flame-m and flame-r"),
+        Algo::FlameM | Algo::FlameR => (&sac_only[..], "sac"),
+    };
+    if let Some((flag, _)) = foreign.iter().find(|(_, g)| *g) {
+        anyhow::bail!(
+            "{flag} is a flag of --algo {owner}, not of --algo {}",
+            algo.name()
+        );
+    }
+    if algo == Algo::FlameM && a.nfe.is_some_and(|n| n != 1) {
+        anyhow::bail!(
+            "--nfe: FLAME-M acts in one network evaluation; N-step acting is --algo flame-r"
+        );
+    }
+    Ok(())
 }
 
 /// With `--resume`, the run's saved configuration is used: refuse other flags.
@@ -271,10 +400,24 @@ fn refuse_flags_with_resume(a: &TrainArgs) -> Result<()> {
         ("--critic-hidden", a.critic_hidden.is_some()),
         ("--activation", a.activation.is_some()),
         ("--inject-nan-at-update", a.inject_nan_at_update.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--final-policy-lr", a.final_policy_lr.is_some()),
+        ("--nfe", a.nfe.is_some()),
+        ("--candidates", a.candidates.is_some()),
+        ("--particles", a.particles.is_some()),
+        ("--noise-std", a.noise_std.is_some()),
+        ("--noise-scale", a.noise_scale.is_some()),
+        ("--q-grad-weight", a.q_grad_weight.is_some()),
+        ("--entropy-in-td", a.entropy_in_td),
+        ("--entropy-steps", a.entropy_steps.is_some()),
+        ("--log-det", a.log_det.is_some()),
+        ("--entropy-states", a.entropy_states.is_some()),
+        ("--time-dim", a.time_dim.is_some()),
+        ("--adaptive-loss-power", a.adaptive_loss_power.is_some()),
     ];
     if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
         anyhow::bail!(
-            "{flag} cannot be combined with --resume: a resumed run keeps its own configuration (only --steps may change)"
+            "{flag} cannot be combined with --resume: a resumed run keeps its own configuration (only --steps and --max-wall may change)"
         );
     }
     Ok(())
@@ -284,7 +427,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     let mut t = match &a.resume {
         Some(dir) => {
             refuse_flags_with_resume(a)?;
-            let t = Trainer::resume(dir, a.steps)?;
+            let t = Trainer::resume(dir, a.steps, a.max_wall)?;
             eprintln!(
                 "resuming {} at env step {} of {}",
                 dir.display(),
@@ -403,6 +546,22 @@ fn run(cli: Cli) -> Result<()> {
             for d in trainer::devices() {
                 println!("{d}");
             }
+        }
+        Command::Results {
+            runs,
+            out,
+            milestones,
+            tolerance,
+            blobs,
+        } => {
+            let mut opts = trainer::results::ResultsOptions::new(out);
+            opts.milestones = milestones;
+            opts.tolerance = tolerance;
+            opts.blobs = blobs
+                .iter()
+                .map(|b| trainer::results::parse_blob_arg(b))
+                .collect::<Result<_>>()?;
+            print!("{}", trainer::results::results(&runs, &opts)?);
         }
     }
     Ok(())

@@ -102,3 +102,36 @@ fn envs_lists_and_benchmarks_every_task() {
         );
     }
 }
+
+#[test]
+fn results_refuses_a_directory_that_is_not_a_run() {
+    let dir = scratch_dir("results-notrun");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = scratch_dir("results-out");
+    let (ok, err) = trainer(&[
+        "results",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(dir.to_str().unwrap())
+            && err.contains("is not a run directory")
+            && err.contains("config.json"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing is written for bad input");
+    let (ok, err) = trainer(&[
+        "results",
+        "/nonexistent/run",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("/nonexistent/run") && err.contains("does not exist"),
+        "{err}"
+    );
+}

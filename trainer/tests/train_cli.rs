@@ -47,6 +47,58 @@ fn invalid_train_flags_are_refused() {
             "--device tpu",
         ),
         (vec!["train", "--steps", "10"], "--out"),
+        (
+            vec![
+                "train",
+                "--algo",
+                "flame-m",
+                "--candidates",
+                "0",
+                "--out",
+                out,
+            ],
+            "--candidates (K) must be at least 1",
+        ),
+        (
+            vec!["train", "--algo", "flame-r", "--nfe", "0", "--out", out],
+            "--nfe must be at least 1",
+        ),
+        (
+            vec!["train", "--algo", "flame-m", "--nfe", "20", "--out", out],
+            "--algo flame-r",
+        ),
+        (
+            vec!["train", "--algo", "sac", "--candidates", "8", "--out", out],
+            "--candidates is a flag of --algo flame-m and flame-r",
+        ),
+        (
+            vec!["train", "--algo", "flame-m", "--q-lr", "1e-3", "--out", out],
+            "--q-lr is a flag of --algo sac",
+        ),
+        (
+            vec![
+                "train",
+                "--algo",
+                "flame-r",
+                "--max-wall must be a positive number",
+                "-3",
+                "--out",
+                out,
+            ],
+            "--max-wall must be a positive number",
+        ),
+        (
+            vec![
+                "train",
+                "--algo",
+                "flame-m",
+                "--noise-std",
+                "0",
+                "--out",
+                out,
+            ],
+            "--noise-std must be a positive number",
+        ),
         (vec!["bench", "--updates", "0"], "--updates"),
         (
             vec!["init", "--algo", "sac", "--out", out],
