@@ -461,6 +461,10 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             anyhow::ensure!(updates > 0, "--updates must be positive");
             anyhow::ensure!(batch_size > 0, "--batch-size must be positive");
+            if let Some(n) = threads {
+                tch::set_num_threads(n as i32);
+            }
+            let peak = trainer::train::matmul_peak_gflops(trainer::train::parse_device(&device)?);
             for a in algo {
                 let mut c = TrainConfig::defaults(a, &env);
                 c.device = device.clone();
@@ -469,7 +473,7 @@ fn run(cli: Cli) -> Result<()> {
                 if let Some(n) = threads {
                     c.threads = n;
                 }
-                println!("{}", bench_agent(c, updates, loop_steps)?);
+                println!("{}", bench_agent(c, updates, loop_steps, peak)?);
             }
         }
         Command::Init {

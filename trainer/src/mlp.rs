@@ -75,6 +75,13 @@ impl MlpShape {
             .collect()
     }
 
+    /// Matmul FLOPs (2·m·n·k) of one forward pass over `rows` inputs, all members;
+    /// biases and activations are not counted.
+    pub fn matmul_flops(&self, rows: usize) -> f64 {
+        let per_row: usize = self.sizes.windows(2).map(|w| w[0] * w[1]).sum();
+        2.0 * rows as f64 * (self.members * per_row) as f64
+    }
+
     pub fn num_params(&self) -> i64 {
         let e = self.members as i64;
         self.sizes

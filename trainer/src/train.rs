@@ -808,10 +808,13 @@ impl Trainer {
             .map(|(k, v)| format!("{k} {v:.3}"))
             .collect();
         let left = total.saturating_sub(s.env_steps) as f64;
-        let eta = if rates.1 > 0.0 {
-            fmt_secs(left / rates.1)
-        } else {
-            "-".into()
+        // Whichever budget ends first: the steps at the current rate, or the wall time.
+        let by_steps = (rates.1 > 0.0).then(|| left / rates.1);
+        let by_wall = self.config.max_wall_s.map(|w| (w - s.wall_s).max(0.0));
+        let eta = match (by_steps, by_wall) {
+            (Some(a), Some(b)) => fmt_secs(a.min(b)),
+            (Some(a), None) | (None, Some(a)) => fmt_secs(a),
+            (None, None) => "-".into(),
         };
         format!(
             "{} {} | {}/{} steps {:.1}% | {:.0} upd/s {:.0} env/s | eval {} | train {} | α {:.4} | {} | {} elapsed, ETA {}",
@@ -1061,25 +1064,71 @@ pub struct AgentBench {
     pub updates_per_s: f64,
     pub loop_env_steps_per_s: f64,
     pub loop_updates_per_s: f64,
+    /// Matmul FLOPs per update ([`Agent::flops_per_update`]).
+    pub flops_per_update: f64,
+    /// The device's measured f32 matmul rate ([`matmul_peak_gflops`]).
+    pub peak_gflops: f64,
+}
+
+impl AgentBench {
+    /// Matmul GFLOP/s the updates reached.
+    pub fn gflops(&self) -> f64 {
+        self.updates_per_s * self.flops_per_update / 1e9
+    }
 }
 
 impl std::fmt::Display for AgentBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:<8} {:<20} batch {} threads {}: {:>7.1} updates/s; training loop {:>7.1} env steps/s ({:.1} updates/s)",
+            "{:<8} {:<20} batch {} threads {}: {:>7.1} updates/s; training loop {:>7.1} env steps/s ({:.1} updates/s); {:.3} GFLOP/update → {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s matmul peak",
             self.algo.name(),
             self.env_id,
             self.batch_size,
             self.threads,
             self.updates_per_s,
             self.loop_env_steps_per_s,
-            self.loop_updates_per_s
+            self.loop_updates_per_s,
+            self.flops_per_update / 1e9,
+            self.gflops(),
+            100.0 * self.gflops() / self.peak_gflops,
+            self.peak_gflops
         )
     }
 }
 
-pub fn bench_agent(mut config: TrainConfig, updates: usize, loop_steps: u64) -> Result<AgentBench> {
+/// The f32 matmul rate of `device` (GFLOP/s): the best of ten 1024×1024 × 1024×1024
+/// products after warm-up, on libtorch's configured threads.
+pub fn matmul_peak_gflops(device: Device) -> f64 {
+    let n = 1024i64;
+    let a = Tensor::randn([n, n], (tch::Kind::Float, device));
+    let b = Tensor::randn([n, n], (tch::Kind::Float, device));
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    for _ in 0..3 {
+        let _ = a.matmul(&b);
+    }
+    sync();
+    let best = (0..10)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = a.matmul(&b);
+            sync();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    2.0 * (n * n * n) as f64 / best / 1e9
+}
+
+pub fn bench_agent(
+    mut config: TrainConfig,
+    updates: usize,
+    loop_steps: u64,
+    peak_gflops: f64,
+) -> Result<AgentBench> {
     config.progress_secs = 0.0;
     let warm = (config.batch_size as u64).max(1000);
     config.learning_starts = warm;
@@ -1109,5 +1158,7 @@ pub fn bench_agent(mut config: TrainConfig, updates: usize, loop_steps: u64) -> 
         updates_per_s,
         loop_env_steps_per_s: (t.state.env_steps - s0) as f64 / dt,
         loop_updates_per_s: (t.state.updates - u0) as f64 / dt,
+        flops_per_update: t.agent.flops_per_update(t.config.batch_size),
+        peak_gflops,
     })
 }

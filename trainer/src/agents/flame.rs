@@ -561,6 +561,34 @@ impl Agent for Flame {
         })
     }
 
+    fn flops_per_update(&self, batch: usize) -> f64 {
+        let c = &self.config;
+        let policy = |rows: usize| self.policy.shape.matmul_flops(rows);
+        let critic = |rows: usize| self.critic.net.shape.matmul_flops(rows);
+        let nfe = c.nfe as f64;
+        // Every update: the TD target's sampler and target critics, the critic step.
+        let every = nfe * policy(batch) + critic(batch) + 3.0 * critic(batch);
+        // Every policy_frequency updates: K candidates through the critics, the MeanFlow
+        // JVP (value + tangent), the policy's forward + backward, the Q-gradient term
+        // through the sampler, and the entropy chain (d tangents + one value pass per
+        // step, each with its tangent).
+        let k = c.candidates as usize;
+        let jvp = match self.algorithm {
+            Algorithm::FlameM => 2.0 * policy(batch),
+            Algorithm::FlameR => 0.0,
+        };
+        let q_grad = if c.q_grad_weight != 0.0 {
+            3.0 * nfe * policy(batch) + 2.0 * critic(batch)
+        } else {
+            0.0
+        };
+        let states = (c.entropy_states as usize).min(batch);
+        let entropy =
+            c.entropy_steps as f64 * 2.0 * (policy(self.act_dim * states) + policy(states));
+        let delayed = critic(batch * k) + jvp + 3.0 * policy(batch) + q_grad + entropy;
+        every + delayed / c.policy_frequency as f64
+    }
+
     fn set_progress(&mut self, fraction: f64) {
         self.progress = fraction;
     }

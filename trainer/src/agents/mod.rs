@@ -40,6 +40,12 @@ pub trait Agent {
     /// with delayed policy updates key them on it).
     fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats;
 
+    /// Matmul FLOPs of one update on a minibatch of `batch` states, averaged over the
+    /// updates that skip the delayed policy step (backward passes count twice the
+    /// forward; biases, activations and optimizer steps not counted). `trainer bench`
+    /// divides the measured rate by it against the machine's matmul peak.
+    fn flops_per_update(&self, batch: usize) -> f64;
+
     /// The current entropy temperature α.
     fn alpha(&self) -> f64;
 

@@ -246,6 +246,16 @@ impl Agent for Sac {
         self.act(obs, false)
     }
 
+    fn flops_per_update(&self, batch: usize) -> f64 {
+        let actor = self.actor.shape.matmul_flops(batch);
+        let critic = self.critic.net.shape.matmul_flops(batch);
+        // TD target: actor + target critics forward; critics forward + backward; on
+        // average one actor step per update (policy_frequency steps every
+        // policy_frequency updates): actor forward + backward, critics forward and
+        // backward to the action.
+        (actor + critic) + 3.0 * critic + (3.0 * actor + 2.0 * critic)
+    }
+
     fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats {
         let c = &self.config;
         let alpha = self.alpha_value();
