@@ -126,6 +126,10 @@ pub struct Run {
     pub device: Option<String>,
     /// Envs stepped together: an evaluation due at step M runs up to num_envs − 1 later.
     pub num_envs: u64,
+    /// The training configuration without what may differ between seeds of one
+    /// experiment (seed, budgets, device, threads, progress): runs are averaged only
+    /// when their setups are equal.
+    pub setup: String,
     /// In step order.
     pub evals: Vec<Eval>,
     /// Env steps reached (summary, last evaluation or config, whichever is furthest).
@@ -298,6 +302,23 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         .and_then(|t| get_u64(t, "num_envs"))
         .unwrap_or(1)
         .max(1);
+    let setup = train.map_or_else(String::new, |t| {
+        let mut t = t.clone();
+        if let Some(map) = t.as_object_mut() {
+            for key in [
+                "seed",
+                "steps",
+                "max_wall_s",
+                "device",
+                "threads",
+                "progress_secs",
+                "checkpoint_every",
+            ] {
+                map.remove(key);
+            }
+        }
+        t.to_string()
+    });
 
     let metrics_path = dir.join("metrics.jsonl");
     let evals = if metrics_path.is_file() {
@@ -359,6 +380,7 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         seed: get_u64(&config, "seed"),
         device,
         num_envs,
+        setup,
         evals,
         env_steps,
         wall_s,
@@ -629,14 +651,19 @@ fn render_env(md: &mut String, runs: &[Run], env: &str, milestones: &[u64], tole
         md.push_str(&table_row(&c));
     }
 
-    // Mean over the runs of one algorithm, where it has more than one evaluated run.
-    let mut algos: Vec<&str> = rows.iter().map(|r| r.algo.as_str()).collect();
-    algos.dedup();
-    for algo in algos {
+    // Mean over the seeds of one experiment (same algorithm and setup), where it has more
+    // than one evaluated run.
+    let mut experiments: Vec<(&str, &str)> = Vec::new();
+    for r in &rows {
+        if !experiments.contains(&(r.algo.as_str(), r.setup.as_str())) {
+            experiments.push((r.algo.as_str(), r.setup.as_str()));
+        }
+    }
+    for (algo, setup) in experiments {
         let group: Vec<&Run> = rows
             .iter()
             .copied()
-            .filter(|r| r.algo == algo && !r.evals.is_empty())
+            .filter(|r| r.algo == algo && r.setup == setup && !r.evals.is_empty())
             .collect();
         if group.len() < 2 {
             continue;
@@ -1186,6 +1213,19 @@ mod tests {
         );
         let w = table(&md, "Walker2d-v5");
         assert_eq!(w[0]["final"], "no evaluation yet");
+
+        // A third SAC run with another setup (a different batch size) is not averaged in;
+        // a different seed, device or budget would be.
+        let c = write_run(&root, "c", "sac", "Hopper-v5", 2, &[(1000, 90.0)], true);
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(c.join("config.json")).unwrap()).unwrap();
+        config["train"]["batch_size"] = 64.into();
+        std::fs::write(c.join("config.json"), config.to_string()).unwrap();
+        let runs: Vec<Run> = [&a, &b, &c].iter().map(|d| load_run(d).unwrap()).collect();
+        let rows = table(&render_markdown(&runs, &[1000], 0.05), "Hopper-v5");
+        let mean = rows.iter().find(|r| r["run"] == "mean of 2 runs").unwrap();
+        assert_eq!(mean["1k"], "15.0 ± 7.1");
+        assert!(!rows.iter().any(|r| r["run"] == "mean of 3 runs"));
         // Task order follows the registry: Hopper before Walker2d.
         assert!(md.find("## Hopper-v5").unwrap() < md.find("## Walker2d-v5").unwrap());
         let _ = std::fs::remove_dir_all(&root);
