@@ -36,7 +36,7 @@ step "trainer export: int8 blob + golden vectors + fidelity report"
 "$BIN/tools" inspect "$RUN/policy.blob"
 
 step "host-in-the-loop: $ENV_ID on the QEMU firmware, full episode"
-"$BIN/tools" hil --qemu --policy "$RUN/policy.blob" --episodes 1 --float-run "$RUN" --report "$RUN/hil.json"
+"$BIN/tools" hil --qemu --policy "$RUN/policy.blob" --episodes 1 --float-run "$RUN" --report "$RUN/policy.hil.json"
 
 if [ -f models/default.blob ]; then
     step "host-in-the-loop: the shipped model models/default.blob"

@@ -137,6 +137,12 @@ pub struct Run {
     pub wall_s: Option<f64>,
     pub updates_per_s: Option<f64>,
     pub fidelity: Vec<Fidelity>,
+    /// Network evaluations per action (config.json's `nfe`).
+    pub nfe: Option<u64>,
+    /// `tools hil --report` output found in the run directory (`*.hil.json`).
+    pub hil: Option<Value>,
+    /// `tools size --report` output found in the run directory (`*.size.json`).
+    pub size: Option<Value>,
 }
 
 impl Run {
@@ -373,7 +379,21 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         fidelity.push(parse_report(&p)?);
     }
 
+    let find = |suffix: &str| -> Result<Option<Value>> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("listing {name}"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && p.to_string_lossy().ends_with(suffix))
+            .collect();
+        paths.sort();
+        paths.first().map(|p| read_value(p)).transpose()
+    };
+    let (hil, size) = (find(".hil.json")?, find(".size.json")?);
+
     Ok(Run {
+        nfe: get_u64(&config, "nfe"),
+        hil,
+        size,
         dir: dir.to_path_buf(),
         algo,
         env_id,
@@ -580,6 +600,7 @@ pub fn render_markdown(runs: &[Run], milestones: &[u64], tolerance: f64) -> Stri
         render_env(&mut md, runs, &env, milestones, tolerance);
     }
     render_fidelity(&mut md, runs);
+    render_deployment(&mut md, runs);
     md
 }
 
@@ -823,6 +844,84 @@ fn goal_line(rows: &[&Run], algo: &str, step: u64, goal: f64, tolerance: f64) ->
         ),
         None => format!("{head} No evaluated {algo} run here."),
     }
+}
+
+/// The deployed policies on the MCU: `tools hil --report` (return, bit-exactness, cost
+/// per action) and `tools size --report` (flash, RAM, stack) files in the run directories.
+fn render_deployment(md: &mut String, runs: &[Run]) {
+    let with: Vec<&Run> = runs
+        .iter()
+        .filter(|r| r.hil.is_some() || r.size.is_some())
+        .collect();
+    if with.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## On the MCU (`tools hil --qemu --report`, `tools size --report`)\n"
+    );
+    let header: Vec<String> = [
+        "run",
+        "algo",
+        "NFE",
+        "HIL steps",
+        "bit-exact",
+        "link errors",
+        "MCU return",
+        "cost/action",
+        "flash B",
+        "static RAM B",
+        "peak stack B",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    md.push_str(&table_row(&header));
+    md.push_str(&table_row(&vec!["---".to_string(); header.len()]));
+    let opt_u = |v: Option<u64>| v.map_or(DASH.into(), |x| x.to_string());
+    for r in with {
+        let episodes: Vec<&Value> = r
+            .hil
+            .as_ref()
+            .and_then(|h| h.get("episodes"))
+            .and_then(Value::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        let sum = |key: &str| -> Option<u64> {
+            (!episodes.is_empty()).then(|| episodes.iter().filter_map(|e| get_u64(e, key)).sum())
+        };
+        let returns: Vec<f64> = episodes
+            .iter()
+            .filter_map(|e| get_f64(e, "total_return"))
+            .collect();
+        let mcu_return = (!returns.is_empty()).then(|| {
+            let mean = returns.iter().sum::<f64>() / returns.len() as f64;
+            format!("{mean:.1}")
+        });
+        let cost = r.hil.as_ref().and_then(|h| {
+            let unit = h.get("cost_unit").and_then(Value::as_str).unwrap_or("");
+            get_u64(h, "cost_median").map(|c| format!("{c} {unit}"))
+        });
+        let size = |key: &str| r.size.as_ref().and_then(|s| get_u64(s, key));
+        md.push_str(&table_row(&[
+            cell(&r.dir.display().to_string()),
+            cell(&r.algo),
+            opt_u(r.nfe),
+            opt_u(sum("steps")),
+            opt_u(sum("bit_exact_steps")),
+            opt_u(sum("link_errors")),
+            mcu_return.unwrap_or_else(|| DASH.into()),
+            cost.unwrap_or_else(|| DASH.into()),
+            opt_u(size("flash")),
+            opt_u(size("static_ram")),
+            opt_u(size("peak_stack")),
+        ]));
+    }
+    let _ = writeln!(
+        md,
+        "\nQEMU `netduinoplus2` (Cortex-M4F), cost as the TIM2 count under `-icount shift=0` \
+         (instructions). Budgets (issue 6): flash ≤ 256 KiB, static RAM + stack ≤ 16 KiB.\n"
+    );
 }
 
 fn render_fidelity(md: &mut String, runs: &[Run]) {
@@ -1275,6 +1374,50 @@ mod tests {
     }
 
     #[test]
+    fn mcu_table_from_hil_and_size_reports() {
+        let root = scratch("mcu");
+        let run = write_run(
+            &root,
+            "fm",
+            "flame-m",
+            "HalfCheetah-v5",
+            0,
+            &[(1000, 5.0)],
+            true,
+        );
+        let hil = serde_json::json!({
+            "env_id": "HalfCheetah-v5", "blob_hash": 1, "mode": "deterministic",
+            "cost_unit": "instructions", "cost_min": 214000, "cost_median": 214269,
+            "cost_max": 215000, "fault_plan": null, "faults": [],
+            "episodes": [
+                {"seed": 0, "steps": 1000, "total_return": 4000.0, "terminated": false,
+                 "bit_exact_steps": 1000, "link_errors": 0, "float_return": 4010.0},
+                {"seed": 1, "steps": 500, "total_return": 3000.0, "terminated": true,
+                 "bit_exact_steps": 499, "link_errors": 2, "float_return": 3010.0}
+            ]
+        });
+        std::fs::write(run.join("policy.hil.json"), hil.to_string()).unwrap();
+        let size = serde_json::json!({"flash": 230056, "static_ram": 3624, "peak_stack": 6172});
+        std::fs::write(run.join("policy.size.json"), size.to_string()).unwrap();
+        let md = render_markdown(&[load_run(&run).unwrap()], &[1000], 0.05);
+        let rows = table(
+            &md,
+            "On the MCU (`tools hil --qemu --report`, `tools size --report`)",
+        );
+        assert_eq!(rows.len(), 1);
+        let r = &rows[0];
+        assert_eq!(r["NFE"], "1");
+        assert_eq!(r["HIL steps"], "1500");
+        assert_eq!(r["bit-exact"], "1499");
+        assert_eq!(r["link errors"], "2");
+        assert_eq!(r["MCU return"], "3500.0");
+        assert_eq!(r["cost/action"], "214269 instructions");
+        assert_eq!(r["flash B"], "230056");
+        assert_eq!(r["static RAM B"], "3624");
+        assert_eq!(r["peak stack B"], "6172");
+    }
+
+    #[test]
     fn fidelity_reports_and_outputs() {
         let root = scratch("fidelity");
         let run = write_run(
@@ -1311,6 +1454,10 @@ mod tests {
         let md = results(std::slice::from_ref(&run), &opts).unwrap();
         let rows = table(&md, "Int8 vs float (`trainer export` fidelity reports)");
         assert_eq!(rows.len(), 2);
+        assert!(
+            !md.contains("## On the MCU"),
+            "no HIL/size report, no MCU table"
+        );
         assert_eq!(rows[0]["report"], "policy.report.json");
         assert_eq!(rows[0]["float return"], "12000.0");
         assert_eq!(rows[0]["int8 return"], "11880.0");
