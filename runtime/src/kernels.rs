@@ -104,6 +104,87 @@ pub fn dense_chunks(
     imp::dense_chunks(weights, rows, x, zero_point, emit)
 }
 
+/// A hidden layer's per-channel output stage (docs/blob.md §5.3): for channel `c`,
+/// `y[c] = table[sat8(requantize(acc[c] +wrap bias[c], m[c], shift[c]) +sat zp) + 128]`.
+/// The byte arrays are the blob's (no alignment): `biases` and `multipliers` hold an i32 LE
+/// per channel, `shifts` an i8. What the parser accepts is assumed: `m ≥ 0` and `shift`
+/// in [`crate::quant::SHIFT_RANGE`] (other values give unspecified codes, never unsafety).
+#[derive(Clone, Copy, Debug)]
+pub struct OutputStage<'a> {
+    pub biases: &'a [u8],
+    pub multipliers: &'a [u8],
+    pub shifts: &'a [u8],
+    pub preact_zero_point: i8,
+    pub table: &'a [u8; 256],
+}
+
+/// The specification of a hidden layer: [`dense_reference`], then per channel the bias,
+/// `multiply_by_quantized_multiplier`, the zero point, int8 saturation and the table.
+pub fn dense_requantize_reference(
+    weights: &[u8],
+    rows: usize,
+    x: &[i8],
+    zero_point: i32,
+    stage: &OutputStage<'_>,
+    y: &mut [i8],
+) {
+    use crate::blob::i32_at;
+    use crate::quant::{multiply_by_quantized_multiplier, saturate_i8};
+    dense_reference(weights, rows, x, zero_point, |c, acc| {
+        let acc = acc.wrapping_add(i32_at(stage.biases, c));
+        let shift = stage.shifts[c] as i8 as i32;
+        let pre = multiply_by_quantized_multiplier(acc, i32_at(stage.multipliers, c), shift);
+        let code = saturate_i8(pre.saturating_add(stage.preact_zero_point as i32));
+        y[c] = stage.table[(code as i32 + 128) as usize] as i8;
+    });
+}
+
+/// The hidden layer the policy calls: `y[..rows]` exactly as
+/// [`dense_requantize_reference`] writes it. On the Cortex-M4 whole blocks of four rows
+/// run in one assembly loop (sums, bias, requantization and table lookup in registers);
+/// elsewhere [`dense_chunks`] and [`crate::quant::requantize_into`].
+#[inline]
+pub fn dense_requantize(
+    weights: &[u8],
+    rows: usize,
+    x: &[i8],
+    zero_point: i32,
+    stage: &OutputStage<'_>,
+    y: &mut [i8],
+) {
+    assert_eq!(
+        weights.len(),
+        rows * x.len(),
+        "weights must be rows × inputs"
+    );
+    assert!(
+        stage.biases.len() >= 4 * rows
+            && stage.multipliers.len() >= 4 * rows
+            && stage.shifts.len() >= rows
+            && y.len() >= rows,
+        "output stage shorter than the layer"
+    );
+    if x.len() > crate::MAX_WIDTH || !(-128..=127).contains(&zero_point) {
+        // Outside what the widened int16 buffers hold: the policy never gets here.
+        return dense_requantize_reference(weights, rows, x, zero_point, stage, y);
+    }
+    imp::dense_requantize(weights, rows, x, zero_point, stage, y)
+}
+
+/// [`crate::quant::requantize_into`] for the rows `c0 .. c0 + accs.len()` of `stage`.
+#[inline(always)]
+fn requantize_rows(stage: &OutputStage<'_>, c0: usize, accs: &[i32], y: &mut [i8]) {
+    crate::quant::requantize_into(
+        accs,
+        &stage.biases[4 * c0..],
+        &stage.multipliers[4 * c0..],
+        &stage.shifts[c0..],
+        stage.preact_zero_point as i32,
+        stage.table,
+        &mut y[c0..],
+    );
+}
+
 /// Host (and any non-Arm target): widen `x − zp` to int16 once per layer, then the rows in
 /// chunks of up to [`CHUNK`]. On x86-64, four rows per pass share each load of the widened
 /// input: `pmaddwd` (SSE2, always), `vpmovsxbw` + `vpmaddwd` (AVX2) or `vpmovsxbw` +
@@ -170,6 +251,33 @@ mod imp {
         emit: impl FnMut(usize, &[i32]),
     ) {
         dense_chunks_with(weights, rows, x, zero_point, emit, best())
+    }
+
+    #[inline]
+    pub fn dense_requantize(
+        weights: &[u8],
+        rows: usize,
+        x: &[i8],
+        zero_point: i32,
+        stage: &super::OutputStage<'_>,
+        y: &mut [i8],
+    ) {
+        dense_requantize_with(weights, rows, x, zero_point, stage, y, best())
+    }
+
+    /// [`dense_requantize`] with the kernel chosen by the caller (tests run all of them).
+    #[inline]
+    pub(super) fn dense_requantize_with(
+        weights: &[u8],
+        rows: usize,
+        x: &[i8],
+        zero_point: i32,
+        stage: &super::OutputStage<'_>,
+        y: &mut [i8],
+        level: Level,
+    ) {
+        let emit = |c0, accs: &[i32]| super::requantize_rows(stage, c0, accs, y);
+        dense_chunks_with(weights, rows, x, zero_point, emit, level)
     }
 
     /// [`dense_chunks`] with the kernel chosen by the caller (tests run all of them).
@@ -297,15 +405,21 @@ mod imp {
         ) {
             let xw = &xw[..width];
             let mut r = 0;
-            for (o, rows) in out.chunks_exact_mut(4).zip(block.chunks_exact(4 * width)) {
+            for (o, rows) in out
+                .chunks_exact_mut(4)
+                .zip(block.chunks_exact(4 * width.max(1)))
+            {
                 o.copy_from_slice(&rows4(rows, width, xw));
                 r += 4;
             }
             for (o, row) in out[r..]
                 .iter_mut()
-                .zip(block[r * width..].chunks_exact(width))
+                .zip(block[r * width..].chunks_exact(width.max(1)))
             {
                 *o = super::dot_widened(row, xw);
+            }
+            if width == 0 {
+                out.fill(0);
             }
         }
 
@@ -760,18 +874,34 @@ mod imp {
         rows: usize,
         x: &[i8],
         zero_point: i32,
-        mut emit: impl FnMut(usize, &[i32]),
+        emit: impl FnMut(usize, &[i32]),
     ) {
-        let width = x.len();
         let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
         let groups = widen(x, zero_point, &mut buffer);
         // SAFETY: `widen` initialized the first 2·groups words.
         let xw: &[u32] =
             unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
+        chunks_from(weights, rows, x, zero_point, xw, 0, emit);
+    }
+
+    /// The rows `start..rows` in chunks (see [`super::dense_chunks`]) against the widened
+    /// input `xw` (`2·groups` words).
+    #[inline(always)]
+    fn chunks_from(
+        weights: &[u8],
+        rows: usize,
+        x: &[i8],
+        zero_point: i32,
+        xw: &[u32],
+        start: usize,
+        mut emit: impl FnMut(usize, &[i32]),
+    ) {
+        let width = x.len();
+        let groups = xw.len() / 2;
         let (entry4, entry1) = entries(groups);
         let (len, read) = (weights.len(), 4 * groups);
         let mut accs = [0i32; super::CHUNK];
-        let mut c = 0;
+        let mut c = start;
         // Each row reads 4·groups bytes from its start: past a row's end (width not a
         // multiple of 4) the next row's first weights, which meet zero input lanes. Only
         // the last rows of such a matrix would read past the weights: they take the exact
@@ -807,6 +937,179 @@ mod imp {
             emit(c, &accs[..n]);
             c += n;
         }
+    }
+
+    /// What [`layer4`] reads: the requantization state (words 0–5, loaded after each
+    /// block's sums), the four-row pass's state (words 6–11, loaded before each block) and
+    /// the end of the output. The assembly copies it to its stack frame and works there.
+    #[repr(C)]
+    struct Layer4 {
+        multipliers: *const u8,
+        shifts: *const u8,
+        out: *mut i8,
+        table: *const u8,
+        /// `preact_zero_point + 128`.
+        zero_point_128: i32,
+        one: u32,
+        xw: *const u32,
+        row: *const u8,
+        biases: *const u8,
+        width: usize,
+        width3: usize,
+        entry: usize,
+        end: *mut i8,
+    }
+
+    // Requantize accumulator `$x` (bias included) into the next output byte (see
+    // `quant::requantize`; the fast path is its `shift < 0` branch). Registers: r0
+    // multipliers, r1 shifts, r2 output, r3 table, r6 zero point + 128, r7 = 1 (all
+    // advanced per channel); r10–r12 and lr scratch. A shift ≥ 0 branches to the
+    // out-of-line `requant_slow!` at label `$slow`, which comes back to `$cont`.
+    #[rustfmt::skip]
+    macro_rules! requant {
+        ($x:literal, $slow:literal, $cont:literal) => {
+            concat!(
+                "ldr r10, [r0], #4\n",                   // m
+                "ldrsb r11, [r1], #1\n",                 // shift
+                "mvns r11, r11\n",                       // e − 1 = !shift; N: shift ≥ 0
+                "bmi ", $slow, "f\n",
+                "lsl r12, r7, r11\n",                    // 2^(e−1)
+                "add r12, r12, ", $x, ", asr #31\n",     // k = 2^(e−1) − [x < 0]
+                "lsl lr, r12, #31\n",
+                "orr lr, lr, #0x40000000\n",             // nudge low: (k << 31) | 2^30
+                "asr r12, r12, #1\n",                    // nudge high: k >> 1
+                "smlal lr, r12, ", $x, ", r10\n",        // x·m + nudge
+                "asr ", $x, ", r12, r11\n",              // pre = high >> (e − 1)
+                $cont, ":\n",
+                "qadd ", $x, ", ", $x, ", r6\n",         // pre +sat (zp + 128)
+                "usat ", $x, ", #8, ", $x, "\n",         // sat8(pre +sat zp) + 128
+                "ldrb ", $x, ", [r3, ", $x, "]\n",
+                "strb ", $x, ", [r2], #1\n",
+            )
+        };
+    }
+
+    // `quant::requantize` for shift ≥ 0 (r11 = !shift): `x` saturated times 2^shift, then
+    // the rounding high multiply.
+    #[rustfmt::skip]
+    macro_rules! requant_slow {
+        ($x:literal, $slow:literal, $cont:literal) => {
+            concat!(
+                $slow, ":\n",
+                "mvn r11, r11\n",                        // shift in 0..=30
+                "lsl r12, ", $x, ", r11\n",
+                "asr lr, r12, r11\n",
+                "cmp lr, ", $x, "\n",                    // x · 2^shift fits?
+                "beq 1f\n",
+                "mvn r12, #0x80000000\n",
+                "eor r12, r12, ", $x, ", asr #31\n",     // saturated: MAX or MIN
+                "1:\n",
+                "mov lr, #0x40000000\n",
+                "mov r11, #0\n",
+                "smlal lr, r11, r12, r10\n",             // x'·m + 2^30
+                "lsr lr, lr, #31\n",
+                "orr ", $x, ", lr, r11, lsl #1\n",       // low word of the sum >> 31
+                "b ", $cont, "b\n",
+            )
+        };
+    }
+
+    // A hidden layer's whole blocks of four rows: `__flame_runtime_layer4(&Layer4)`
+    // (AAPCS). Per block: the biases start the accumulators, the four-row pass adds the
+    // sums, and the four channels are requantized and looked up in registers.
+    global_asm!(
+        ".pushsection .text.__flame_runtime_layer4,\"ax\",%progbits",
+        ".syntax unified",
+        ".thumb",
+        ".p2align 2",
+        ".global __flame_runtime_layer4",
+        ".hidden __flame_runtime_layer4",
+        ".type __flame_runtime_layer4, %function",
+        ".thumb_func",
+        "__flame_runtime_layer4:",
+        "push {{r4-r11, lr}}",
+        "sub sp, #52",
+        "ldm r0, {{r0-r12}}",
+        "stm sp, {{r0-r12}}",
+        "2:",
+        "add lr, sp, #24",
+        // r0 input, r1 row 0, r2 biases, r3 width, r11 3·width, r12 entry.
+        "ldm lr, {{r0, r1, r2, r3, r11, r12}}",
+        "ldr r4, [r2], #4",
+        "ldr r5, [r2], #4",
+        "ldr r9, [r2], #4",
+        "ldr r8, [r2], #4",
+        "add r6, r1, r3, lsl #2",
+        "strd r6, r2, [sp, #28]",
+        "add r2, r1, r11",
+        "blx r12",
+        "ldm sp, {{r0, r1, r2, r3, r6, r7}}",
+        requant!("r4", "71", "81"),
+        requant!("r5", "72", "82"),
+        requant!("r9", "73", "83"),
+        requant!("r8", "74", "84"),
+        "stm sp, {{r0, r1, r2}}",
+        "ldr r10, [sp, #48]",
+        "cmp r2, r10",
+        "bne 2b",
+        "add sp, #52",
+        "pop {{r4-r11, pc}}",
+        requant_slow!("r4", "71", "81"),
+        requant_slow!("r5", "72", "82"),
+        requant_slow!("r9", "73", "83"),
+        requant_slow!("r8", "74", "84"),
+        ".size __flame_runtime_layer4, . - __flame_runtime_layer4",
+        ".popsection",
+    );
+
+    extern "C" {
+        fn __flame_runtime_layer4(args: *const Layer4);
+    }
+
+    #[inline(always)]
+    pub fn dense_requantize(
+        weights: &[u8],
+        rows: usize,
+        x: &[i8],
+        zero_point: i32,
+        stage: &super::OutputStage<'_>,
+        y: &mut [i8],
+    ) {
+        let width = x.len();
+        let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
+        let groups = widen(x, zero_point, &mut buffer);
+        // SAFETY: `widen` initialized the first 2·groups words.
+        let xw: &[u32] =
+            unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
+        // Whole blocks whose reads (4·groups bytes from each of the four rows) stay within
+        // the weights: all of them, or all but the last of a ragged matrix.
+        let mut blocks = rows / 4;
+        while blocks > 0 && (4 * blocks - 1) * width + 4 * groups > weights.len() {
+            blocks -= 1;
+        }
+        if blocks > 0 {
+            let args = Layer4 {
+                multipliers: stage.multipliers.as_ptr(),
+                shifts: stage.shifts.as_ptr(),
+                out: y.as_mut_ptr(),
+                table: stage.table.as_ptr(),
+                zero_point_128: stage.preact_zero_point as i32 + 128,
+                one: 1,
+                xw: xw.as_ptr(),
+                row: weights.as_ptr(),
+                biases: stage.biases.as_ptr(),
+                width,
+                width3: 3 * width,
+                entry: entries(groups).0,
+                end: y.as_mut_ptr().wrapping_add(4 * blocks),
+            };
+            // SAFETY: the reads of the four-row pass are in bounds (checked above; `xw`
+            // has 2·groups words); `dense_requantize` checked that the stage's arrays hold
+            // `rows ≥ 4·blocks` channels and `y` as many bytes; table indices are 0..=255.
+            unsafe { __flame_runtime_layer4(&args) };
+        }
+        let emit = |c0, accs: &[i32]| super::requantize_rows(stage, c0, accs, y);
+        chunks_from(weights, rows, x, zero_point, xw, 4 * blocks, emit);
     }
 }
 
@@ -860,6 +1163,80 @@ mod tests {
                 imp::dense_chunks_with(&weights, rows, &x, zero_point, |c0, accs| {
                     got.extend(accs.iter().enumerate().map(|(r, &a)| (c0 + r, a)))
                 }, level);
+                prop_assert_eq!(&got, &expect, "{:?}", level);
+            }
+        }
+    }
+
+    /// Output-stage parameters over everything the parser accepts: per channel a shift
+    /// anywhere in the range (left shifts included), a multiplier with the edges 0, 1 and
+    /// `i32::MAX` or small enough that left shifts do not always saturate, biases up to the
+    /// i32 extremes (wrapping sums, saturating shifts), a random table and zero point.
+    fn random_stage(
+        rng: &mut crate::noise::SplitMix64,
+        rows: usize,
+    ) -> (Vec<u8>, Vec<u8>, Vec<u8>, [u8; 256], i8) {
+        let (mut biases, mut multipliers, mut shifts) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rows {
+            let r = rng.next_u64();
+            let shift = match r % 4 {
+                0 => ((r >> 8) % 62) as i32 - 31,
+                1 => -(((r >> 8) % 3) as i32) - 29,
+                _ => -(((r >> 8) % 12) as i32) - 1,
+            };
+            let m: i32 = match (r >> 16) % 8 {
+                0 => [0, 1, 2, i32::MAX, 1 << 30, (1 << 30) - 1][(r >> 24) as usize % 6],
+                1 => (r >> 33) as i32 & 0xFFFF,
+                _ => (1 << 30) | (r >> 34) as i32,
+            };
+            let bias: i32 = match (r >> 40) % 8 {
+                0 => [i32::MIN, i32::MAX, i32::MIN + 1, -1, 0, 1 << 30][(r >> 48) as usize % 6],
+                1 => rng.next_u64() as i32,
+                _ => (rng.next_u64() as i32) >> 12,
+            };
+            biases.extend_from_slice(&bias.to_le_bytes());
+            multipliers.extend_from_slice(&m.to_le_bytes());
+            shifts.push(shift as i8 as u8);
+        }
+        let mut table = [0u8; 256];
+        table.iter_mut().for_each(|t| *t = rng.next_u64() as u8);
+        (biases, multipliers, shifts, table, rng.next_u64() as i8)
+    }
+
+    proptest! {
+        #[test]
+        fn dense_requantize_matches_reference(
+            width in 0usize..=crate::MAX_WIDTH,
+            rows in 1usize..40,
+            zero_point in -128i32..=127,
+            seed in any::<u64>(),
+        ) {
+            let mut rng = crate::noise::SplitMix64::new(seed);
+            let weights: Vec<u8> = (0..rows * width)
+                .map(|_| ((rng.next_u64() % 255) as i32 - 127) as i8 as u8)
+                .collect();
+            let x: Vec<i8> = (0..width).map(|_| rng.next_u64() as i8).collect();
+            let (biases, multipliers, shifts, table, preact_zero_point) =
+                random_stage(&mut rng, rows);
+            let stage = OutputStage {
+                biases: &biases,
+                multipliers: &multipliers,
+                shifts: &shifts,
+                preact_zero_point,
+                table: &table,
+            };
+            let mut expect = vec![0i8; rows];
+            dense_requantize_reference(&weights, rows, &x, zero_point, &stage, &mut expect);
+            let mut got = vec![0i8; rows + 1];
+            dense_requantize(&weights, rows, &x, zero_point, &stage, &mut got);
+            prop_assert_eq!(&got[..rows], &expect[..]);
+            prop_assert_eq!(got[rows], 0, "wrote past the layer");
+            #[cfg(target_arch = "x86_64")]
+            for level in imp::Level::available() {
+                let mut got = vec![0i8; rows];
+                imp::dense_requantize_with(
+                    &weights, rows, &x, zero_point, &stage, &mut got, level,
+                );
                 prop_assert_eq!(&got, &expect, "{:?}", level);
             }
         }

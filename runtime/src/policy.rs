@@ -8,9 +8,9 @@
 //! scaled to the env's bounds. With nfe = 1 this is FLAME-M's `a = clip(z − u(z, 0, 1))`.
 
 use crate::blob::{f32_at, i32_at, HiddenLayer, PolicyBlob};
-use crate::kernels::{dense, dense_chunks};
+use crate::kernels::{dense, dense_requantize, OutputStage};
 use crate::noise::SplitMix64;
-use crate::quant::{requantize_into, round_half_away_f32, saturate_i8};
+use crate::quant::{round_half_away_f32, saturate_i8};
 use crate::{BlobError, MAX_ACT, MAX_WIDTH};
 use serde::{Deserialize, Serialize};
 
@@ -201,29 +201,20 @@ impl<'a> Policy<'a> {
 /// One hidden layer: dense int8, per-channel requantization, activation table.
 fn hidden_layer(layer: &HiddenLayer<'_>, bias_set: usize, x: &[i8], y: &mut [i8]) {
     let out_dim = layer.out_dim as usize;
+    let stage = OutputStage {
+        biases: &layer.biases[4 * bias_set * out_dim..4 * (bias_set + 1) * out_dim],
+        multipliers: &layer.multipliers[..4 * out_dim],
+        shifts: &layer.shifts[..out_dim],
+        preact_zero_point: layer.preact_zero_point,
+        table: layer
+            .activation
+            .try_into()
+            .expect("validated: 256-entry activation table"),
+    };
+    // The parser accepts only m ≥ 0 and shifts in range, what the kernel's requantization
+    // assumes.
     let zp = layer.input_zero_point as i32;
-    let biases = &layer.biases[4 * bias_set * out_dim..4 * (bias_set + 1) * out_dim];
-    let (multipliers, shifts) = (&layer.multipliers[..4 * out_dim], &layer.shifts[..out_dim]);
-    let y = &mut y[..out_dim];
-    let table: &[u8; 256] = layer
-        .activation
-        .try_into()
-        .expect("validated: 256-entry activation table");
-    let preact_zero_point = layer.preact_zero_point as i32;
-    // Requantize each run of channels as the kernel hands it over.
-    dense_chunks(layer.weights, out_dim, x, zp, |c0, accs| {
-        // `requantize` (inside) is `multiply_by_quantized_multiplier` for the multipliers
-        // the parser accepts (m ≥ 0, shift in range).
-        requantize_into(
-            accs,
-            &biases[4 * c0..],
-            &multipliers[4 * c0..],
-            &shifts[c0..],
-            preact_zero_point,
-            table,
-            &mut y[c0..],
-        );
-    });
+    dense_requantize(layer.weights, out_dim, x, zp, &stage, &mut y[..out_dim]);
 }
 
 #[inline]

@@ -498,6 +498,95 @@ fn with_input_zero_point(blob: &[u8], zero_point: i8) -> Vec<u8> {
     runtime::blob::encode(&parsed).unwrap()
 }
 
+/// Copy of `blob` whose hidden layers' output stages hit the edges of what the parser
+/// accepts, on about half of the channels: shifts anywhere in −31..=30 (left shifts and 0
+/// included), multipliers 0, 1, `i32::MAX` or small enough that left shifts do not always
+/// saturate, biases up to the i32 extremes (wrapping sums, saturating left shifts); plus a
+/// random activation table and pre-activation zero point per layer, so that a wrong code
+/// anywhere changes the next layer's input.
+fn with_edge_output_stages(blob: &[u8], seed: u64) -> Vec<u8> {
+    let base = runtime::PolicyBlob::parse(blob).unwrap();
+    let mut rng = SplitMix64::new(seed);
+    let mut stages = Vec::new();
+    for layer in base.hidden.iter() {
+        let (mut biases, mut multipliers, mut shifts) = (
+            layer.biases.to_vec(),
+            layer.multipliers.to_vec(),
+            layer.shifts.to_vec(),
+        );
+        let out_dim = layer.out_dim as usize;
+        for c in 0..out_dim {
+            let r = rng.next_u64();
+            if r & 1 == 0 {
+                continue;
+            }
+            let shift = match (r >> 1) % 4 {
+                0 => ((r >> 8) % 62) as i32 - 31,
+                1 => -(((r >> 8) % 3) as i32) - 29,
+                _ => shifts[c] as i8 as i32 + ((r >> 8) % 5) as i32 - 2,
+            }
+            .clamp(-31, 30);
+            let m: i32 = match (r >> 16) % 8 {
+                0 => [0, 1, 2, i32::MAX, 1 << 30, (1 << 30) - 1][(r >> 24) as usize % 6],
+                1 | 2 => (r >> 33) as i32 & 0xFFFF,
+                _ => (1 << 30) | (r >> 34) as i32,
+            };
+            shifts[c] = shift as i8 as u8;
+            multipliers[4 * c..4 * c + 4].copy_from_slice(&m.to_le_bytes());
+            for set in 0..biases.len() / (4 * out_dim) {
+                let at = 4 * (set * out_dim + c);
+                let bias: i32 = match (rng.next_u64() >> 40) % 8 {
+                    0 => [i32::MIN, i32::MAX, i32::MIN + 1, -1, 0, 1 << 30][(r >> 48) as usize % 6],
+                    1 => rng.next_u64() as i32,
+                    _ => continue,
+                };
+                biases[at..at + 4].copy_from_slice(&bias.to_le_bytes());
+            }
+        }
+        let table: Vec<u8> = (0..256).map(|_| rng.next_u64() as u8).collect();
+        stages.push((biases, multipliers, shifts, table, rng.next_u64() as i8));
+    }
+    let mut parsed = base.clone();
+    for (layer, (biases, multipliers, shifts, table, zp)) in parsed.hidden.iter_mut().zip(&stages) {
+        layer.biases = biases;
+        layer.multipliers = multipliers;
+        layer.shifts = shifts;
+        layer.activation = table;
+        layer.preact_zero_point = *zp;
+    }
+    let out = runtime::blob::encode(&parsed).unwrap();
+    Policy::from_bytes(&out).expect("edge output stages are valid");
+    out
+}
+
+/// The Cortex-M4 layer loop (bias-started accumulators, requantization and table lookup in
+/// assembly, left shifts on its out-of-line path) against the host on output stages at the
+/// edges of the accepted range, with row counts that are and are not multiples of 4 and
+/// ragged widths.
+#[test]
+fn output_stages_at_the_edges_are_bit_exact() {
+    let shape = |obs_dim, act_dim, hidden: &[usize], nfe, seed| FixtureSpec {
+        obs_dim,
+        act_dim,
+        hidden: hidden.to_vec(),
+        nfe,
+        seed,
+    };
+    let blobs = [
+        with_edge_output_stages(
+            &with_input_zero_point(&fixture_blob(&shape(13, 3, &[37, 20, 132], 2, 201)), -9),
+            1,
+        ),
+        with_edge_output_stages(&fixture_blob(&shape(17, 6, &[256, 64, 256], 1, 202)), 2),
+        with_edge_output_stages(&fixture_blob(&shape(5, 2, &[7, 4, 9], 1, 203)), 3),
+    ];
+    for (i, blob) in blobs.iter().enumerate() {
+        let (mut link, first) = boot(blob, None);
+        expect_info(&first, blob);
+        check_bit_exact(&mut link, blob, 60, 70 + i as u64);
+    }
+}
+
 /// The Cortex-M4 kernels (SXTB16/SADD16/SMLAD, four-row and one-row passes entered at a
 /// computed group, zero padding) against the host runtime on shapes that hit every edge:
 /// widths that are not multiples of 4 (ragged last rows take the exact path), layers
