@@ -989,6 +989,28 @@ mod imp {
         };
     }
 
+    // `requant!` for a block whose four shifts are all negative: r11 holds their `!shift`
+    // bytes, this channel's lowest (register shifts read only the low byte).
+    #[rustfmt::skip]
+    macro_rules! requant_right {
+        ($x:literal) => {
+            concat!(
+                "ldr r10, [r0], #4\n",
+                "lsl r12, r7, r11\n",
+                "add r12, r12, ", $x, ", asr #31\n",
+                "lsl lr, r12, #31\n",
+                "orr lr, lr, #0x40000000\n",
+                "asr r12, r12, #1\n",
+                "smlal lr, r12, ", $x, ", r10\n",
+                "asr ", $x, ", r12, r11\n",
+                "qadd ", $x, ", ", $x, ", r6\n",
+                "usat ", $x, ", #8, ", $x, "\n",
+                "ldrb ", $x, ", [r3, ", $x, "]\n",
+                "strb ", $x, ", [r2], #1\n",
+            )
+        };
+    }
+
     // `quant::requantize` for shift ≥ 0 (r11 = !shift): `x` saturated times 2^shift, then
     // the rounding high multiply.
     #[rustfmt::skip]
@@ -1044,16 +1066,34 @@ mod imp {
         "add r2, r1, r11",
         "blx r12",
         "ldm sp, {{r0, r1, r2, r3, r6, r7}}",
-        requant!("r4", "71", "81"),
-        requant!("r5", "72", "82"),
-        requant!("r9", "73", "83"),
-        requant!("r8", "74", "84"),
+        // The four shifts at once; all negative (bit 7 of each `!shift` clear): the
+        // right-shift path without per-channel tests.
+        "ldr r11, [r1], #4",
+        "mvn r11, r11",
+        "tst r11, #0x80808080",
+        "bne 79f",
+        requant_right!("r4"),
+        "lsr r11, r11, #8",
+        requant_right!("r5"),
+        "lsr r11, r11, #8",
+        requant_right!("r9"),
+        "lsr r11, r11, #8",
+        requant_right!("r8"),
+        "89:",
         "stm sp, {{r0, r1, r2}}",
         "ldr r10, [sp, #48]",
         "cmp r2, r10",
         "bne 2b",
         "add sp, #52",
         "pop {{r4-r11, pc}}",
+        // A block with a shift ≥ 0: per channel.
+        "79:",
+        "sub r1, r1, #4",
+        requant!("r4", "71", "81"),
+        requant!("r5", "72", "82"),
+        requant!("r9", "73", "83"),
+        requant!("r8", "74", "84"),
+        "b 89b",
         requant_slow!("r4", "71", "81"),
         requant_slow!("r5", "72", "82"),
         requant_slow!("r9", "73", "83"),
