@@ -831,11 +831,26 @@ mod imp {
         let offset = ((-zero_point) as u32 & 0xFFFF).wrapping_mul(0x0001_0001);
         let full = width / 4;
         let src = x.as_ptr() as *const u32;
-        for (g, pair) in xw.chunks_exact_mut(2).take(full).enumerate() {
+        // Two groups per iteration (fewer loop instructions), then the odd one.
+        for (g, quad) in xw.chunks_exact_mut(4).take(full / 2).enumerate() {
+            // SAFETY: bytes 8g..8g+8 of `x` (2g + 1 < width / 4); two unaligned LDRs.
+            let (a, b) = unsafe {
+                (
+                    src.add(2 * g).read_unaligned(),
+                    src.add(2 * g + 1).read_unaligned(),
+                )
+            };
+            quad[0].write(sadd16(sxtb16(a), offset));
+            quad[1].write(sadd16(sxtb16_ror8(a), offset));
+            quad[2].write(sadd16(sxtb16(b), offset));
+            quad[3].write(sadd16(sxtb16_ror8(b), offset));
+        }
+        if full % 2 == 1 {
+            let g = full - 1;
             // SAFETY: bytes 4g..4g+4 of `x` (g < width / 4); one unaligned LDR.
             let w = unsafe { src.add(g).read_unaligned() };
-            pair[0].write(sadd16(sxtb16(w), offset));
-            pair[1].write(sadd16(sxtb16_ror8(w), offset));
+            xw[2 * g].write(sadd16(sxtb16(w), offset));
+            xw[2 * g + 1].write(sadd16(sxtb16_ror8(w), offset));
         }
         let groups = width.div_ceil(4);
         if groups > full {
