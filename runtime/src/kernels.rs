@@ -15,6 +15,12 @@
 //!   multiplied with dual 16-bit MACs (`SMLAD`), four output rows per pass so each input
 //!   word is loaded once per four rows.
 //!
+//! A hidden layer is [`dense_requantize`] (spec: [`dense_requantize_reference`]): the sums
+//! plus the per-channel bias, requantization and activation table of [`OutputStage`]. On
+//! the Cortex-M4 its whole blocks of four rows run in one assembly loop that keeps the
+//! bias, the requantization (`quant::requantize`, `SMLAL`-based) and the table lookup in
+//! registers; elsewhere it is [`dense_chunks`] + `quant::requantize_into`.
+//!
 //! Both are exact integer arithmetic, so they equal the reference bit for bit: host
 //! property tests compare them on random inputs, and the firmware in QEMU runs the Arm
 //! path against the host's answers (`tests/tests/firmware_qemu.rs`).
