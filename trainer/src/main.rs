@@ -326,15 +326,19 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     Ok(c)
 }
 
-/// Flags that only one family of agents has: refuse them for the other, by name.
-fn refuse_flags_of_the_other_algorithm(a: &TrainArgs, algo: Algo) -> Result<()> {
-    let sac_only = [
+/// The flags only SAC has, and whether each was given.
+fn sac_only_flags(a: &TrainArgs) -> [(&'static str, bool); 4] {
+    [
         ("--q-lr", a.q_lr.is_some()),
         ("--policy-lr", a.policy_lr.is_some()),
         ("--target-frequency", a.target_frequency.is_some()),
         ("--activation", a.activation.is_some()),
-    ];
-    let flame_only = [
+    ]
+}
+
+/// The flags only FLAME-M / FLAME-R have, and whether each was given.
+fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 14] {
+    [
         ("--lr", a.lr.is_some()),
         ("--final-policy-lr", a.final_policy_lr.is_some()),
         ("--nfe", a.nfe.is_some()),
@@ -349,7 +353,12 @@ fn refuse_flags_of_the_other_algorithm(a: &TrainArgs, algo: Algo) -> Result<()> 
         ("--entropy-states", a.entropy_states.is_some()),
         ("--time-dim", a.time_dim.is_some()),
         ("--adaptive-loss-power", a.adaptive_loss_power.is_some()),
-    ];
+    ]
+}
+
+/// Flags that only one family of agents has: refuse them for the other, by name.
+fn refuse_flags_of_the_other_algorithm(a: &TrainArgs, algo: Algo) -> Result<()> {
+    let (sac_only, flame_only) = (sac_only_flags(a), flame_only_flags(a));
     let (foreign, owner) = match algo {
         Algo::Sac => (&flame_only[..], "flame-m and flame-r"),
         Algo::FlameM | Algo::FlameR => (&sac_only[..], "sac"),
@@ -387,35 +396,19 @@ fn refuse_flags_with_resume(a: &TrainArgs) -> Result<()> {
         ("--progress-every", a.progress_every.is_some()),
         ("--gamma", a.gamma.is_some()),
         ("--tau", a.tau.is_some()),
-        ("--q-lr", a.q_lr.is_some()),
-        ("--policy-lr", a.policy_lr.is_some()),
         ("--alpha-lr", a.alpha_lr.is_some()),
         ("--alpha", a.alpha.is_some()),
         ("--no-autotune", a.no_autotune),
         ("--target-entropy-scale", a.target_entropy_scale.is_some()),
         ("--policy-frequency", a.policy_frequency.is_some()),
-        ("--target-frequency", a.target_frequency.is_some()),
         ("--reward-scale", a.reward_scale.is_some()),
         ("--hidden", a.hidden.is_some()),
         ("--critic-hidden", a.critic_hidden.is_some()),
-        ("--activation", a.activation.is_some()),
         ("--inject-nan-at-update", a.inject_nan_at_update.is_some()),
-        ("--lr", a.lr.is_some()),
-        ("--final-policy-lr", a.final_policy_lr.is_some()),
-        ("--nfe", a.nfe.is_some()),
-        ("--candidates", a.candidates.is_some()),
-        ("--particles", a.particles.is_some()),
-        ("--noise-std", a.noise_std.is_some()),
-        ("--noise-scale", a.noise_scale.is_some()),
-        ("--q-grad-weight", a.q_grad_weight.is_some()),
-        ("--entropy-in-td", a.entropy_in_td),
-        ("--entropy-steps", a.entropy_steps.is_some()),
-        ("--log-det", a.log_det.is_some()),
-        ("--entropy-states", a.entropy_states.is_some()),
-        ("--time-dim", a.time_dim.is_some()),
-        ("--adaptive-loss-power", a.adaptive_loss_power.is_some()),
     ];
-    if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+    let (sac_only, flame_only) = (sac_only_flags(a), flame_only_flags(a));
+    let mut all = given.iter().chain(&sac_only).chain(&flame_only);
+    if let Some((flag, _)) = all.find(|(_, g)| *g) {
         anyhow::bail!(
             "{flag} cannot be combined with --resume: a resumed run keeps its own configuration (only --steps and --max-wall may change)"
         );

@@ -160,38 +160,7 @@ impl TrainConfig {
             );
         }
         if let Some(s) = &self.sac {
-            for (name, v) in [
-                ("--gamma", s.gamma),
-                ("--tau", s.tau),
-                ("--q-lr", s.q_lr),
-                ("--policy-lr", s.policy_lr),
-                ("--alpha-lr", s.alpha_lr),
-                ("--alpha", s.init_alpha),
-                ("--reward-scale", s.reward_scale),
-            ] {
-                ensure!(
-                    v.is_finite() && v > 0.0,
-                    "{name} must be a positive number, got {v}"
-                );
-            }
-            ensure!(s.gamma <= 1.0, "--gamma must be at most 1");
-            ensure!(s.tau <= 1.0, "--tau must be at most 1");
-            ensure!(
-                s.policy_frequency >= 1,
-                "--policy-frequency must be at least 1"
-            );
-            ensure!(
-                s.target_frequency >= 1,
-                "--target-frequency must be at least 1"
-            );
-            ensure!(
-                !s.policy_hidden.is_empty() && s.policy_hidden.iter().all(|&h| h > 0),
-                "--hidden needs positive widths"
-            );
-            ensure!(
-                !s.critic_hidden.is_empty() && s.critic_hidden.iter().all(|&h| h > 0),
-                "--critic-hidden needs positive widths"
-            );
+            s.validate()?;
         }
         Ok(())
     }

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::sac::ScalarAdam;
-use super::{Agent, UpdateStats};
+use super::{validate_common, Agent, UpdateStats};
 use crate::critic::TwinCritic;
 use crate::flame::entropy::{chain_log_prob, LogDet, VelocityField};
 use crate::flame::posterior::{candidate_velocities, sample_candidates};
@@ -171,23 +171,20 @@ impl FlameConfig {
 impl FlameConfig {
     /// Refuses values the agent cannot run with, naming the flag.
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
-            ("--gamma", self.gamma),
-            ("--tau", self.tau),
-            ("--lr", self.lr),
-            ("--final-policy-lr", self.final_policy_lr),
-            ("--alpha-lr", self.alpha_lr),
-            ("--alpha", self.init_alpha),
-            ("--reward-scale", self.reward_scale),
-            ("--noise-std", self.noise_std),
-        ] {
-            ensure!(
-                v.is_finite() && v > 0.0,
-                "{name} must be a positive number, got {v}"
-            );
-        }
-        ensure!(self.gamma <= 1.0, "--gamma must be at most 1");
-        ensure!(self.tau <= 1.0, "--tau must be at most 1");
+        validate_common(
+            &[
+                ("--lr", self.lr),
+                ("--final-policy-lr", self.final_policy_lr),
+                ("--alpha-lr", self.alpha_lr),
+                ("--alpha", self.init_alpha),
+                ("--reward-scale", self.reward_scale),
+                ("--noise-std", self.noise_std),
+            ],
+            (self.gamma, self.tau),
+            self.policy_frequency,
+            &self.policy_hidden,
+            &self.critic_hidden,
+        )?;
         ensure!(self.nfe >= 1, "--nfe must be at least 1");
         ensure!(self.candidates >= 1, "--candidates (K) must be at least 1");
         ensure!(self.particles >= 1, "--particles must be at least 1");
@@ -198,10 +195,6 @@ impl FlameConfig {
         ensure!(
             self.entropy_states >= 1,
             "--entropy-states must be at least 1"
-        );
-        ensure!(
-            self.policy_frequency >= 1,
-            "--policy-frequency must be at least 1"
         );
         ensure!(
             self.t_min > 0.0 && self.t_min < self.t_max && self.t_max < 1.0,
@@ -218,14 +211,6 @@ impl FlameConfig {
                 "{name} must be a non-negative number, got {v}"
             );
         }
-        ensure!(
-            !self.policy_hidden.is_empty() && self.policy_hidden.iter().all(|&h| h > 0),
-            "--hidden needs positive widths"
-        );
-        ensure!(
-            !self.critic_hidden.is_empty() && self.critic_hidden.iter().all(|&h| h > 0),
-            "--critic-hidden needs positive widths"
-        );
         ensure!(
             self.time_dim >= 2 && self.time_dim.is_multiple_of(2),
             "--time-dim must be even and at least 2"

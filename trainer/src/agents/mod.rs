@@ -12,7 +12,7 @@ pub mod sac;
 
 use std::collections::HashMap;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use tch::Tensor;
 
 use crate::replay::Batch;
@@ -63,4 +63,38 @@ pub trait Agent {
     /// The observation normalizer the policy consumes (identity for SAC, which, like
     /// CleanRL, feeds raw observations).
     fn normalizer(&self) -> Normalizer;
+}
+
+/// What every agent's configuration must satisfy, each refusal naming its flag: the
+/// `positive` values finite and > 0, γ and τ at most 1, delayed updates at least every
+/// update, hidden widths positive.
+pub fn validate_common(
+    positive: &[(&str, f64)],
+    (gamma, tau): (f64, f64),
+    policy_frequency: u64,
+    policy_hidden: &[usize],
+    critic_hidden: &[usize],
+) -> Result<()> {
+    for &(name, v) in positive.iter().chain(&[("--gamma", gamma), ("--tau", tau)]) {
+        ensure!(
+            v.is_finite() && v > 0.0,
+            "{name} must be a positive number, got {v}"
+        );
+    }
+    ensure!(gamma <= 1.0, "--gamma must be at most 1");
+    ensure!(tau <= 1.0, "--tau must be at most 1");
+    ensure!(
+        policy_frequency >= 1,
+        "--policy-frequency must be at least 1"
+    );
+    for (name, widths) in [
+        ("--hidden", policy_hidden),
+        ("--critic-hidden", critic_hidden),
+    ] {
+        ensure!(
+            !widths.is_empty() && widths.iter().all(|&h| h > 0),
+            "{name} needs positive widths"
+        );
+    }
+    Ok(())
 }

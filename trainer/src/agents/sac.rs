@@ -18,11 +18,11 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::{Agent, UpdateStats};
+use super::{validate_common, Agent, UpdateStats};
 use crate::critic::TwinCritic;
 use crate::mlp::{
     checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape,
@@ -139,6 +139,30 @@ impl ScalarAdam {
         let m_hat = self.m / (1.0 - c.beta1.powi(self.steps as i32));
         let v_hat = self.v / (1.0 - c.beta2.powi(self.steps as i32));
         *x -= c.lr * m_hat / (v_hat.sqrt() + c.eps);
+    }
+}
+
+impl SacConfig {
+    /// Refuses values the agent cannot run with, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        validate_common(
+            &[
+                ("--q-lr", self.q_lr),
+                ("--policy-lr", self.policy_lr),
+                ("--alpha-lr", self.alpha_lr),
+                ("--alpha", self.init_alpha),
+                ("--reward-scale", self.reward_scale),
+            ],
+            (self.gamma, self.tau),
+            self.policy_frequency,
+            &self.policy_hidden,
+            &self.critic_hidden,
+        )?;
+        ensure!(
+            self.target_frequency >= 1,
+            "--target-frequency must be at least 1"
+        );
+        Ok(())
     }
 }
 
