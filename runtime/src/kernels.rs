@@ -203,6 +203,33 @@ mod imp {
     use super::CHUNK;
     use crate::MAX_WIDTH;
 
+    /// The chunk driver of the SSE2 and AVX2 kernels: complete blocks of four rows through
+    /// the calling module's `rows4`, the rest of the rows through `dot_widened`; a width-0
+    /// layer sums to 0.
+    macro_rules! four_rows_at_a_time {
+        ($block:expr, $width:expr, $xw:expr, $out:expr) => {{
+            let (block, width, out) = ($block, $width, $out);
+            let xw = &$xw[..width];
+            let mut r = 0;
+            for (o, rows) in out
+                .chunks_exact_mut(4)
+                .zip(block.chunks_exact(4 * width.max(1)))
+            {
+                o.copy_from_slice(&rows4(rows, width, xw));
+                r += 4;
+            }
+            for (o, row) in out[r..]
+                .iter_mut()
+                .zip(block[r * width..].chunks_exact(width.max(1)))
+            {
+                *o = super::dot_widened(row, xw);
+            }
+            if width == 0 {
+                out.fill(0);
+            }
+        }};
+    }
+
     /// Which x86-64 kernel runs (tests run every one the CPU has).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     #[cfg_attr(not(any(test, feature = "std")), allow(dead_code))]
@@ -409,24 +436,7 @@ mod imp {
             xw: &[i16; crate::MAX_WIDTH],
             out: &mut [i32],
         ) {
-            let xw = &xw[..width];
-            let mut r = 0;
-            for (o, rows) in out
-                .chunks_exact_mut(4)
-                .zip(block.chunks_exact(4 * width.max(1)))
-            {
-                o.copy_from_slice(&rows4(rows, width, xw));
-                r += 4;
-            }
-            for (o, row) in out[r..]
-                .iter_mut()
-                .zip(block[r * width..].chunks_exact(width.max(1)))
-            {
-                *o = super::dot_widened(row, xw);
-            }
-            if width == 0 {
-                out.fill(0);
-            }
+            four_rows_at_a_time!(block, width, xw, out);
         }
 
         /// The four rows of `block` (`4 × width` bytes) against `xw` (`width` int16).
@@ -480,24 +490,7 @@ mod imp {
         /// Sums of the `out.len()` rows of `block` (`width` bytes each) against `xw`.
         #[inline(always)]
         pub fn chunk(block: &[u8], width: usize, xw: &[i16; crate::MAX_WIDTH], out: &mut [i32]) {
-            let xw = &xw[..width];
-            let mut r = 0;
-            for (o, rows) in out
-                .chunks_exact_mut(4)
-                .zip(block.chunks_exact(4 * width.max(1)))
-            {
-                o.copy_from_slice(&rows4(rows, width, xw));
-                r += 4;
-            }
-            for (o, row) in out[r..]
-                .iter_mut()
-                .zip(block[r * width..].chunks_exact(width.max(1)))
-            {
-                *o = super::dot_widened(row, xw);
-            }
-            if width == 0 {
-                out.fill(0);
-            }
+            four_rows_at_a_time!(block, width, xw, out);
         }
 
         /// Sign-extend 16 weight bytes to two vectors of eight int16.
