@@ -238,6 +238,15 @@ pub struct Flame {
     device: Device,
 }
 
+/// Which policy parameters a sampler pass uses.
+#[derive(Clone, Copy)]
+enum Weights<'a> {
+    /// The online parameters, differentiable (policy gradients).
+    Online,
+    /// A detached copy (the EMA acting policy), no gradient.
+    Copy(&'a Tensor),
+}
+
 /// The policy network as a velocity field for the entropy chain, conditioned on states.
 struct PolicyField<'a> {
     flame: &'a Flame,
@@ -349,18 +358,34 @@ impl Flame {
         Tensor::full([n, 1], value, (Kind::Float, self.device))
     }
 
-    /// The action `clip(z_N)` after the flow's steps from base sample `z`, with the given
-    /// parameters: FLAME-M one step `z − u(z, 0, 1)`, FLAME-R N Euler steps. The steps
-    /// are [`flow_steps`], exactly what the exporter folds into the blob.
-    fn sample(&self, params: &Tensor, obs: &Tensor, z: &Tensor) -> Tensor {
+    /// The action `clip(z_N)` after the flow's steps from base sample `z`: FLAME-M one
+    /// step `z − u(z, 0, 1)`, FLAME-R N Euler steps. The steps are [`flow_steps`],
+    /// exactly what the exporter folds into the blob. With [`Weights::Online`] the result
+    /// is differentiable in the policy's parameters (the Q-gradient term needs that).
+    fn sample(&self, weights: Weights<'_>, obs: &Tensor, z: &Tensor) -> Tensor {
         let n = obs.size()[0];
         let step = 1.0 / self.config.nfe as f64;
         let mut z = z.shallow_clone();
         for (r, t) in flow_steps(self.algorithm, self.config.nfe) {
             let input = self.policy_input(obs, &z, &self.column(n, r), &self.column(n, t));
-            z = &z - self.policy.forward_with(params, &input) * step;
+            let u = match weights {
+                Weights::Online => self.policy.forward(&input),
+                Weights::Copy(params) => self.policy.forward_with(params, &input),
+            };
+            z = &z - u * step;
         }
         z.clamp(-1.0, 1.0)
+    }
+
+    /// The Q-gradient term `−min Q̄(s, a_θ(s))` for base samples `z`, differentiable in
+    /// the online policy's parameters through the whole sampler.
+    fn q_gradient_term(&self, obs: &Tensor, z: &Tensor) -> Tensor {
+        let a_theta = self.sample(Weights::Online, obs, z);
+        let q = self
+            .critic
+            .net
+            .forward_with(&self.critic.target, &Tensor::cat(&[obs, &a_theta], 1));
+        -q.get(0).minimum(&q.get(1)).mean(Kind::Float)
     }
 
     fn base_noise(&self, n: i64) -> Tensor {
@@ -441,7 +466,7 @@ impl Agent for Flame {
             let (n, p, d) = (obs.size()[0], self.config.particles, self.act_dim as i64);
             // Best of N_p samples by min Q.
             let obs_p = obs.repeat_interleave_self_int(p, 0, None);
-            let actions = self.sample(&self.ema, &obs_p, &self.base_noise(n * p));
+            let actions = self.sample(Weights::Copy(&self.ema), &obs_p, &self.base_noise(n * p));
             let q = self.critic.min_q(&obs_p, &actions).view([n, p]);
             let best = q.argmax(1, true).view([n, 1, 1]).expand([n, 1, d], false);
             let chosen = actions.view([n, p, d]).gather(1, &best, false).view([n, d]);
@@ -461,7 +486,11 @@ impl Agent for Flame {
 
         // 1. Critic: one Adam step towards the TD target.
         let y = tch::no_grad(|| {
-            let next_action = self.sample(&self.ema, &batch.next_obs, &self.base_noise(b));
+            let next_action = self.sample(
+                Weights::Copy(&self.ema),
+                &batch.next_obs,
+                &self.base_noise(b),
+            );
             let mut bootstrap = self.critic.target_min_q(&batch.next_obs, &next_action);
             if c.entropy_in_td {
                 bootstrap += alpha * self.entropy(&self.ema, &batch.next_obs);
@@ -495,17 +524,11 @@ impl Agent for Flame {
         let adaptive = (per_sample.detach() + 1e-3).pow_tensor_scalar(-c.adaptive_loss_power);
         let flow_loss = per_sample.mean(Kind::Float);
         let weighted_flow_loss = (adaptive * &per_sample).mean(Kind::Float);
-        // −λ·min Q̄(s, a_θ(s)) through the sampler (skipped when λ = 0).
-        let q_pi = (c.q_grad_weight != 0.0).then(|| {
-            let a_theta = self.sample(&self.policy.params, &batch.obs, &self.base_noise(b));
-            let q_target = self.critic.net.forward_with(
-                &self.critic.target,
-                &Tensor::cat(&[&batch.obs, &a_theta], 1),
-            );
-            q_target.get(0).minimum(&q_target.get(1)).mean(Kind::Float)
-        });
-        let loss = match &q_pi {
-            Some(q) => weighted_flow_loss - c.q_grad_weight * q,
+        // λ·(−min Q̄(s, a_θ(s))) through the sampler (skipped when λ = 0).
+        let q_term =
+            (c.q_grad_weight != 0.0).then(|| self.q_gradient_term(&batch.obs, &self.base_noise(b)));
+        let loss = match &q_term {
+            Some(q) => weighted_flow_loss + c.q_grad_weight * q,
             None => weighted_flow_loss,
         };
         self.policy_adam.config.lr = self.policy_lr();
@@ -529,7 +552,7 @@ impl Agent for Flame {
             ("flow_loss", flow_loss.double_value(&[])),
             ("entropy", entropy),
         ]);
-        stats.extend(q_pi.map(|q| ("q_pi", q.double_value(&[]))));
+        stats.extend(q_term.map(|q| ("q_pi", -q.double_value(&[]))));
         stats
     }
 
@@ -542,7 +565,7 @@ impl Agent for Flame {
                 [obs.size()[0], self.act_dim as i64],
                 (Kind::Float, self.device),
             );
-            self.sample(&self.ema, &obs, &z)
+            self.sample(Weights::Copy(&self.ema), &obs, &z)
         })
     }
 
@@ -812,6 +835,22 @@ mod tests {
             .forward_with(&agent.ema, &agent.policy_input(&obs, &z, &r, &t));
         let got = net.forward(&obs, &z, &r, &t);
         assert!((got - expect).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    /// The Q-gradient term reaches the policy's parameters through the sampler (one
+    /// step and N steps): a detached sampler pass here once made `--q-grad-weight` a
+    /// silent no-op.
+    #[test]
+    fn q_gradient_term_moves_the_policy_parameters() {
+        for algorithm in [Algorithm::FlameM, Algorithm::FlameR] {
+            let agent = small_with(algorithm, 5, 3);
+            let opts = (Kind::Float, Device::Cpu);
+            let obs = Tensor::randn([16, 5], opts);
+            let z = Tensor::randn([16, 3], opts) * 0.5;
+            let grad = agent.policy.grad(&agent.q_gradient_term(&obs, &z));
+            let norm = grad.abs().sum(Kind::Float).double_value(&[]);
+            assert!(norm > 0.0, "{algorithm:?}: Q term gradient is zero");
+        }
     }
 
     /// The agent's own sampler (training, TD targets, evaluation) computes exactly what
