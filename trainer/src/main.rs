@@ -369,11 +369,6 @@ fn refuse_flags_of_the_other_algorithm(a: &TrainArgs, algo: Algo) -> Result<()> 
             algo.name()
         );
     }
-    if algo == Algo::FlameM && a.nfe.is_some_and(|n| n != 1) {
-        anyhow::bail!(
-            "--nfe: FLAME-M acts in one network evaluation; N-step acting is --algo flame-r"
-        );
-    }
     Ok(())
 }
 

@@ -155,7 +155,7 @@ impl TrainConfig {
             f.validate()?;
             ensure!(
                 self.algo != Algo::FlameM || f.nfe == 1,
-                "FLAME-M acts in one network evaluation (nfe 1), got nfe {}",
+                "--nfe {}: FLAME-M acts in one network evaluation; N-step acting is --algo flame-r",
                 f.nfe
             );
         }
