@@ -368,27 +368,23 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         }
     };
 
-    let mut fidelity = Vec::new();
-    let mut reports: Vec<PathBuf> = std::fs::read_dir(dir)
+    // The run directory's report files, listed once, in name order.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("listing {name}"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.to_string_lossy().ends_with(".report.json"))
+        .filter(|p| p.is_file())
         .collect();
-    reports.sort();
-    for p in reports {
-        fidelity.push(parse_report(&p)?);
-    }
-
-    let find = |suffix: &str| -> Result<Option<Value>> {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("listing {name}"))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && p.to_string_lossy().ends_with(suffix))
-            .collect();
-        paths.sort();
-        paths.first().map(|p| read_value(p)).transpose()
+    files.sort();
+    let ending = |suffix: &'static str| {
+        files
+            .iter()
+            .filter(move |p| p.to_string_lossy().ends_with(suffix))
     };
-    let (hil, size) = (find(".hil.json")?, find(".size.json")?);
+    let fidelity = ending(".report.json")
+        .map(|p| parse_report(p))
+        .collect::<Result<Vec<_>>>()?;
+    let first = |suffix| ending(suffix).next().map(|p| read_value(p)).transpose();
+    let (hil, size) = (first(".hil.json")?, first(".size.json")?);
 
     Ok(Run {
         nfe: get_u64(&config, "nfe"),
