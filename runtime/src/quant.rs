@@ -190,10 +190,10 @@ mod tests {
         )
     }
 
-    #[test]
-    fn fast_forms_equal_the_gemmlowp_forms() {
-        let mut rng = crate::noise::SplitMix64::new(7);
-        let edges = [
+    /// The i32 edge cases of the multiply stages, then `2·n` random values (full range,
+    /// and shifted right to every magnitude).
+    fn edge_and_random_values(seed: u64, n: usize) -> Vec<i32> {
+        let mut values = vec![
             0,
             1,
             -1,
@@ -212,12 +212,18 @@ mod tests {
             1 << 24,
             -(1 << 24),
         ];
-        let mut values: Vec<i32> = edges.to_vec();
-        for _ in 0..2000 {
+        let mut rng = crate::noise::SplitMix64::new(seed);
+        for _ in 0..n {
             let r = rng.next_u64();
             values.push(r as i32);
             values.push((r as i32) >> (r >> 59));
         }
+        values
+    }
+
+    #[test]
+    fn fast_forms_equal_the_gemmlowp_forms() {
+        let values = edge_and_random_values(7, 2000);
         for &a in &values {
             for &b in values.iter().step_by(7) {
                 assert_eq!(
@@ -240,29 +246,11 @@ mod tests {
     /// The merged form equals the two-step form for every multiplier a blob may hold.
     #[test]
     fn requantize_equals_the_two_step_form() {
-        let mut rng = crate::noise::SplitMix64::new(11);
-        let mut xs: Vec<i32> = vec![
-            0,
-            1,
-            -1,
-            2,
-            -2,
-            3,
-            -3,
-            i32::MIN,
-            i32::MIN + 1,
-            i32::MAX,
-            i32::MAX - 1,
-            1 << 30,
-            -(1 << 30),
-            1 << 24,
-            -(1 << 24),
-        ];
+        let xs = edge_and_random_values(11, 400);
         let mut ms: Vec<i32> = vec![0, 1, 2, 3, 1 << 30, (1 << 30) + 1, i32::MAX, i32::MAX - 1];
+        let mut rng = crate::noise::SplitMix64::new(12);
         for _ in 0..400 {
             let r = rng.next_u64();
-            xs.push(r as i32);
-            xs.push((r as i32) >> (r >> 59));
             ms.push((r >> 33) as i32);
             ms.push((1 << 30) | (r >> 34) as i32);
         }
