@@ -559,19 +559,23 @@ fn with_edge_output_stages(blob: &[u8], seed: u64) -> Vec<u8> {
     out
 }
 
+/// A fixture's shape: obs and act dims, hidden widths, flow steps, weight seed.
+fn shape(obs_dim: usize, act_dim: usize, hidden: &[usize], nfe: usize, seed: u64) -> FixtureSpec {
+    FixtureSpec {
+        obs_dim,
+        act_dim,
+        hidden: hidden.to_vec(),
+        nfe,
+        seed,
+    }
+}
+
 /// The Cortex-M4 layer loop (bias-started accumulators, requantization and table lookup in
 /// assembly, left shifts on its out-of-line path) against the host on output stages at the
 /// edges of the accepted range, with row counts that are and are not multiples of 4 and
 /// ragged widths.
 #[test]
 fn output_stages_at_the_edges_are_bit_exact() {
-    let shape = |obs_dim, act_dim, hidden: &[usize], nfe, seed| FixtureSpec {
-        obs_dim,
-        act_dim,
-        hidden: hidden.to_vec(),
-        nfe,
-        seed,
-    };
     let blobs = [
         with_edge_output_stages(
             &with_input_zero_point(&fixture_blob(&shape(13, 3, &[37, 20, 132], 2, 201)), -9),
@@ -596,13 +600,6 @@ fn output_stages_at_the_edges_are_bit_exact() {
 /// clamp actions.
 #[test]
 fn optimized_kernels_are_bit_exact_on_odd_shapes() {
-    let shape = |obs_dim, act_dim, hidden: &[usize], nfe, seed| FixtureSpec {
-        obs_dim,
-        act_dim,
-        hidden: hidden.to_vec(),
-        nfe,
-        seed,
-    };
     let blobs = [
         fixture_blob(&shape(13, 3, &[37, 5, 130], 2, 101)),
         with_input_zero_point(&fixture_blob(&shape(30, 1, &[9, 64, 511], 1, 102)), -37),
