@@ -5,14 +5,17 @@
 #
 #   scripts/gpu_train.sh pack              # on the workstation: stage .gpu/ (binary,
 #                                          # libmujoco, task XMLs), then carry .gpu over
-#   scripts/gpu_train.sh run WALL_S OUT    # on the GPU machine: FLAME-M, FLAME-R and SAC
-#                                          # on HalfCheetah-v5 in parallel for WALL_S
-#                                          # seconds each, export the flow policies, pack
-#                                          # each run directory into OUT/<run>.tar.gz
+#   scripts/gpu_train.sh run WALL_S OUT    # on the GPU machine: the RUNS on HalfCheetah-v5
+#                                          # in parallel for WALL_S seconds each, export
+#                                          # the flow policies, pack each run directory
+#                                          # into OUT/<run>.tar.gz
 #
-# DEVICE (default cuda), SEED (default 0) and PYTHON (the one with torch, default
-# python3) can be set; a run that dies within its
-# first 60 s on cuda is restarted on the CPU so the session still yields a run.
+# RUNS lists the runs as ALGO:SEED[:FLAG,VALUE,...] (default "flame-m:0 flame-r:0 sac:0");
+# the flags go to `trainer train` and are named in the run directory, e.g.
+# RUNS="flame-m:1 flame-m:0:--q-grad-weight,0" gives runs/gpu-flame-m-s1 and
+# runs/gpu-flame-m-s0-q-grad-weight-0. DEVICE (default cuda) and PYTHON (the one with
+# torch, default python3) can be set; a run that dies within its first 60 s on cuda is
+# restarted on the CPU so the session still yields a run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +33,7 @@ pack() {
 
 run() {
     local wall=$1 out=$2
-    local device=${DEVICE:-cuda} seed=${SEED:-0}
+    local device=${DEVICE:-cuda}
     local torch_lib
     torch_lib=$(${PYTHON:-python3} -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
     export LD_LIBRARY_PATH="$torch_lib:$PWD/$stage/lib"
@@ -40,37 +43,45 @@ run() {
     "$trainer" devices | tee "$out/devices.txt"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >>"$out/devices.txt" 2>&1 || true
 
-    declare -A pid
-    start() { # algo device wall
-        local dir="runs/gpu-$1-s$seed"
+    local -a names=() pids=() args=()
+    local spec algo seed flags name
+    # start INDEX DEVICE WALL: (re)start run INDEX of names/args.
+    start() {
+        local dir="runs/${names[$1]}"
         rm -rf "$dir"
-        "$trainer" train --algo "$1" --env HalfCheetah-v5 --seed "$seed" --device "$2" \
+        # shellcheck disable=SC2086 # args holds the run's flags, split on purpose
+        "$trainer" train ${args[$1]} --env HalfCheetah-v5 --device "$2" \
             --threads 4 --steps 1000000 --max-wall "$3" --eval-every 25000 \
             --checkpoint-every 50000 --progress-every 30 --out "$dir" \
             >"$dir.log" 2>&1 &
-        pid[$1]=$!
+        pids[$1]=$!
     }
-    for algo in flame-m flame-r sac; do start "$algo" "$device" "$wall"; done
+    for spec in ${RUNS:-flame-m:0 flame-r:0 sac:0}; do
+        IFS=: read -r algo seed flags <<<"$spec"
+        name="gpu-$algo-s$seed${flags:+-$(sed "s/--//g; s/,/-/g" <<<"$flags")}"
+        names+=("$name")
+        args+=("--algo $algo --seed $seed ${flags//,/ }")
+    done
+    for i in "${!names[@]}"; do start "$i" "$device" "$wall"; done
     sleep 60
-    for algo in flame-m flame-r sac; do
-        if ! kill -0 "${pid[$algo]}" 2>/dev/null && [ ! -f "runs/gpu-$algo-s$seed/summary.json" ]; then
-            echo "$algo died on $device:" && tail -5 "runs/gpu-$algo-s$seed.log"
-            cp "runs/gpu-$algo-s$seed.log" "runs/gpu-$algo-s$seed.$device-failure.log"
-            start "$algo" cpu $((wall - 60))
+    for i in "${!names[@]}"; do
+        if ! kill -0 "${pids[$i]}" 2>/dev/null && [ ! -f "runs/${names[$i]}/summary.json" ]; then
+            echo "${names[$i]} died on $device:" && tail -5 "runs/${names[$i]}.log"
+            cp "runs/${names[$i]}.log" "runs/${names[$i]}.$device-failure.log"
+            start "$i" cpu $((wall - 60))
         fi
     done
-    for algo in flame-m flame-r sac; do wait "${pid[$algo]}" || echo "$algo exited with $?"; done
-    for algo in flame-m flame-r; do
-        local dir="runs/gpu-$algo-s$seed"
-        [ -f "$dir/policy.safetensors" ] && "$trainer" export "$dir" --out "$dir/policy.blob" \
-            >"$dir/export.log" 2>&1 || echo "export of $algo failed: $(tail -2 "$dir/export.log")"
-    done
-    for algo in flame-m flame-r sac; do
-        local dir="runs/gpu-$algo-s$seed"
+    for i in "${!names[@]}"; do wait "${pids[$i]}" || echo "${names[$i]} exited with $?"; done
+    for name in "${names[@]}"; do
+        local dir="runs/$name"
+        if [ "${name#gpu-sac}" = "$name" ] && [ -f "$dir/policy.safetensors" ]; then
+            "$trainer" export "$dir" --out "$dir/policy.blob" >"$dir/export.log" 2>&1 \
+                || echo "export of $name failed: $(tail -2 "$dir/export.log")"
+        fi
         tail -4 "$dir.log" || true
         cp "$dir".*log "$dir/" 2>/dev/null || true
-        tar -czf "$out/gpu-$algo-s$seed.tar.gz" --exclude=checkpoint --exclude=checkpoint.old \
-            --exclude=checkpoint.tmp -C runs "gpu-$algo-s$seed"
+        tar -czf "$out/$name.tar.gz" --exclude=checkpoint --exclude=checkpoint.old \
+            --exclude=checkpoint.tmp -C runs "$name"
     done
     ls -la "$out"
 }
