@@ -432,7 +432,7 @@ impl Flame {
         let obs_k = obs.repeat_interleave_self_int(k, 0, None);
         let q = self
             .critic
-            .min_q(&obs_k, &candidates.view([b * k, d]))
+            .min_q_no_grad(&obs_k, &candidates.view([b * k, d]))
             .view([b, k]);
         let weights = (q / self.alpha_value()).softmax(1, Kind::Float);
         let v_bar = (weights.unsqueeze(-1) * velocities).sum_dim_intlist(1, false, Kind::Float);
@@ -467,7 +467,7 @@ impl Agent for Flame {
             // Best of N_p samples by min Q.
             let obs_p = obs.repeat_interleave_self_int(p, 0, None);
             let actions = self.sample(Weights::Copy(&self.ema), &obs_p, &self.base_noise(n * p));
-            let q = self.critic.min_q(&obs_p, &actions).view([n, p]);
+            let q = self.critic.min_q_no_grad(&obs_p, &actions).view([n, p]);
             let best = q.argmax(1, true).view([n, 1, 1]).expand([n, 1, d], false);
             let chosen = actions.view([n, p, d]).gather(1, &best, false).view([n, d]);
             if explore {
