@@ -15,8 +15,9 @@ use crate::mlp::{
 };
 
 /// Rows per block of [`TwinCritic::min_q_no_grad`] on the CPU: `[2, 512, 256]` f32
-/// activations are 1 MiB, within the L2 cache (blocks of 128–512 rows measured the same,
-/// 1024 lost most of the gain).
+/// activations are 1 MiB, within the L2 cache. `trainer bench --algo flame-m` here: 512
+/// rows 9.5 updates/s, 256 and 128 rows 8.6, one block 6.5; a pass timed alone lost most
+/// of the gain at 1024 rows.
 const CACHE_BLOCK_ROWS: i64 = 512;
 
 /// Twin critics `Q1, Q2 (s, a)` and their targets `Q̄1, Q̄2`.
@@ -75,7 +76,8 @@ impl TwinCritic {
     /// candidates, N_p·B particles). On the CPU the rows go through in blocks of
     /// [`CACHE_BLOCK_ROWS`] so each layer's activations stay in cache between the matmul
     /// and the activation: one pass over 25,600 rows of the 3×256 mish twin critic
-    /// drops from ~260 to ~190 ms on the 2-core workstation. On CUDA, one block (the
+    /// drops from ~260 to ~190 ms on the 2-core workstation (timed in the venv's torch
+    /// 2.11, the same libtorch). On CUDA, one block (the
     /// GPU is launch-bound at these sizes).
     pub fn min_q_no_grad(&self, obs: &Tensor, act: &Tensor) -> Tensor {
         let rows = obs.size()[0];
