@@ -7,17 +7,17 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use runtime::golden::{push_record, GoldenSet};
 use runtime::{NoiseMode, Policy, Scratch};
 use serde::Serialize;
-use tch::nn;
+use tch::{nn, Tensor};
 
 use crate::env;
 use crate::policy_net::{flow_steps, FlowPolicyNet};
 use crate::quantize::{quantize, FloatPolicy, PolicyMeta, ProvenanceInfo};
 use crate::rollout::{run_episode, to_f32};
-use crate::run_dir::{write_json, RunDir};
+use crate::run_dir::{write_json, Normalizer, RunConfig, RunDir};
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -84,13 +84,49 @@ impl std::fmt::Display for FidelityReport {
 pub fn load_float_policy(run: &Path) -> Result<(FloatPolicy, Vec<Vec<f32>>)> {
     let run = RunDir::open(run)?;
     let config = run.read_config()?;
-    let algorithm = config.algo.blob_algorithm()?;
     let normalizer = run.read_normalizer()?;
-    let spec = env::make(&config.env_id)?.spec().clone();
-    let mut vs = nn::VarStore::new(tch::Device::Cpu);
-    let net = FlowPolicyNet::new(&vs.root(), config.shape.clone());
-    vs.load(run.weights())
+    let weights = Tensor::read_safetensors(run.weights())
         .with_context(|| format!("loading {}", run.weights().display()))?;
+    let policy = float_policy(&config, normalizer, &weights)?;
+    let states = run.read_states(config.shape.obs_dim)?;
+    Ok((policy, states))
+}
+
+/// The [`FloatPolicy`] that a run's config, normalizer and policy weights (named as
+/// `FlowPolicyNet` names them) describe: what `trainer export` quantizes, and what the
+/// training loop quantizes for its int8 evaluation.
+pub fn float_policy(
+    config: &RunConfig,
+    normalizer: Normalizer,
+    weights: &[(String, Tensor)],
+) -> Result<FloatPolicy> {
+    let algorithm = config.algo.blob_algorithm()?;
+    let spec = env::make(&config.env_id)?.spec().clone();
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let net = FlowPolicyNet::new(&vs.root(), config.shape.clone());
+    let mut variables = vs.variables();
+    ensure!(
+        weights.len() == variables.len(),
+        "the policy weights hold {} tensors, the {:?} network has {}",
+        weights.len(),
+        config.shape.hidden,
+        variables.len()
+    );
+    tch::no_grad(|| -> Result<()> {
+        for (name, tensor) in weights {
+            let variable = variables
+                .get_mut(name)
+                .with_context(|| format!("the policy network has no tensor {name}"))?;
+            ensure!(
+                variable.size() == tensor.size(),
+                "{name}: shape {:?}, the network expects {:?}",
+                tensor.size(),
+                variable.size()
+            );
+            variable.copy_(tensor);
+        }
+        Ok(())
+    })?;
     let meta = PolicyMeta {
         env_id: config.env_id.clone(),
         algorithm,
@@ -106,9 +142,7 @@ pub fn load_float_policy(run: &Path) -> Result<(FloatPolicy, Vec<Vec<f32>>)> {
             seed: config.seed,
         },
     };
-    let policy = net.to_float_policy(meta, &flow_steps(algorithm, config.nfe))?;
-    let states = run.read_states(config.shape.obs_dim)?;
-    Ok((policy, states))
+    net.to_float_policy(meta, &flow_steps(algorithm, config.nfe))
 }
 
 /// Largest and mean action error (in half-range units) of the int8 policy on `states`.

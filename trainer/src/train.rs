@@ -31,6 +31,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use runtime::{NoiseMode, Policy, Scratch};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
@@ -38,8 +39,10 @@ use crate::agents::flame::{Flame, FlameConfig};
 use crate::agents::sac::{Sac, SacConfig};
 use crate::agents::Agent;
 use crate::env::{self, Env, EnvSpec, VecEnv, VecEnvSnapshot};
+use crate::export;
 use crate::plot::{learning_curve, CurvePoint};
 use crate::policy_net::PolicyShape;
+use crate::quantize::quantize;
 use crate::replay::ReplayBuffer;
 use crate::run_dir::{git_revision, read_json, write_json, Algo, RunConfig, RunDir};
 
@@ -237,6 +240,11 @@ pub struct EvalRow {
     /// as on the MCU; SAC: its mean action) over the same episodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_return_single: Option<f64>,
+    /// Mean return of the int8 runtime over the same episodes, deterministic (z = 0): the
+    /// acting policy quantized as `trainer export` does, with calibration states from
+    /// the replay buffer (FLAME only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_return_int8: Option<f64>,
     /// Mean return of the last 10 finished training episodes (NaN → null if none).
     pub train_return: Option<f64>,
     pub alpha: f64,
@@ -665,9 +673,8 @@ impl Trainer {
     }
 
     /// Mean, std and mean length of `eval_episodes` deterministic episodes (fixed seeds,
-    /// the same at every evaluation), stepped as one batch: the agent's evaluation action
-    /// (FLAME: best of N_p by min Q), or with `deployed` the deployed policy's action.
-    pub fn evaluate(&mut self, deployed: bool) -> Result<(f64, f64, f64)> {
+    /// the same at every evaluation), stepped as one batch, acting as `acting` says.
+    pub fn evaluate(&mut self, acting: Acting<'_>) -> Result<(f64, f64, f64)> {
         let k = self.config.eval_episodes;
         while self.eval_envs.len() < k {
             self.eval_envs.push(env::make(&self.config.env_id)?);
@@ -684,17 +691,20 @@ impl Trainer {
                 .iter()
                 .flat_map(|&j| obs[j].iter().map(|&v| v as f32))
                 .collect();
-            let o = Tensor::from_slice(&flat)
-                .view([active.len() as i64, obs_dim as i64])
-                .to_device(self.device);
-            let a = if deployed {
-                self.agent.act_deployed(&o)
-            } else {
-                self.agent.act(&o, false)
+            let env_a = match acting {
+                Acting::Int8(policy) => int8_actions(policy, &flat, obs_dim)?,
+                Acting::Agent | Acting::Deployed => {
+                    let o = Tensor::from_slice(&flat)
+                        .view([active.len() as i64, obs_dim as i64])
+                        .to_device(self.device);
+                    let a = match acting {
+                        Acting::Deployed => self.agent.act_deployed(&o),
+                        _ => self.agent.act(&o, false),
+                    };
+                    let a = a.to_device(Device::Cpu).contiguous();
+                    self.to_env_units(&Vec::<f32>::try_from(a.view([-1]))?)
+                }
             };
-            let a = a.to_device(Device::Cpu).contiguous();
-            let a = Vec::<f32>::try_from(a.view([-1]))?;
-            let env_a = self.to_env_units(&a);
             let mut still = Vec::with_capacity(active.len());
             for (r, &j) in active.iter().enumerate() {
                 let step = self.eval_envs[j].step(&env_a[r * act_dim..(r + 1) * act_dim])?;
@@ -723,11 +733,14 @@ impl Trainer {
     }
 
     fn evaluate_with_rates(&mut self, rates: (f64, f64)) -> Result<()> {
-        let (mean, std, len) = self.evaluate(false)?;
-        // SAC's deployed action is its evaluation action: no second pass.
-        let single = match self.config.algo {
-            Algo::Sac => None,
-            Algo::FlameM | Algo::FlameR => Some(self.evaluate(true)?.0),
+        let (mean, std, len) = self.evaluate(Acting::Agent)?;
+        // SAC's deployed action is its evaluation action, and the runtime cannot run it.
+        let (single, int8) = match self.config.algo {
+            Algo::Sac => (None, None),
+            Algo::FlameM | Algo::FlameR => (
+                Some(self.evaluate(Acting::Deployed)?.0),
+                self.evaluate_int8()?,
+            ),
         };
         let train_return = (!self.state.recent_returns.is_empty()).then(|| {
             self.state.recent_returns.iter().sum::<f64>() / self.state.recent_returns.len() as f64
@@ -740,6 +753,7 @@ impl Trainer {
             eval_return_std: std,
             eval_length: len,
             eval_return_single: single,
+            eval_return_int8: int8,
             train_return,
             alpha: self.agent.alpha(),
             updates_per_s: rates.0,
@@ -748,12 +762,39 @@ impl Trainer {
         });
         if self.config.progress_secs > 0.0 {
             let single = single.map_or(String::new(), |r| format!("; deployed (z = 0) {r:.1}"));
+            let single = single + &int8.map_or(String::new(), |r| format!(", int8 {r:.1}"));
             eprintln!(
                 "eval @ {} steps: return {mean:.1} ± {std:.1} (length {len:.0}, {} episodes){single}",
                 self.state.env_steps, self.config.eval_episodes
             );
         }
         self.write_metrics()
+    }
+
+    /// The int8 runtime's return on the evaluation episodes: the acting policy quantized
+    /// as `trainer export` quantizes it (min/max ranges from replay observations), acting
+    /// deterministically from z = 0 as the MCU does. `None`, with a warning, where the
+    /// policy does not quantize (the run goes on).
+    fn evaluate_int8(&mut self) -> Result<Option<f64>> {
+        let weights: Vec<(String, Tensor)> = self
+            .agent
+            .policy_tensors()
+            .into_iter()
+            .map(|(name, t)| (name, t.to_device(Device::Cpu)))
+            .collect();
+        let calibration = self.replay.observations(INT8_CALIBRATION_STATES);
+        let blob = export::float_policy(&self.run_config()?, self.agent.normalizer(), &weights)
+            .and_then(|float| quantize(&float, &calibration, 0));
+        let blob = match blob {
+            Ok(blob) => blob,
+            Err(e) => {
+                eprintln!("int8 evaluation skipped: {e:#}");
+                return Ok(None);
+            }
+        };
+        let policy = Policy::from_bytes(&blob)
+            .map_err(|e| anyhow::anyhow!("the quantized policy does not parse: {e}"))?;
+        Ok(Some(self.evaluate(Acting::Int8(&policy))?.0))
     }
 
     fn progress_line(&self, rates: (f64, f64), elapsed: f64) -> String {
@@ -887,7 +928,7 @@ impl Trainer {
             .collect();
         write_atomic(&run.root.join("metrics.csv"), |p| {
             let mut text = String::from(
-                "step,updates,wall_s,eval_return,eval_return_std,eval_length,eval_return_single,train_return,alpha,updates_per_s,env_steps_per_s",
+                "step,updates,wall_s,eval_return,eval_return_std,eval_length,eval_return_single,eval_return_int8,train_return,alpha,updates_per_s,env_steps_per_s",
             );
             for k in &keys {
                 text += &format!(",{k}");
@@ -895,7 +936,7 @@ impl Trainer {
             text.push('\n');
             for r in rows {
                 text += &format!(
-                    "{},{},{:.3},{},{},{},{},{},{},{:.2},{:.2}",
+                    "{},{},{:.3},{},{},{},{},{},{},{},{:.2},{:.2}",
                     r.step,
                     r.updates,
                     r.wall_s,
@@ -904,6 +945,7 @@ impl Trainer {
                     r.eval_length,
                     r.eval_return_single
                         .map_or(String::new(), |v| v.to_string()),
+                    r.eval_return_int8.map_or(String::new(), |v| v.to_string()),
                     r.train_return.map_or(String::new(), |v| v.to_string()),
                     r.alpha,
                     r.updates_per_s,
@@ -988,6 +1030,35 @@ impl Trainer {
         })?;
         self.write_config()
     }
+}
+
+/// How an evaluation acts.
+#[derive(Clone, Copy)]
+pub enum Acting<'a> {
+    /// The agent's evaluation action (FLAME: best of N_p samples by min Q; SAC: its mean).
+    Agent,
+    /// The deployed float policy (FLAME: one flow sample from z = 0, no critic).
+    Deployed,
+    /// The int8 runtime on a quantized policy, deterministic (z = 0).
+    Int8(&'a Policy<'a>),
+}
+
+/// Calibration states for the training-time int8 evaluation: as many as `trainer
+/// export` calibrates with (4/5 of the 5,000 states a run directory keeps).
+const INT8_CALIBRATION_STATES: usize = 4000;
+
+/// The runtime's actions (env units) for rows of observations `obs` (`obs_dim` each).
+fn int8_actions(policy: &Policy<'_>, obs: &[f32], obs_dim: usize) -> Result<Vec<f64>> {
+    let mut scratch = Scratch::new();
+    let mut action = vec![0f32; policy.act_dim()];
+    let mut out = Vec::with_capacity(obs.len() / obs_dim * action.len());
+    for row in obs.chunks(obs_dim) {
+        policy
+            .act(row, NoiseMode::Deterministic, &mut scratch, &mut action)
+            .map_err(|e| anyhow::anyhow!("int8 policy: {e}"))?;
+        out.extend(action.iter().map(|&a| a as f64));
+    }
+    Ok(out)
 }
 
 /// The checkpoint to resume from: `checkpoint/`, or `checkpoint.old/` if a crash hit

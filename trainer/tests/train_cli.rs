@@ -196,3 +196,67 @@ fn sac_run_has_its_outputs_resumes_and_is_refused_by_export() {
     assert!(err.contains("SAC runs cannot be exported"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A FLAME run's evaluations report the int8 runtime beside the float policy: the
+/// acting policy quantized at each evaluation and run from z = 0 on the same episodes.
+#[test]
+fn flame_run_evaluates_the_int8_runtime_beside_the_float_policy() {
+    let dir = scratch("flame-int8");
+    let out = dir.to_str().unwrap();
+    let (ok, _, err) = trainer(&[
+        "train",
+        "--algo",
+        "flame-m",
+        "--env",
+        "InvertedPendulum-v5",
+        "--steps",
+        "300",
+        "--learning-starts",
+        "100",
+        "--num-envs",
+        "1",
+        "--batch-size",
+        "16",
+        "--hidden",
+        "16,16",
+        "--critic-hidden",
+        "16,16",
+        "--candidates",
+        "8",
+        "--particles",
+        "4",
+        "--entropy-states",
+        "8",
+        "--eval-every",
+        "150",
+        "--eval-episodes",
+        "3",
+        "--threads",
+        "1",
+        "--progress-every",
+        "0",
+        "--out",
+        out,
+    ]);
+    assert!(ok, "{err}");
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().contains("eval_return_int8"),
+        "{csv}"
+    );
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{metrics}");
+    for row in &rows {
+        let float = row["eval_return_single"].as_f64().expect("float return");
+        let int8 = row["eval_return_int8"].as_f64().expect("int8 return");
+        assert!(
+            (int8 - float).abs() <= 0.2 * float.max(10.0),
+            "int8 {int8} vs float {float}: {row}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
