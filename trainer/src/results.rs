@@ -98,6 +98,8 @@ pub struct Eval {
     pub std: f64,
     /// `eval_return_single`: one float sample with z = 0, when the row has it.
     pub single: Option<f64>,
+    /// `eval_return_int8`: the int8 runtime from z = 0, when the row has it.
+    pub int8: Option<f64>,
     pub wall_s: Option<f64>,
     pub updates: Option<u64>,
 }
@@ -428,6 +430,7 @@ pub fn parse_metrics(text: &str, path: &Path) -> Result<Vec<Eval>> {
             ret,
             std: get_f64(&v, "eval_return_std").unwrap_or(f64::NAN),
             single: get_f64(&v, "eval_return_single"),
+            int8: get_f64(&v, "eval_return_int8"),
             wall_s: get_f64(&v, "wall_s"),
             updates: get_u64(&v, "updates"),
         });
@@ -600,11 +603,37 @@ pub fn render_markdown(runs: &[Run], milestones: &[u64], tolerance: f64) -> Stri
     md
 }
 
+/// A column of the last evaluation's other returns, shown where some run has them.
+struct FinalColumn {
+    header: &'static str,
+    value: fn(&Eval) -> Option<f64>,
+    meaning: &'static str,
+}
+
+const FINAL_COLUMNS: [FinalColumn; 2] = [
+    FinalColumn {
+        header: "final single (z=0)",
+        value: |e| e.single,
+        meaning: "the last evaluation acting with one float sample from z = 0 and no critic, \
+                  as the MCU does (the return columns use the training-time acting rule).",
+    },
+    FinalColumn {
+        header: "final int8 (z=0)",
+        value: |e| e.int8,
+        meaning: "the same from the int8 runtime, on the policy quantized at that evaluation \
+                  as `trainer export` quantizes it.",
+    },
+];
+
 fn render_env(md: &mut String, runs: &[Run], env: &str, milestones: &[u64], tolerance: f64) {
     let rows = runs_of(runs, env);
-    let single = rows
+    let extras: Vec<&FinalColumn> = FINAL_COLUMNS
         .iter()
-        .any(|r| r.evals.iter().any(|e| e.single.is_some()));
+        .filter(|c| {
+            rows.iter()
+                .any(|r| r.evals.iter().any(|e| (c.value)(e).is_some()))
+        })
+        .collect();
     let _ = writeln!(md, "## {env}\n");
     let mut header: Vec<String> = [
         "run",
@@ -621,9 +650,7 @@ fn render_env(md: &mut String, runs: &[Run], env: &str, milestones: &[u64], tole
     header.extend(milestones.iter().map(|&m| fmt_steps(m as f64)));
     header.push("final".into());
     header.push("best".into());
-    if single {
-        header.push("final single (z=0)".into());
-    }
+    header.extend(extras.iter().map(|c| c.header.to_string()));
     md.push_str(&table_row(&header));
     md.push_str(&table_row(&vec!["---".to_string(); header.len()]));
 
@@ -658,10 +685,10 @@ fn render_env(md: &mut String, runs: &[Run], env: &str, milestones: &[u64], tole
                 c.push(DASH.into());
             }
         }
-        if single {
+        for extra in &extras {
             c.push(
                 r.last()
-                    .and_then(|e| e.single)
+                    .and_then(extra.value)
                     .map_or(DASH.into(), |s| format!("{s:.1}")),
             );
         }
@@ -722,10 +749,10 @@ fn render_env(md: &mut String, runs: &[Run], env: &str, milestones: &[u64], tole
             .filter_map(|r| r.best())
             .map(|e| e.ret)
             .collect()));
-        if single {
+        for extra in &extras {
             c.push(agg(group
                 .iter()
-                .filter_map(|r| r.last().and_then(|e| e.single))
+                .filter_map(|r| r.last().and_then(extra.value))
                 .collect()));
         }
         md.push_str(&table_row(&c));
@@ -761,19 +788,12 @@ fn render_env(md: &mut String, runs: &[Run], env: &str, milestones: &[u64], tole
         }
         c.push(DASH.into());
         c.push(DASH.into());
-        if single {
-            c.push(DASH.into());
-        }
+        c.extend(extras.iter().map(|_| DASH.to_string()));
         md.push_str(&table_row(&c));
     }
     md.push('\n');
-    if single {
-        let _ = writeln!(
-            md,
-            "\"final single (z=0)\": the last evaluation acting with one float sample from z = 0 \
-             and no critic, as the MCU does (the return columns use the training-time acting \
-             rule).\n"
-        );
+    for extra in &extras {
+        let _ = writeln!(md, "\"{}\": {}\n", extra.header, extra.meaning);
     }
     let hidden: Vec<&&PaperRef> = refs
         .iter()
@@ -1157,6 +1177,7 @@ mod tests {
             ret,
             std: 1.0,
             single: None,
+            int8: None,
             wall_s: None,
             updates: None,
         }
@@ -1277,7 +1298,7 @@ mod tests {
         let mut text = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
         text = text.replace(
             "\"eval_length\"",
-            "\"eval_return_single\":17.5,\"eval_length\"",
+            "\"eval_return_single\":17.5,\"eval_return_int8\":16.25,\"eval_length\"",
         );
         std::fs::write(b.join("metrics.jsonl"), text).unwrap();
 
@@ -1293,13 +1314,20 @@ mod tests {
         assert_eq!(e["wall"], DASH);
         let b_row = rows.iter().find(|r| r["run"].ends_with("/b")).unwrap();
         assert_eq!(b_row["final single (z=0)"], "17.5");
+        assert_eq!(b_row["final int8 (z=0)"], "16.2");
         let a_row = rows.iter().find(|r| r["run"].ends_with("/a")).unwrap();
         assert_eq!(a_row["final single (z=0)"], DASH);
+        assert_eq!(a_row["final int8 (z=0)"], DASH);
+        assert!(
+            md.contains("\"final int8 (z=0)\": the same from the int8 runtime"),
+            "{md}"
+        );
         let mean = rows.iter().find(|r| r["run"] == "mean of 2 runs").unwrap();
         assert_eq!(mean["algo"], "sac");
         assert_eq!(mean["1k"], "15.0 ± 7.1");
         assert_eq!(mean["2k"], DASH);
         assert_eq!(mean["final single (z=0)"], "17.5 (n=1)");
+        assert_eq!(mean["final int8 (z=0)"], "16.2 (n=1)");
         // Hopper's paper curve sits at 100k/300k/1M: not among these columns.
         assert!(!rows.iter().any(|r| r["run"] == "paper"));
         assert!(
