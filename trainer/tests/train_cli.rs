@@ -23,6 +23,38 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// `trainer train --algo ALGO` on InvertedPendulum-v5 at a tiny size (16×16 networks,
+/// batch 16, 300 steps, 100 warm-up, an evaluation every 150), quiet, into `out`.
+fn tiny_train(algo: &str, extra: &[&str], out: &str) -> (bool, String, String) {
+    let mut args = vec![
+        "train",
+        "--algo",
+        algo,
+        "--env",
+        "InvertedPendulum-v5",
+        "--steps",
+        "300",
+        "--learning-starts",
+        "100",
+        "--batch-size",
+        "16",
+        "--hidden",
+        "16,16",
+        "--critic-hidden",
+        "16,16",
+        "--eval-every",
+        "150",
+        "--threads",
+        "1",
+        "--progress-every",
+        "0",
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    trainer(&args)
+}
+
 #[test]
 fn invalid_train_flags_are_refused() {
     let dir = scratch("values");
@@ -133,35 +165,11 @@ fn resume_refuses_a_directory_that_is_not_a_run() {
 fn sac_run_has_its_outputs_resumes_and_is_refused_by_export() {
     let dir = scratch("sac");
     let out = dir.to_str().unwrap();
-    let (ok, stdout, err) = trainer(&[
-        "train",
-        "--algo",
+    let (ok, stdout, err) = tiny_train(
         "sac",
-        "--env",
-        "InvertedPendulum-v5",
-        "--steps",
-        "300",
-        "--learning-starts",
-        "100",
-        "--batch-size",
-        "16",
-        "--hidden",
-        "16,16",
-        "--critic-hidden",
-        "16,16",
-        "--eval-every",
-        "150",
-        "--eval-episodes",
-        "2",
-        "--checkpoint-every",
-        "150",
-        "--threads",
-        "1",
-        "--progress-every",
-        "0",
-        "--out",
+        &["--eval-episodes", "2", "--checkpoint-every", "150"],
         out,
-    ]);
+    );
     assert!(ok, "{err}");
     assert!(stdout.contains("final eval return"), "{stdout}");
     for f in [
@@ -203,41 +211,22 @@ fn sac_run_has_its_outputs_resumes_and_is_refused_by_export() {
 fn flame_run_evaluates_the_int8_runtime_beside_the_float_policy() {
     let dir = scratch("flame-int8");
     let out = dir.to_str().unwrap();
-    let (ok, _, err) = trainer(&[
-        "train",
-        "--algo",
+    let (ok, _, err) = tiny_train(
         "flame-m",
-        "--env",
-        "InvertedPendulum-v5",
-        "--steps",
-        "300",
-        "--learning-starts",
-        "100",
-        "--num-envs",
-        "1",
-        "--batch-size",
-        "16",
-        "--hidden",
-        "16,16",
-        "--critic-hidden",
-        "16,16",
-        "--candidates",
-        "8",
-        "--particles",
-        "4",
-        "--entropy-states",
-        "8",
-        "--eval-every",
-        "150",
-        "--eval-episodes",
-        "3",
-        "--threads",
-        "1",
-        "--progress-every",
-        "0",
-        "--out",
+        &[
+            "--num-envs",
+            "1",
+            "--candidates",
+            "8",
+            "--particles",
+            "4",
+            "--entropy-states",
+            "8",
+            "--eval-episodes",
+            "3",
+        ],
         out,
-    ]);
+    );
     assert!(ok, "{err}");
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     assert!(
