@@ -13,7 +13,7 @@ use runtime::{NoiseMode, Policy, Scratch};
 use serde::Serialize;
 use tch::{nn, Tensor};
 
-use crate::env;
+use crate::env::{self, EnvSpec};
 use crate::policy_net::{flow_steps, FlowPolicyNet};
 use crate::quantize::{quantize, FloatPolicy, PolicyMeta, ProvenanceInfo};
 use crate::rollout::{run_episode, to_f32};
@@ -87,21 +87,22 @@ pub fn load_float_policy(run: &Path) -> Result<(FloatPolicy, Vec<Vec<f32>>)> {
     let normalizer = run.read_normalizer()?;
     let weights = Tensor::read_safetensors(run.weights())
         .with_context(|| format!("loading {}", run.weights().display()))?;
-    let policy = float_policy(&config, normalizer, &weights)?;
+    let spec = env::make(&config.env_id)?.spec().clone();
+    let policy = float_policy(&config, &spec, normalizer, &weights)?;
     let states = run.read_states(config.shape.obs_dim)?;
     Ok((policy, states))
 }
 
-/// The [`FloatPolicy`] that a run's config, normalizer and policy weights (named as
-/// `FlowPolicyNet` names them) describe: what `trainer export` quantizes, and what the
-/// training loop quantizes for its int8 evaluation.
+/// The [`FloatPolicy`] that a run's config, its env's spec (action bounds), normalizer
+/// and policy weights (named as `FlowPolicyNet` names them) describe: what `trainer
+/// export` quantizes, and what the training loop quantizes for its int8 evaluation.
 pub fn float_policy(
     config: &RunConfig,
+    spec: &EnvSpec,
     normalizer: Normalizer,
     weights: &[(String, Tensor)],
 ) -> Result<FloatPolicy> {
     let algorithm = config.algo.blob_algorithm()?;
-    let spec = env::make(&config.env_id)?.spec().clone();
     let vs = nn::VarStore::new(tch::Device::Cpu);
     let net = FlowPolicyNet::new(&vs.root(), config.shape.clone());
     let mut variables = vs.variables();

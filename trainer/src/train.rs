@@ -692,18 +692,9 @@ impl Trainer {
                 .flat_map(|&j| obs[j].iter().map(|&v| v as f32))
                 .collect();
             let env_a = match acting {
+                Acting::Agent => self.agent_actions(&flat, false)?,
+                Acting::Deployed => self.agent_actions(&flat, true)?,
                 Acting::Int8(policy) => int8_actions(policy, &flat, obs_dim)?,
-                Acting::Agent | Acting::Deployed => {
-                    let o = Tensor::from_slice(&flat)
-                        .view([active.len() as i64, obs_dim as i64])
-                        .to_device(self.device);
-                    let a = match acting {
-                        Acting::Deployed => self.agent.act_deployed(&o),
-                        _ => self.agent.act(&o, false),
-                    };
-                    let a = a.to_device(Device::Cpu).contiguous();
-                    self.to_env_units(&Vec::<f32>::try_from(a.view([-1]))?)
-                }
             };
             let mut still = Vec::with_capacity(active.len());
             for (r, &j) in active.iter().enumerate() {
@@ -721,6 +712,22 @@ impl Trainer {
         let std = (returns.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / k as f64).sqrt();
         let len = lengths.iter().sum::<usize>() as f64 / k as f64;
         Ok((mean, std, len))
+    }
+
+    /// The agent's evaluation actions (env units) for rows of observations `obs`:
+    /// [`Agent::act`] without exploration, or with `deployed` [`Agent::act_deployed`].
+    fn agent_actions(&self, obs: &[f32], deployed: bool) -> Result<Vec<f64>> {
+        let obs_dim = self.spec.obs_dim as i64;
+        let o = Tensor::from_slice(obs)
+            .view([-1, obs_dim])
+            .to_device(self.device);
+        let a = if deployed {
+            self.agent.act_deployed(&o)
+        } else {
+            self.agent.act(&o, false)
+        };
+        let a = a.to_device(Device::Cpu).contiguous();
+        Ok(self.to_env_units(&Vec::<f32>::try_from(a.view([-1]))?))
     }
 
     fn evaluate_now(&mut self) -> Result<()> {
@@ -776,14 +783,10 @@ impl Trainer {
     /// deterministically from z = 0 as the MCU does. `None`, with a warning, where the
     /// policy does not quantize (the run goes on).
     fn evaluate_int8(&mut self) -> Result<Option<f64>> {
-        let weights: Vec<(String, Tensor)> = self
-            .agent
-            .policy_tensors()
-            .into_iter()
-            .map(|(name, t)| (name, t.to_device(Device::Cpu)))
-            .collect();
+        let weights = on_cpu(self.agent.policy_tensors());
         let calibration = self.replay.observations(INT8_CALIBRATION_STATES);
-        let blob = export::float_policy(&self.run_config()?, self.agent.normalizer(), &weights)
+        let config = self.run_config()?;
+        let blob = export::float_policy(&config, &self.spec, self.agent.normalizer(), &weights)
             .and_then(|float| quantize(&float, &calibration, 0));
         let blob = match blob {
             Ok(blob) => blob,
@@ -986,12 +989,7 @@ impl Trainer {
             std::fs::remove_dir_all(&tmp)?;
         }
         std::fs::create_dir_all(&tmp)?;
-        let cpu = |v: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> {
-            v.into_iter()
-                .map(|(k, t)| (k, t.to_device(Device::Cpu).contiguous()))
-                .collect()
-        };
-        Tensor::write_safetensors(&cpu(self.agent.state()), tmp.join("agent.safetensors"))?;
+        Tensor::write_safetensors(&on_cpu(self.agent.state()), tmp.join("agent.safetensors"))?;
         self.replay.save(&tmp.join("replay.bin"))?;
         write_json(&tmp.join("state.json"), &self.state)?;
         // Swap: checkpoint/ → checkpoint.old/, checkpoint.tmp/ → checkpoint/. Whenever the
@@ -1012,14 +1010,14 @@ impl Trainer {
         }
         // The run directory's policy files, as `trainer export` reads them.
         let run = RunDir::new(&root);
-        let policy = cpu(self.agent.policy_tensors());
+        let policy = on_cpu(self.agent.policy_tensors());
         write_atomic(&run.weights(), |p| {
             Tensor::write_safetensors(&policy, p).map_err(Into::into)
         })?;
         write_atomic(&run.normalizer(), |p| {
             write_json(p, &self.agent.normalizer())
         })?;
-        let states = self.replay.observations(5000);
+        let states = self.replay.observations(RUN_DIR_STATES);
         write_atomic(&run.states(), |p| {
             let bytes: Vec<u8> = states
                 .iter()
@@ -1043,9 +1041,21 @@ pub enum Acting<'a> {
     Int8(&'a Policy<'a>),
 }
 
+/// Observations from the replay buffer a run directory keeps (`states.bin`).
+const RUN_DIR_STATES: usize = 5000;
+
 /// Calibration states for the training-time int8 evaluation: as many as `trainer
-/// export` calibrates with (4/5 of the 5,000 states a run directory keeps).
-const INT8_CALIBRATION_STATES: usize = 4000;
+/// export` calibrates with (it holds every 5th of the run directory's states out).
+const INT8_CALIBRATION_STATES: usize = RUN_DIR_STATES * 4 / 5;
+
+/// Named tensors moved to the CPU, contiguous (what safetensors files and the
+/// quantizer take).
+fn on_cpu(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    tensors
+        .into_iter()
+        .map(|(name, t)| (name, t.to_device(Device::Cpu).contiguous()))
+        .collect()
+}
 
 /// The runtime's actions (env units) for rows of observations `obs` (`obs_dim` each).
 fn int8_actions(policy: &Policy<'_>, obs: &[f32], obs_dim: usize) -> Result<Vec<f64>> {
