@@ -186,7 +186,7 @@ struct TrainArgs {
     /// Polyak rate τ [0.005].
     #[arg(long)]
     tau: Option<f64>,
-    /// Critic learning rate [sac 1e-3].
+    /// Critic learning rate [sac 1e-3; flame --lr].
     #[arg(long)]
     q_lr: Option<f64>,
     /// Policy learning rate [3e-4].
@@ -226,7 +226,7 @@ struct TrainArgs {
     /// evaluation, checkpoint, summary). With --resume: the new budget.
     #[arg(long)]
     max_wall: Option<f64>,
-    /// FLAME: critic and initial policy learning rate [3e-4].
+    /// FLAME: initial policy learning rate, and the critics' unless --q-lr [3e-4].
     #[arg(long)]
     lr: Option<f64>,
     /// FLAME: the policy learning rate decays linearly to this over the run [3e-5].
@@ -301,6 +301,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             noise_scale <- noise_scale, q_grad_weight <- q_grad_weight,
             entropy_steps <- entropy_steps, log_det <- log_det, entropy_states <- entropy_states,
             time_dim <- time_dim, adaptive_loss_power <- adaptive_loss_power);
+        f.critic_lr = a.q_lr.or(f.critic_lr);
         f.entropy_in_td |= a.entropy_in_td;
         if a.no_autotune {
             f.autotune = false;
@@ -327,9 +328,8 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
 }
 
 /// The flags only SAC has, and whether each was given.
-fn sac_only_flags(a: &TrainArgs) -> [(&'static str, bool); 4] {
+fn sac_only_flags(a: &TrainArgs) -> [(&'static str, bool); 3] {
     [
-        ("--q-lr", a.q_lr.is_some()),
         ("--policy-lr", a.policy_lr.is_some()),
         ("--target-frequency", a.target_frequency.is_some()),
         ("--activation", a.activation.is_some()),
@@ -391,6 +391,7 @@ fn refuse_flags_with_resume(a: &TrainArgs) -> Result<()> {
         ("--progress-every", a.progress_every.is_some()),
         ("--gamma", a.gamma.is_some()),
         ("--tau", a.tau.is_some()),
+        ("--q-lr", a.q_lr.is_some()),
         ("--alpha-lr", a.alpha_lr.is_some()),
         ("--alpha", a.alpha.is_some()),
         ("--no-autotune", a.no_autotune),

@@ -104,8 +104,16 @@ fn invalid_train_flags_are_refused() {
             "--candidates is a flag of --algo flame-m and flame-r",
         ),
         (
-            vec!["train", "--algo", "flame-m", "--q-lr", "1e-3", "--out", out],
-            "--q-lr is a flag of --algo sac",
+            vec![
+                "train",
+                "--algo",
+                "flame-m",
+                "--policy-lr",
+                "1e-3",
+                "--out",
+                out,
+            ],
+            "--policy-lr is a flag of --algo sac",
         ),
         (
             vec![

@@ -66,9 +66,13 @@ pub struct FlameConfig {
     /// Critic and policy Adam learning rate at the start (3e-4).
     pub lr: f64,
     /// The policy's learning rate decays linearly to this over the run (3e-5, as the
-    /// official code); the critics keep `lr`.
+    /// official code); the critics keep theirs.
     #[serde(default = "default_final_policy_lr")]
     pub final_policy_lr: f64,
+    /// Critic Adam learning rate when it differs from `lr` (none: `lr`, as the official
+    /// code; SAC's critic uses 1e-3).
+    #[serde(default)]
+    pub critic_lr: Option<f64>,
     /// Temperature Adam learning rate (3e-4).
     pub alpha_lr: f64,
     /// Policy, EMA and critic targets are updated every this many updates (2).
@@ -132,6 +136,7 @@ impl FlameConfig {
             tau: 0.005,
             lr: 3e-4,
             final_policy_lr: default_final_policy_lr(),
+            critic_lr: None,
             alpha_lr: 3e-4,
             policy_frequency: 2,
             reward_scale: 0.2,
@@ -175,6 +180,7 @@ impl FlameConfig {
             &[
                 ("--lr", self.lr),
                 ("--final-policy-lr", self.final_policy_lr),
+                ("--q-lr", self.critic_lr.unwrap_or(self.lr)),
                 ("--alpha-lr", self.alpha_lr),
                 ("--alpha", self.init_alpha),
                 ("--reward-scale", self.reward_scale),
@@ -306,7 +312,7 @@ impl Flame {
             act_dim,
             &config.critic_hidden,
             Activation::Mish,
-            AdamConfig::with_lr(config.lr),
+            AdamConfig::with_lr(config.critic_lr.unwrap_or(config.lr)),
             config.tau,
             device,
         );
