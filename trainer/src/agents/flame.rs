@@ -63,15 +63,17 @@ pub struct FlameConfig {
     pub gamma: f64,
     /// Polyak rate of the critic targets and of the EMA acting policy (0.005).
     pub tau: f64,
-    /// Critic and policy Adam learning rate at the start (3e-4).
+    /// Policy Adam learning rate at the start, and the critics' unless `critic_lr` (3e-4).
     pub lr: f64,
     /// The policy's learning rate decays linearly to this over the run (3e-5, as the
     /// official code); the critics keep theirs.
     #[serde(default = "default_final_policy_lr")]
     pub final_policy_lr: f64,
     /// Critic Adam learning rate when it differs from `lr` (none: `lr`, as the official
-    /// code; SAC's critic uses 1e-3).
-    #[serde(default)]
+    /// code; SAC's critic uses 1e-3). Left out of config.json when none, so a default
+    /// run's configuration reads as before and `trainer results` averages it with older
+    /// runs of the same setup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub critic_lr: Option<f64>,
     /// Temperature Adam learning rate (3e-4).
     pub alpha_lr: f64,
@@ -857,6 +859,26 @@ mod tests {
             let norm = grad.abs().sum(Kind::Float).double_value(&[]);
             assert!(norm > 0.0, "{algorithm:?}: Q term gradient is zero");
         }
+    }
+
+    /// A separate critic learning rate reaches the critics' Adam, survives config.json,
+    /// and is absent from a default configuration's JSON (so default runs keep the setup
+    /// string of runs written before the option existed).
+    #[test]
+    fn critic_learning_rate_is_optional_in_the_config() {
+        let default = FlameConfig::for_algorithm(Algorithm::FlameM);
+        let json = serde_json::to_value(&default).unwrap();
+        assert!(json.get("critic_lr").is_none(), "{json}");
+        let separate = FlameConfig {
+            critic_lr: Some(1e-3),
+            ..default.clone()
+        };
+        let back: FlameConfig =
+            serde_json::from_value(serde_json::to_value(&separate).unwrap()).unwrap();
+        assert_eq!(back, separate);
+        let agent = Flame::new(separate, Algorithm::FlameM, 3, 1, Device::Cpu);
+        assert_eq!(agent.critic.adam.config.lr, 1e-3);
+        assert_eq!(agent.policy_adam.config.lr, default.lr);
     }
 
     /// The agent's own sampler (training, TD targets, evaluation) computes exactly what
