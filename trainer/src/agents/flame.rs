@@ -176,13 +176,18 @@ impl FlameConfig {
 }
 
 impl FlameConfig {
+    /// The critics' Adam learning rate: `critic_lr`, else the shared `lr`.
+    pub fn critic_learning_rate(&self) -> f64 {
+        self.critic_lr.unwrap_or(self.lr)
+    }
+
     /// Refuses values the agent cannot run with, naming the flag.
     pub fn validate(&self) -> Result<()> {
         validate_common(
             &[
                 ("--lr", self.lr),
                 ("--final-policy-lr", self.final_policy_lr),
-                ("--q-lr", self.critic_lr.unwrap_or(self.lr)),
+                ("--q-lr", self.critic_learning_rate()),
                 ("--alpha-lr", self.alpha_lr),
                 ("--alpha", self.init_alpha),
                 ("--reward-scale", self.reward_scale),
@@ -314,7 +319,7 @@ impl Flame {
             act_dim,
             &config.critic_hidden,
             Activation::Mish,
-            AdamConfig::with_lr(config.critic_lr.unwrap_or(config.lr)),
+            AdamConfig::with_lr(config.critic_learning_rate()),
             config.tau,
             device,
         );
