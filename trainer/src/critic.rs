@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 
 use anyhow::Result;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::mlp::{
-    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape,
+    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape, ParamGrad,
 };
 
 /// Rows per block of [`TwinCritic::min_q_no_grad`] on the CPU: `[2, 512, 256]` f32
@@ -26,6 +26,10 @@ pub struct TwinCritic {
     /// Polyak-averaged copy of `net.params` (no grad).
     pub target: Tensor,
     pub adam: Adam,
+    /// Per-layer views of `target` (made once: `target` is only ever updated in place).
+    target_layers: Vec<(Tensor, Tensor)>,
+    /// Where [`TwinCritic::train_step`] writes the critic loss's gradient.
+    grad: ParamGrad,
     /// Polyak rate: `Q̄ ← (1 − τ)·Q̄ + τ·Q`.
     pub tau: f64,
 }
@@ -54,6 +58,8 @@ impl TwinCritic {
         let target = net.detached_copy();
         let adam = Adam::new(adam, &net.params);
         Self {
+            target_layers: net.layer_views(&target),
+            grad: net.param_grad(),
             net,
             target,
             adam,
@@ -102,23 +108,62 @@ impl TwinCritic {
         tch::no_grad(|| {
             let q = self
                 .net
-                .forward_with(&self.target, &Tensor::cat(&[obs, act], 1));
+                .forward_layers(&self.target_layers, &Tensor::cat(&[obs, act], 1));
             q.get(0).minimum(&q.get(1))
         })
     }
 
     /// One Adam step on `Σ_i mean((Q_i(s, a) − y)²)` (CleanRL's `qf1_loss + qf2_loss`);
-    /// returns the loss (a scalar tensor) and the mean Q1 value.
+    /// returns the loss (a scalar tensor) and the mean Q1 value. The gradient is taken by
+    /// hand ([`Mlp::backward`]): `∂loss/∂Q_i = 2·(Q_i − y)/B`.
     pub fn train_step(&mut self, obs: &Tensor, act: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
-        let q = self.q(obs, act);
-        let loss =
-            (&q - y.unsqueeze(0))
+        let (loss, q_mean) = self.loss_gradient(obs, act, y);
+        self.adam.step(&self.net.params, &self.grad.flat);
+        (loss, q_mean)
+    }
+
+    /// The critic loss of [`TwinCritic::train_step`] and the mean Q1; writes the loss's
+    /// gradient into `self.grad`.
+    fn loss_gradient(&mut self, obs: &Tensor, act: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
+        let (q, tape) = self.net.forward_taped(&Tensor::cat(&[obs, act], 1));
+        tch::no_grad(|| {
+            let diff = &q - y.unsqueeze(0);
+            let rows = q.size()[1] as f64;
+            let loss = diff
                 .square()
-                .mean_dim([1i64, 2].as_slice(), false, tch::Kind::Float);
-        let loss = loss.sum(tch::Kind::Float);
-        let grad = self.net.grad(&loss);
-        self.adam.step(&self.net.params, &grad);
-        (loss.detach(), q.get(0).detach().mean(tch::Kind::Float))
+                .mean_dim([1i64, 2].as_slice(), false, Kind::Float)
+                .sum(Kind::Float);
+            let grad_q = diff * (2.0 / rows);
+            self.net
+                .backward(&tape, &grad_q, Some(&mut self.grad), None);
+            (loss, q.get(0).mean(Kind::Float))
+        })
+    }
+
+    /// `scale·∂ min(Q1, Q2)(s, a)/∂a` per row as `[B, act]`, and `min(Q1, Q2)(s, a)`
+    /// `[B, 1]`: the gradient an actor loss `scale·Σ_rows min Q` sends to its actions,
+    /// by hand ([`Mlp::backward`] to the input, no critic parameter gradients). Where
+    /// Q1 = Q2 each member gets half, as libtorch's `minimum` does.
+    pub fn min_q_action_gradient(
+        &self,
+        obs: &Tensor,
+        act: &Tensor,
+        scale: f64,
+    ) -> (Tensor, Tensor) {
+        let (q, tape) = self.net.forward_taped(&Tensor::cat(&[obs, act], 1));
+        tch::no_grad(|| {
+            let (q1, q2) = (q.get(0), q.get(1));
+            let first = q1.lt_tensor(&q2).to_kind(Kind::Float);
+            let first = first.where_self(&q1.ne_tensor(&q2), &first.full_like(0.5));
+            let grad_q = Tensor::stack(&[&first, &(1.0 - &first)], 0) * scale;
+            let action_columns = (obs.size()[1], act.size()[1]);
+            let action_grad = self
+                .net
+                .backward(&tape, &grad_q, None, Some(action_columns))
+                .expect("input gradient requested")
+                .sum_dim_intlist(0, false, Kind::Float);
+            (action_grad, q1.minimum(&q2))
+        })
     }
 
     /// `Q̄ ← (1 − τ)·Q̄ + τ·Q`.
@@ -145,5 +190,80 @@ impl TwinCritic {
             ("target", &mut self.target),
         ];
         restore_entries(prefix, buffers, &mut self.adam, state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The critic loss's hand-written gradient equals autograd's, for both activations.
+    #[test]
+    fn loss_gradient_equals_autograd() {
+        tch::manual_seed(9);
+        let opts = (Kind::Float, Device::Cpu);
+        for activation in [Activation::Relu, Activation::Mish] {
+            let config = AdamConfig::with_lr(1e-3);
+            let mut critic =
+                TwinCritic::new(4, 2, &[32, 32], activation, config, 0.005, Device::Cpu);
+            let (obs, act) = (Tensor::randn([16, 4], opts), Tensor::randn([16, 2], opts));
+            let y = Tensor::randn([16, 1], opts);
+            let (loss, q_mean) = critic.loss_gradient(&obs, &act, &y);
+            let q = critic.q(&obs, &act);
+            let expected_loss = (&q - y.unsqueeze(0))
+                .square()
+                .mean_dim([1i64, 2].as_slice(), false, Kind::Float)
+                .sum(Kind::Float);
+            let expected = critic.net.grad(&expected_loss);
+            let err = (&critic.grad.flat - expected).abs().max().double_value(&[]);
+            assert!(err < 1e-5, "{activation:?}: gradient off by {err}");
+            assert!(loss.allclose(&expected_loss.detach(), 1e-6, 1e-6, false));
+            assert!(q_mean.allclose(&q.get(0).detach().mean(Kind::Float), 1e-6, 1e-6, false));
+        }
+    }
+
+    /// `min_q_action_gradient` equals autograd's gradient of `scale·Σ min(Q1, Q2)` in
+    /// the actions, ties included (each member gets half, as libtorch's `minimum`).
+    #[test]
+    fn min_q_action_gradient_equals_autograd() {
+        tch::manual_seed(10);
+        let opts = (Kind::Float, Device::Cpu);
+        let config = AdamConfig::with_lr(1e-3);
+        let critic = TwinCritic::new(
+            4,
+            2,
+            &[32, 32],
+            Activation::Relu,
+            config,
+            0.005,
+            Device::Cpu,
+        );
+        // Identical members: every row is a tie.
+        let tied = TwinCritic::new(
+            4,
+            2,
+            &[32, 32],
+            Activation::Relu,
+            config,
+            0.005,
+            Device::Cpu,
+        );
+        tch::no_grad(|| {
+            for (w, b) in &tied.net.layer_views(&tied.net.params) {
+                w.get(1).copy_(&w.get(0));
+                b.get(1).copy_(&b.get(0));
+            }
+        });
+        for critic in [&critic, &tied] {
+            let obs = Tensor::randn([8, 4], opts);
+            let act = Tensor::randn([8, 2], opts).set_requires_grad(true);
+            let (grad, min_q) = critic.min_q_action_gradient(&obs, &act.detach(), -0.25);
+            let expected_min_q = critic.min_q(&obs, &act);
+            let loss = expected_min_q.sum(Kind::Float) * -0.25;
+            let expected = Tensor::run_backward(&[&loss], &[&act], false, false).remove(0);
+            let err = (grad - expected).abs().max().double_value(&[]);
+            assert!(err < 1e-6, "action gradient off by {err}");
+            assert!(min_q.allclose(&expected_min_q.detach(), 1e-6, 1e-6, false));
+        }
     }
 }

@@ -25,7 +25,7 @@ use tch::{Device, Kind, Tensor};
 use super::{validate_common, Agent, UpdateStats};
 use crate::critic::TwinCritic;
 use crate::mlp::{
-    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape,
+    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape, ParamGrad,
 };
 use crate::replay::Batch;
 use crate::run_dir::Normalizer;
@@ -172,6 +172,8 @@ pub struct Sac {
     /// `[obs] → [mean; log σ (pre-squash)]`.
     actor: Mlp,
     actor_adam: Adam,
+    /// Where the actor step writes its gradient.
+    actor_grad: ParamGrad,
     critic: TwinCritic,
     log_alpha: f64,
     alpha_adam: ScalarAdam,
@@ -201,6 +203,7 @@ impl Sac {
             device,
         );
         let actor_adam = Adam::new(AdamConfig::with_lr(config.policy_lr), &actor.params);
+        let actor_grad = actor.param_grad();
         let critic = TwinCritic::new(
             obs_dim,
             act_dim,
@@ -214,6 +217,7 @@ impl Sac {
             act_dim,
             actor,
             actor_adam,
+            actor_grad,
             critic,
             log_alpha: config.init_alpha.ln(),
             alpha_adam: ScalarAdam {
@@ -229,7 +233,12 @@ impl Sac {
 
     /// Mean and log σ of the pre-tanh Gaussian.
     fn gaussian(&self, obs: &Tensor) -> (Tensor, Tensor) {
-        let out = self.actor.forward(obs);
+        self.gaussian_head(&self.actor.forward(obs))
+    }
+
+    /// Mean and log σ from the actor's output `[mean; p]`: log σ squashed into
+    /// [log_std_min, log_std_max] as `lo + (tanh(p) + 1)·(hi − lo)/2`.
+    fn gaussian_head(&self, out: &Tensor) -> (Tensor, Tensor) {
         let d = self.act_dim as i64;
         let mean = out.narrow(1, 0, d);
         let (lo, hi) = (self.config.log_std_min, self.config.log_std_max);
@@ -241,9 +250,14 @@ impl Sac {
     fn sample(&self, obs: &Tensor) -> (Tensor, Tensor) {
         let (mean, log_std) = self.gaussian(obs);
         let eps = mean.randn_like();
-        let x = &mean + log_std.exp() * &eps;
-        let a = x.tanh();
-        let log_normal = eps.square() * -0.5 - &log_std - 0.5 * (2.0 * std::f64::consts::PI).ln();
+        self.squash(&mean, &log_std, &eps)
+    }
+
+    /// `a = tanh(μ + σ·ε)` for the noise ε, and
+    /// `log π(a|s) = Σ_j [−ε_j²/2 − log σ_j − log √(2π) − log(1 + 10⁻⁶ − a_j²)] − Σ log scale`.
+    fn squash(&self, mean: &Tensor, log_std: &Tensor, eps: &Tensor) -> (Tensor, Tensor) {
+        let a = (mean + log_std.exp() * eps).tanh();
+        let log_normal = eps.square() * -0.5 - log_std - 0.5 * (2.0 * std::f64::consts::PI).ln();
         let log_det: Tensor = (a.square().neg() + (1.0 + 1e-6)).log();
         let log_pi =
             (log_normal - log_det).sum_dim_intlist(1, true, Kind::Float) - self.log_scale_sum;
@@ -252,6 +266,40 @@ impl Sac {
 
     fn alpha_value(&self) -> f64 {
         self.log_alpha.exp()
+    }
+
+    /// The actor loss `mean(α·log π(a|s) − min Q(s, a))` at `a = tanh(μ + σ·ε)` for the
+    /// noise ε `[B, d]`, and its gradient in the actor's parameters, by hand (no autograd
+    /// graph: see [`Mlp::backward`]). With `x = μ + σ·ε`, `log σ` from `p` as in
+    /// [`Sac::gaussian_head`] and `log π` as in [`Sac::squash`]:
+    /// - `∂L/∂a = −(1/B)·∂min Q/∂a + (α/B)·2a/(1 + 10⁻⁶ − a²)`,
+    /// - `∂L/∂x = ∂L/∂a·(1 − a²)`, `∂L/∂μ = ∂L/∂x`,
+    /// - `∂L/∂log σ = ∂L/∂x·ε·σ − α/B` (ε is fixed: the reparameterization),
+    /// - `∂L/∂p = ∂L/∂log σ·(hi − lo)/2·(1 − tanh²(p))`.
+    ///
+    /// Writes the gradient into `self.actor_grad`; returns the loss and the mean log π.
+    /// `tests::actor_gradient_equals_autograd` holds it to autograd's on the same loss.
+    fn actor_loss_gradient(&mut self, obs: &Tensor, eps: &Tensor, alpha: f64) -> (Tensor, Tensor) {
+        let (out, tape) = self.actor.forward_taped(obs);
+        tch::no_grad(|| {
+            let d = self.act_dim as i64;
+            let rows = obs.size()[0] as f64;
+            let (mean, log_std) = self.gaussian_head(&out);
+            let (a, log_pi) = self.squash(&mean, &log_std, eps);
+            let (q_grad, min_q) = self.critic.min_q_action_gradient(obs, &a, -1.0 / rows);
+            let loss = (&log_pi * alpha - min_q).mean(Kind::Float);
+            let a2 = a.square();
+            let grad_a = q_grad + &a * (2.0 * alpha / rows) / (a2.neg() + (1.0 + 1e-6));
+            let grad_x = grad_a * (a2.neg() + 1.0);
+            let grad_log_std = &grad_x * eps * log_std.exp() - alpha / rows;
+            let half_range = 0.5 * (self.config.log_std_max - self.config.log_std_min);
+            let tanh_p = out.narrow(1, d, d).tanh();
+            let grad_p = grad_log_std * half_range * (tanh_p.square().neg() + 1.0);
+            let grad_out = Tensor::cat(&[grad_x, grad_p], 1);
+            self.actor
+                .backward(&tape, &grad_out, Some(&mut self.actor_grad), None);
+            (loss, log_pi.mean(Kind::Float))
+        })
     }
 }
 
@@ -281,7 +329,7 @@ impl Agent for Sac {
     }
 
     fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats {
-        let c = &self.config;
+        let c = self.config.clone();
         let alpha = self.alpha_value();
 
         // 1. Critic: soft TD target from the target critics and a fresh a′ ~ π(·|s′).
@@ -301,12 +349,13 @@ impl Agent for Sac {
             let (mut pi_loss, mut alpha_loss, mut entropy) = (0.0, 0.0, 0.0);
             for _ in 0..c.policy_frequency {
                 let alpha = self.alpha_value();
-                let (a, log_pi) = self.sample(&batch.obs);
-                let min_q = self.critic.min_q(&batch.obs, &a);
-                let loss = (&log_pi * alpha - min_q).mean(Kind::Float);
-                let grad = self.actor.grad(&loss);
-                self.actor_adam.step(&self.actor.params, &grad);
-                let mean_log_pi = log_pi.detach().mean(Kind::Float).double_value(&[]);
+                // The noise of CleanRL's `rsample`, drawn as `sample` draws it.
+                let shape = [batch.obs.size()[0], self.act_dim as i64];
+                let eps = Tensor::randn(shape, (Kind::Float, batch.obs.device()));
+                let (loss, mean_log_pi) = self.actor_loss_gradient(&batch.obs, &eps, alpha);
+                self.actor_adam
+                    .step(&self.actor.params, &self.actor_grad.flat);
+                let mean_log_pi = mean_log_pi.double_value(&[]);
                 pi_loss = loss.double_value(&[]);
                 entropy = -mean_log_pi;
                 if c.autotune {
@@ -365,5 +414,47 @@ impl Agent for Sac {
             mean: vec![0.0; d],
             std: vec![1.0; d],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written actor gradient equals autograd's on the same loss and noise.
+    #[test]
+    fn actor_gradient_equals_autograd() {
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let (obs_dim, act_dim, rows) = (5, 3, 64);
+        let mut sac = Sac::new(
+            SacConfig::default(),
+            obs_dim,
+            act_dim,
+            &[0.4, 1.0, 2.5],
+            Device::Cpu,
+        );
+        let obs = Tensor::randn([rows, obs_dim as i64], opts);
+        let eps = Tensor::randn([rows, act_dim as i64], opts);
+        let alpha = 0.3;
+        let (loss, mean_log_pi) = sac.actor_loss_gradient(&obs, &eps, alpha);
+
+        let (mean, log_std) = sac.gaussian(&obs);
+        let (a, log_pi) = sac.squash(&mean, &log_std, &eps);
+        let expected_loss = (&log_pi * alpha - sac.critic.min_q(&obs, &a)).mean(Kind::Float);
+        let expected = sac.actor.grad(&expected_loss);
+        let err = (&sac.actor_grad.flat - &expected)
+            .abs()
+            .max()
+            .double_value(&[]);
+        let scale = expected.abs().max().double_value(&[]);
+        assert!(
+            err < 1e-5 * scale.max(1.0),
+            "gradient off by {err} (max {scale})"
+        );
+        let loss_err = (loss - expected_loss.detach()).abs().double_value(&[]);
+        assert!(loss_err < 1e-5, "loss off by {loss_err}");
+        let log_pi_err = (mean_log_pi - log_pi.detach().mean(Kind::Float)).abs();
+        assert!(log_pi_err.double_value(&[]) < 1e-5);
     }
 }
