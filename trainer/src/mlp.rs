@@ -7,6 +7,12 @@
 //! save and load exactly (tch's `nn::Optimizer` state cannot be saved, so resuming with
 //! it would silently restart Adam's moments).
 //!
+//! Two ways to differentiate: autograd ([`Mlp::forward`] then [`Mlp::grad`]), for any
+//! loss; and a hand-written backward pass ([`Mlp::forward_taped`] then
+//! [`Mlp::backward`]) for callers that know the loss's gradient at the output (the
+//! critics' TD loss, SAC's actor loss). The second calls the same kernels without
+//! building a graph, and `tests::taped_backward_equals_autograd` holds it to the first.
+//!
 //! An [`Mlp`] may hold an *ensemble* of `E` members with identical shapes (the twin
 //! critics are `E = 2`): each layer's weights are `[E, in, out]` and one batched matmul
 //! evaluates every member.
@@ -388,7 +394,7 @@ impl Mlp {
     /// `Some((start, len))` (`[E, B, len]` for an ensemble: one slice per member).
     /// It calls the kernels libtorch's autograd calls, without building a graph and into
     /// a buffer whose layer views are made once: on a 2-core CPU a SAC update is mostly
-    /// per-op overhead (README, "Speed").
+    /// per-op overhead (the README's status gives the measured rates).
     pub fn backward(
         &self,
         tape: &Tape,
@@ -492,9 +498,9 @@ pub struct Adam {
     pub v: Tensor,
     pub steps: i64,
     /// Scratch buffers of the parameters' size that each step writes (the scaled squared
-    /// gradient, the denominator, the scaled first moment): fresh ~0.6 MB buffers per
-    /// step cost page faults, and a step took 150–430 µs against ~170 µs with these
-    /// (the SAC critic's 145k parameters, `examples`-style timing on the 2-core CPU).
+    /// gradient, the denominator, the scaled first moment): with fresh ~0.6 MB buffers
+    /// per step (page faults) a step of the SAC critic's 145k parameters took 150–430 µs
+    /// on the 2-core CPU, with these ~150–180 µs (timed in-process, alternating).
     scratch: [Tensor; 3],
 }
 

@@ -1,6 +1,6 @@
 //! FLAME-M learns InvertedPendulum-v5: the best evaluation of the best-of-32 policy and
 //! of the deployed z = 0 policy (10 episodes each, no exploration noise) reach a mean
-//! return ≥ 900 within 12k env steps. Besides the budget (the step count, one env, a
+//! return ≥ 900 within 16k env steps. Besides the budget (the step count, one env, a
 //! 1k-step random warm-up instead of 30k, an evaluation every 1k steps) the run changes
 //! what the test's doc comment names. Two libtorch threads with active OpenMP wait: this
 //! binary's only test, so nothing else holds the cores.
@@ -11,17 +11,17 @@ mod common;
 /// MeanFlow acting, decoupled entropy estimator and τ = 0.005, but SAC's critic regime:
 /// targets every update (`--policy-frequency 1`), critic learning rate 1e-3, reward
 /// scale 1. Each target update moves the critic's value at most τ(1 − γ) of the way to
-/// its fixed point: with the paper's targets every 2 updates that is 24% after this
-/// budget's 11k updates (42% every update), and the policy balances the pole but lets
+/// its fixed point: with the paper's targets every 2 updates that is 31% after this
+/// budget's 15k updates (53% every update), and the policy balances the pole but lets
 /// the cart drift into the rail. K = 16 candidates (the paper's 100 serve up to 17
-/// action dimensions; this task has one) keep the run to ~10 minutes. Seed 0 reached
-/// 1000 at 11k and 12k steps, and the deployed z = 0 policy at 12k. The budget is tight:
-/// seeds 1 and 2 were still climbing at 12k (210, 163); see the README's status.
+/// action dimensions; this task has one) keep the run to ~14 minutes. Seeds 0 (the
+/// test's) and 1 reached 1000 from 12k and 13k steps to the end, best-of-32, deployed
+/// z = 0 and int8 alike; 12k steps were too few for seed 1 (best 309).
 #[test]
 fn flame_m_learns_inverted_pendulum() {
     let rows = common::train_on_inverted_pendulum(
         "flame-m",
-        12_000,
+        16_000,
         &[
             "--eval-every",
             "1000",
