@@ -23,8 +23,9 @@ const CACHE_BLOCK_ROWS: i64 = 512;
 /// Twin critics `Q1, Q2 (s, a)` and their targets `Q̄1, Q̄2`.
 pub struct TwinCritic {
     pub net: Mlp,
-    /// Polyak-averaged copy of `net.params` (no grad).
-    pub target: Tensor,
+    /// Polyak-averaged copy of `net.params` (no grad); private because `target_layers`
+    /// are views of it, so it may only change in place.
+    target: Tensor,
     pub adam: Adam,
     /// Per-layer views of `target` (made once: `target` is only ever updated in place).
     target_layers: Vec<(Tensor, Tensor)>,
@@ -103,14 +104,13 @@ impl TwinCritic {
         })
     }
 
-    /// `min(Q̄1, Q̄2)(s, a)` from the targets as `[B, 1]`, without grad.
+    /// `min(Q̄1, Q̄2)(s, a)` from the targets as `[B, 1]`: differentiable in `a` (FLAME's
+    /// Q-gradient term goes through it), never in the targets, which take no gradient.
     pub fn target_min_q(&self, obs: &Tensor, act: &Tensor) -> Tensor {
-        tch::no_grad(|| {
-            let q = self
-                .net
-                .forward_layers(&self.target_layers, &Tensor::cat(&[obs, act], 1));
-            q.get(0).minimum(&q.get(1))
-        })
+        let q = self
+            .net
+            .forward_layers(&self.target_layers, &Tensor::cat(&[obs, act], 1));
+        q.get(0).minimum(&q.get(1))
     }
 
     /// One Adam step on `Σ_i mean((Q_i(s, a) − y)²)` (CleanRL's `qf1_loss + qf2_loss`);

@@ -394,11 +394,7 @@ impl Flame {
     /// the online policy's parameters through the whole sampler.
     fn q_gradient_term(&self, obs: &Tensor, z: &Tensor) -> Tensor {
         let a_theta = self.sample(Weights::Online, obs, z);
-        let q = self
-            .critic
-            .net
-            .forward_with(&self.critic.target, &Tensor::cat(&[obs, &a_theta], 1));
-        -q.get(0).minimum(&q.get(1)).mean(Kind::Float)
+        -self.critic.target_min_q(obs, &a_theta).mean(Kind::Float)
     }
 
     fn base_noise(&self, n: i64) -> Tensor {
