@@ -15,6 +15,7 @@ pub mod replay;
 pub mod results;
 pub mod rollout;
 pub mod run_dir;
+pub mod threads;
 pub mod train;
 
 /// Devices libtorch can use here, e.g. `["cpu", "cuda:0"]`.

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use trainer::export::{export, ExportOptions};
 use trainer::init::{init, InitOptions};
 use trainer::run_dir::Algo;
+use trainer::threads::Threads;
 use trainer::train::{bench_agent, TrainConfig, Trainer};
 
 #[derive(Parser)]
@@ -81,9 +82,10 @@ enum Command {
         /// Timed env steps of the training loop per agent.
         #[arg(long, default_value_t = 1000)]
         loop_steps: u64,
-        /// libtorch threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
+        /// libtorch intra-op threads: `auto` (measured while running: one or all cores)
+        /// or a count.
+        #[arg(long, default_value = "auto")]
+        threads: Threads,
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Minibatch size.
@@ -174,9 +176,10 @@ struct TrainArgs {
     /// cpu, cuda or cuda:N [cpu].
     #[arg(long)]
     device: Option<String>,
-    /// libtorch threads [all cores].
+    /// libtorch intra-op threads: `auto` (the faster of one and all cores, measured
+    /// while training) or a count [auto].
     #[arg(long)]
-    threads: Option<usize>,
+    threads: Option<Threads>,
     /// Seconds between progress lines on stderr, 0 for none [10].
     #[arg(long)]
     progress_every: Option<f64>,
@@ -450,18 +453,15 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             anyhow::ensure!(updates > 0, "--updates must be positive");
             anyhow::ensure!(batch_size > 0, "--batch-size must be positive");
-            if let Some(n) = threads {
-                tch::set_num_threads(n as i32);
-            }
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            tch::set_num_threads(threads.initial(cores) as i32);
             let peak = trainer::train::matmul_peak_gflops(trainer::train::parse_device(&device)?);
             for a in algo {
                 let mut c = TrainConfig::defaults(a, &env);
                 c.device = device.clone();
                 c.batch_size = batch_size;
                 c.buffer_size = 100_000;
-                if let Some(n) = threads {
-                    c.threads = n;
-                }
+                c.threads = threads;
                 println!("{}", bench_agent(c, updates, loop_steps, peak)?);
             }
         }
@@ -560,12 +560,22 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// libtorch's OpenMP runtime (libgomp) busy-waits between parallel regions. On a shared
-/// 2-core machine, where another process holds a core, two spinning threads make every
-/// op wait for a descheduled peer: measured here, SAC fell from ~45 to ~1 update/s. The
-/// wait policy is read once when libgomp loads (before `main`), so set it and re-exec
-/// once; `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` from the user take precedence.
-fn reexec_with_passive_openmp() {
+/// How long libtorch's OpenMP threads (libgomp) busy-wait for the next parallel region
+/// before sleeping, in spin iterations: long enough to bridge the gaps between a SAC
+/// update's ~100 regions (microseconds each), short enough that an idle worker sleeps
+/// within about a millisecond. On the 2-core workstation SAC ran 91 updates/s on two
+/// threads with the passive policy (every region wakes a sleeping thread), 168 at 1,000
+/// spins, 190 at 10,000, 167–211 at 20,000, 149–188 at 100,000 and 300,000, 124–188 with
+/// unbounded spinning (one run each, alternating; the machine is shared and noisy).
+const GOMP_SPIN_COUNT: &str = "30000";
+
+/// libgomp reads its wait policy once when it loads (before `main`), so set a bounded
+/// spin ([`GOMP_SPIN_COUNT`]) and re-exec once; `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`
+/// from the user take precedence. Spinning costs when another process holds a core:
+/// every region then waits for a descheduled peer (two SAC benches at once: 7
+/// updates/s each against ~90 passive). `--threads auto` notices and runs on one
+/// thread, where there are no regions to wait for ([`trainer::threads`]).
+fn reexec_with_bounded_openmp_spin() {
     use std::os::unix::process::CommandExt;
     if std::env::var_os("OMP_WAIT_POLICY").is_some() || std::env::var_os("GOMP_SPINCOUNT").is_some()
     {
@@ -577,7 +587,7 @@ fn reexec_with_passive_openmp() {
     // `exec` returns only on failure; then carry on in this process.
     let _ = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .env("GOMP_SPINCOUNT", GOMP_SPIN_COUNT)
         .exec();
 }
 
@@ -607,7 +617,7 @@ fn keep_freed_memory() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Train(_) | Command::Bench { .. }) {
-        reexec_with_passive_openmp();
+        reexec_with_bounded_openmp_spin();
         keep_freed_memory();
     }
     match run(cli) {

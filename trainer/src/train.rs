@@ -45,6 +45,7 @@ use crate::policy_net::PolicyShape;
 use crate::quantize::quantize;
 use crate::replay::ReplayBuffer;
 use crate::run_dir::{git_revision, read_json, write_json, Algo, RunConfig, RunDir};
+use crate::threads::{ThreadTuner, Threads};
 
 /// Loop-level settings plus the agent's own hyperparameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,8 +73,9 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// "cpu", "cuda" or "cuda:N".
     pub device: String,
-    /// libtorch intra-op threads.
-    pub threads: usize,
+    /// libtorch intra-op threads: `auto` (measured while training, see
+    /// [`crate::threads`]) or a fixed count.
+    pub threads: Threads,
     /// Seconds between progress lines on stderr (0: none).
     pub progress_secs: f64,
     /// SAC's hyperparameters (for `--algo sac`).
@@ -94,7 +96,6 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// The paper's / CleanRL's defaults for `algo` on `env_id`.
     pub fn defaults(algo: Algo, env_id: &str) -> Self {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (num_envs, learning_starts) = match algo {
             Algo::Sac => (1, 5_000),
             Algo::FlameM | Algo::FlameR => (5, 30_000),
@@ -118,7 +119,7 @@ impl TrainConfig {
             eval_episodes: 20,
             checkpoint_every: 100_000,
             device: "cpu".into(),
-            threads,
+            threads: Threads::Auto,
             progress_secs: 10.0,
             sac: (algo == Algo::Sac).then(SacConfig::default),
             flame: algo.blob_algorithm().ok().map(FlameConfig::for_algorithm),
@@ -142,7 +143,7 @@ impl TrainConfig {
             self.checkpoint_every >= 1,
             "--checkpoint-every must be at least 1"
         );
-        ensure!(self.threads >= 1, "--threads must be at least 1");
+        self.threads.validate()?;
         ensure!(
             self.progress_secs.is_finite() && self.progress_secs >= 0.0,
             "--progress-every must be a non-negative number of seconds"
@@ -320,6 +321,14 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// Sets libtorch's thread count for a run's start; returns the tuner that adjusts it,
+/// if any (`--threads auto` on the CPU: on a GPU the host threads barely matter).
+fn start_threads(threads: Threads, device: Device) -> Option<ThreadTuner> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tch::set_num_threads(threads.initial(cores) as i32);
+    threads.tuner(cores).filter(|_| device == Device::Cpu)
+}
+
 // Purposes of the counter-based seeds.
 const SEED_WARMUP: u64 = 1;
 const SEED_ACT: u64 = 2;
@@ -355,6 +364,8 @@ pub struct Trainer {
     device: Device,
     /// Where outputs go (None: benchmark, nothing written).
     run: Option<RunDir>,
+    /// Chooses the intra-op thread count under `--threads auto` on the CPU.
+    tuner: Option<ThreadTuner>,
 }
 
 impl Trainer {
@@ -375,8 +386,8 @@ impl Trainer {
             }
             None => None,
         };
-        tch::set_num_threads(config.threads as i32);
         let device = parse_device(&config.device)?;
+        let tuner = start_threads(config.threads, device);
         let venv = VecEnv::new(&config.env_id, config.num_envs, config.seed)?;
         let spec = venv.spec().clone();
         torch_seed(derive_seed(config.seed, SEED_INIT, 0));
@@ -397,6 +408,7 @@ impl Trainer {
         };
         let trainer = Self {
             eval_envs: Vec::new(),
+            tuner,
             config,
             agent,
             replay,
@@ -453,8 +465,8 @@ impl Trainer {
             config.max_wall_s = max_wall_s;
         }
         config.validate()?;
-        tch::set_num_threads(config.threads as i32);
         let device = parse_device(&config.device)?;
+        let tuner = start_threads(config.threads, device);
         let state: LoopState = read_json(&ckpt.join("state.json"))?;
         let venv = VecEnv::restore(&state.envs)?;
         let spec = venv.spec().clone();
@@ -474,6 +486,7 @@ impl Trainer {
         );
         let trainer = Self {
             eval_envs: Vec::new(),
+            tuner,
             config,
             agent,
             replay,
@@ -633,7 +646,11 @@ impl Trainer {
         torch_seed(derive_seed(self.config.seed, SEED_UPDATE, u));
         self.agent
             .set_progress(self.state.env_steps as f64 / self.config.steps as f64);
+        let start = Instant::now();
         let mut stats = self.agent.update(&batch, u);
+        if let Some(threads) = self.tuner.as_mut().and_then(|t| t.record(start.elapsed())) {
+            tch::set_num_threads(threads as i32);
+        }
         if self.config.inject_nan_at_update == Some(u) {
             if let Some(s) = stats.first_mut() {
                 s.1 = f64::NAN;
@@ -830,7 +847,7 @@ impl Trainer {
             (None, None) => "-".into(),
         };
         format!(
-            "{} {} | {}/{} steps {:.1}% | {:.0} upd/s {:.0} env/s | eval {} | train {} | α {:.4} | {} | {} elapsed, ETA {}",
+            "{} {} | {}/{} steps {:.1}% | {:.0} upd/s {:.0} env/s on {} | eval {} | train {} | α {:.4} | {} | {} elapsed, ETA {}",
             self.config.algo.name(),
             self.config.env_id,
             s.env_steps,
@@ -838,6 +855,7 @@ impl Trainer {
             100.0 * s.env_steps as f64 / total as f64,
             rates.0,
             rates.1,
+            self.threads_label(),
             eval,
             train,
             self.agent.alpha(),
@@ -845,6 +863,16 @@ impl Trainer {
             fmt_secs(elapsed),
             eta
         )
+    }
+
+    /// The intra-op thread count now, e.g. `2 threads (auto)`.
+    pub fn threads_label(&self) -> String {
+        let n = tch::get_num_threads();
+        let unit = if n == 1 { "thread" } else { "threads" };
+        match self.tuner {
+            Some(_) => format!("{n} {unit} (auto)"),
+            None => format!("{n} {unit}"),
+        }
     }
 
     pub fn summary(&self) -> Summary {
@@ -1110,7 +1138,8 @@ pub struct AgentBench {
     pub algo: Algo,
     pub env_id: String,
     pub batch_size: usize,
-    pub threads: usize,
+    /// The thread count the timed updates ran on ([`Trainer::threads_label`]).
+    pub threads: String,
     pub updates_per_s: f64,
     pub loop_env_steps_per_s: f64,
     pub loop_updates_per_s: f64,
@@ -1131,7 +1160,7 @@ impl std::fmt::Display for AgentBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:<8} {:<20} batch {} threads {}: {:>7.1} updates/s; training loop {:>7.1} env steps/s ({:.1} updates/s); {:.3} GFLOP/update → {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s matmul peak",
+            "{:<8} {:<20} batch {} on {}: {:>7.1} updates/s; training loop {:>7.1} env steps/s ({:.1} updates/s); {:.3} GFLOP/update → {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s matmul peak",
             self.algo.name(),
             self.env_id,
             self.batch_size,
@@ -1191,6 +1220,12 @@ pub fn bench_agent(
     for _ in 0..10 {
         t.update()?;
     }
+    // Under `--threads auto`, time the count the tuner settles on, as training runs
+    // (its first probes take about half a second of updates).
+    while t.tuner.as_ref().is_some_and(|tuner| !tuner.decided()) {
+        t.update()?;
+    }
+    let threads = t.threads_label();
     let start = Instant::now();
     for _ in 0..updates {
         t.update()?;
@@ -1204,7 +1239,7 @@ pub fn bench_agent(
         algo: t.config.algo,
         env_id: t.config.env_id.clone(),
         batch_size: t.config.batch_size,
-        threads: t.config.threads,
+        threads,
         updates_per_s,
         loop_env_steps_per_s: (t.state.env_steps - s0) as f64 / dt,
         loop_updates_per_s: (t.state.updates - u0) as f64 / dt,
