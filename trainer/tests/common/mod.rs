@@ -1,7 +1,7 @@
 //! The InvertedPendulum-v5 learning check shared by `sac_learns.rs` and
 //! `flame_learns.rs`. Each agent's check is its own test binary so cargo runs it alone:
 //! the FLAME-M run spins its two OpenMP threads (active wait, about twice the speed of
-//! the passive default) and must not share the cores with another test.
+//! a passive one) and must not share the cores with another test.
 
 use std::process::Command;
 use std::time::Instant;
