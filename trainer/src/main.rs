@@ -453,8 +453,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             anyhow::ensure!(updates > 0, "--updates must be positive");
             anyhow::ensure!(batch_size > 0, "--batch-size must be positive");
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            tch::set_num_threads(threads.initial(cores) as i32);
+            tch::set_num_threads(threads.initial(trainer::threads::cores()) as i32);
             let peak = trainer::train::matmul_peak_gflops(trainer::train::parse_device(&device)?);
             for a in algo {
                 let mut c = TrainConfig::defaults(a, &env);

@@ -35,6 +35,11 @@ const SLOWDOWN: f64 = 0.6;
 /// Length of the stretches (update time) the slowdown check compares.
 const CHECK_S: f64 = 1.0;
 
+/// The machine's cores (what `auto` may use), 1 if unknown.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// `--threads`: a fixed count, or `auto` ([`ThreadTuner`] between one and every core).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Threads {

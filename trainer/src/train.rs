@@ -324,7 +324,7 @@ impl std::fmt::Display for Summary {
 /// Sets libtorch's thread count for a run's start; returns the tuner that adjusts it,
 /// if any (`--threads auto` on the CPU: on a GPU the host threads barely matter).
 fn start_threads(threads: Threads, device: Device) -> Option<ThreadTuner> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = crate::threads::cores();
     tch::set_num_threads(threads.initial(cores) as i32);
     threads.tuner(cores).filter(|_| device == Device::Cpu)
 }
