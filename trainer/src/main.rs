@@ -82,8 +82,8 @@ enum Command {
         /// Timed env steps of the training loop per agent.
         #[arg(long, default_value_t = 1000)]
         loop_steps: u64,
-        /// libtorch intra-op threads: `auto` (measured while running: one or all cores)
-        /// or a count.
+        /// libtorch intra-op threads: `auto` (the fastest of all cores and halvings down
+        /// to one, measured while running) or a count.
         #[arg(long, default_value = "auto")]
         threads: Threads,
         #[arg(long, default_value = "cpu")]
@@ -176,8 +176,8 @@ struct TrainArgs {
     /// cpu, cuda or cuda:N [cpu].
     #[arg(long)]
     device: Option<String>,
-    /// libtorch intra-op threads: `auto` (the faster of one and all cores, measured
-    /// while training) or a count [auto].
+    /// libtorch intra-op threads: `auto` (the fastest of all cores and halvings down to
+    /// one, measured while training) or a count [auto].
     #[arg(long)]
     threads: Option<Threads>,
     /// Seconds between progress lines on stderr, 0 for none [10].

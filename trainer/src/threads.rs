@@ -7,12 +7,15 @@
 //! for a descheduled peer and two threads collapse (measured: two SAC benches at once,
 //! 7 updates/s each) while one thread keeps going. No fixed choice is right for both, so
 //! `--threads auto` (the default) measures: [`ThreadTuner`] times the updates on each
-//! candidate count, runs on the faster, and measures again every [`RETUNE_AFTER_S`]
-//! seconds of update time or as soon as the rate falls well below what it measured.
+//! candidate count (every core, then halvings down to one: 16 → 8, 4, 2, 1, since on a
+//! many-core machine a SAC update's small ops do best on a few), runs on the fastest,
+//! and measures again every [`RETUNE_AFTER_S`] seconds of update time or as soon as the
+//! rate falls well below what it measured.
 //!
-//! Switching the count does not change the numbers here: runs on one and on two threads
-//! give bit-identical agents (`tests/train_loop.rs` checks it), so a tuned run still
-//! follows its seed's curve and resumes onto it. `--threads N` fixes the count.
+//! Switching the count does not change the numbers here: runs on each candidate count
+//! give bit-identical agents (`tests/train_loop.rs` checks it on the machine it runs on),
+//! so a tuned run still follows its seed's curve and resumes onto it. `--threads N` fixes
+//! the count.
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,6 +43,16 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The counts `auto` chooses from on `cores` cores, in probe order: `cores`, then
+/// halvings down to one (16 → [16, 8, 4, 2, 1], 6 → [6, 3, 1]).
+pub fn candidates(cores: usize) -> Vec<usize> {
+    let mut out = vec![cores.max(1)];
+    while let Some(&last) = out.last().filter(|&&n| n > 1) {
+        out.push(last / 2);
+    }
+    out
+}
+
 /// `--threads`: a fixed count, or `auto` ([`ThreadTuner`] between one and every core).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Threads {
@@ -60,7 +73,7 @@ impl Threads {
     /// is fixed or there is nothing to choose from.
     pub fn tuner(self, cores: usize) -> Option<ThreadTuner> {
         match self {
-            Threads::Auto if cores > 1 => Some(ThreadTuner::new(vec![cores, 1])),
+            Threads::Auto if cores > 1 => Some(ThreadTuner::new(candidates(cores))),
             _ => None,
         }
     }
@@ -375,6 +388,10 @@ mod tests {
         assert!(Threads::Fixed(2).tuner(2).is_none());
         assert!(Threads::Auto.tuner(1).is_none());
         assert_eq!(Threads::Auto.tuner(4).unwrap().threads(), 4);
+        assert_eq!(candidates(2), vec![2, 1]);
+        assert_eq!(candidates(16), vec![16, 8, 4, 2, 1]);
+        assert_eq!(candidates(6), vec![6, 3, 1]);
+        assert_eq!(candidates(1), vec![1]);
         assert_eq!(Threads::Auto.initial(4), 4);
         assert_eq!(Threads::Fixed(1).initial(4), 1);
     }
