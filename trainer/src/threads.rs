@@ -30,7 +30,7 @@ const PROBE_S: f64 = 0.25;
 const PROBE_UPDATES: u32 = 3;
 /// Updates at the start that are not timed (first-touch allocations, caches).
 const WARMUP_UPDATES: u32 = 5;
-/// Seconds of update time on the chosen count before both are measured again.
+/// Seconds of update time on the chosen count before every candidate is measured again.
 pub const RETUNE_AFTER_S: f64 = 30.0;
 /// Measure again early when a [`CHECK_S`] stretch runs below this fraction of the rate
 /// the chosen count was measured at (another process took a core).
@@ -53,7 +53,7 @@ pub fn candidates(cores: usize) -> Vec<usize> {
     out
 }
 
-/// `--threads`: a fixed count, or `auto` ([`ThreadTuner`] between one and every core).
+/// `--threads`: a fixed count, or `auto` ([`ThreadTuner`] over [`candidates`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Threads {
     Auto,
@@ -195,7 +195,7 @@ impl ThreadTuner {
         self.candidates[self.current]
     }
 
-    /// Whether both counts have been measured at least once.
+    /// Whether every candidate has been measured and the fastest chosen.
     pub fn decided(&self) -> bool {
         matches!(self.phase, Phase::Run { .. })
     }
