@@ -17,7 +17,6 @@
 //! so a tuned run still follows its seed's curve and resumes onto it. `--threads N` fixes
 //! the count.
 
-use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -83,15 +82,6 @@ impl Threads {
         match self {
             Threads::Auto => cores,
             Threads::Fixed(n) => n,
-        }
-    }
-}
-
-impl fmt::Display for Threads {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Threads::Auto => write!(f, "auto"),
-            Threads::Fixed(n) => write!(f, "{n}"),
         }
     }
 }
@@ -211,7 +201,6 @@ impl ThreadTuner {
                 } else {
                     Phase::Probe { index: 0 }
                 };
-                self.current = 0;
             }
             Phase::Probe { index } => {
                 self.window.add(busy);
