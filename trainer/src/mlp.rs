@@ -539,13 +539,17 @@ impl Adam {
     pub fn step(&mut self, params: &Tensor, grad: &Tensor) {
         let c = self.config;
         self.steps += 1;
+        assert!(
+            params.is_contiguous(),
+            "fused Adam step {}: the parameters are not contiguous",
+            self.steps
+        );
         for (name, t) in [("gradient", grad), ("m", &self.m), ("v", &self.v)] {
             assert!(
                 t.numel() == params.numel()
                     && t.kind() == params.kind()
                     && t.device() == params.device()
-                    && t.is_contiguous()
-                    && params.is_contiguous(),
+                    && t.is_contiguous(),
                 "fused Adam step {}: the {name} ({:?} {:?} on {:?}) does not match the contiguous parameters ({:?} {:?} on {:?})",
                 self.steps,
                 t.size(),
