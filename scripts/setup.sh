@@ -7,7 +7,19 @@
 #     .cargo/config.toml points the builds at;
 #   - qemu-system-arm (Debian) and the thumbv7em-none-eabihf Rust target.
 # A second run checks and finishes in seconds. Prints one line per missing prerequisite.
+#
+# `scripts/setup.sh --bench` sets up the lab bench only (`cargo build -p tools`: HIL runs,
+# QEMU, size, inspect, log): mujoco and gymnasium (libmujoco and the task XMLs) without
+# torch, no libtorch link, plus QEMU, the thumbv7em target and a probe-rs hint. A later
+# full setup adds torch to the same venv.
 set -euo pipefail
+
+MODE=full
+case "${1:-}" in
+    "") ;;
+    --bench) MODE=bench ;;
+    *) printf '[setup] error: unknown argument %s (usage: scripts/setup.sh [--bench])\n' "$1" >&2; exit 2 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # CI may run with a minimal environment: fall back to the passwd home directory.
@@ -40,34 +52,52 @@ command -v "$PYTHON" >/dev/null || die "python3 not found: install Python >= 3.1
 
 # --- python venv ---------------------------------------------------------------------
 mkdir -p "$DEPS"
+if [ "$MODE" = full ]; then
+    # torch for libtorch; gymnasium's [mujoco] extras for the reference envs of the
+    # conformance tests.
+    PACKAGES=("torch==$TORCH_VERSION" "mujoco==$MUJOCO_VERSION" "gymnasium[mujoco]==$GYMNASIUM_VERSION")
+    WANT="{'torch': '$TORCH_VERSION', 'mujoco': '$MUJOCO_VERSION', 'gymnasium': '$GYMNASIUM_VERSION'}"
+    # needs the [mujoco] extras (imageio, packaging)
+    PROBE="import gymnasium.envs.mujoco.half_cheetah_v5"
+    SIZE="~5 GB download, a few minutes"
+else
+    # libmujoco and the task XMLs only.
+    PACKAGES=("mujoco==$MUJOCO_VERSION" "gymnasium==$GYMNASIUM_VERSION")
+    WANT="{'mujoco': '$MUJOCO_VERSION', 'gymnasium': '$GYMNASIUM_VERSION'}"
+    PROBE="pass"
+    SIZE="~60 MB download, under a minute"
+fi
 versions_ok() {
     [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - <<PY 2>/dev/null
 import importlib.metadata as m, sys
-want = {"torch": "$TORCH_VERSION", "mujoco": "$MUJOCO_VERSION", "gymnasium": "$GYMNASIUM_VERSION"}
-ok = all(m.version(k).split("+")[0] == v for k, v in want.items())
-import gymnasium.envs.mujoco.half_cheetah_v5  # needs the [mujoco] extras (imageio, packaging)
+ok = all(m.version(k).split("+")[0] == v for k, v in $WANT.items())
+$PROBE
 sys.exit(0 if ok else 1)
 PY
 }
 if ! versions_ok; then
-    say "creating venv $VENV with torch==$TORCH_VERSION mujoco==$MUJOCO_VERSION gymnasium==$GYMNASIUM_VERSION (~5 GB download, a few minutes)"
+    say "venv $VENV: installing ${PACKAGES[*]} ($SIZE)"
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip \
         || die "pip could not reach the package index (PyPI): check the network or a PIP_INDEX_URL mirror"
-    "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION" "mujoco==$MUJOCO_VERSION" "gymnasium[mujoco]==$GYMNASIUM_VERSION" \
-        || die "pip install of torch/mujoco/gymnasium failed (see above): check the network or PIP_INDEX_URL"
+    "$VENV/bin/python" -m pip install -q "${PACKAGES[@]}" \
+        || die "pip install of ${PACKAGES[*]} failed (see above): check the network or PIP_INDEX_URL"
     versions_ok || die "venv $VENV still lacks the pinned versions after pip install"
 fi
 
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 [ -f "$SITE/mujoco/libmujoco.so.$MUJOCO_VERSION" ] || die "mujoco wheel has no libmujoco.so.$MUJOCO_VERSION in $SITE/mujoco"
 [ -d "$SITE/gymnasium/envs/mujoco/assets" ] || die "gymnasium wheel has no envs/mujoco/assets in $SITE"
-[ -f "$SITE/torch/lib/libtorch_cpu.so" ] || die "torch wheel has no lib/libtorch_cpu.so in $SITE/torch"
+if [ "$MODE" = full ]; then
+    [ -f "$SITE/torch/lib/libtorch_cpu.so" ] || die "torch wheel has no lib/libtorch_cpu.so in $SITE/torch"
+fi
 
 mkdir -p "$DEPS/mujoco-lib"
 ln -sfn "$SITE/mujoco/libmujoco.so.$MUJOCO_VERSION" "$DEPS/mujoco-lib/libmujoco.so.$MUJOCO_VERSION"
 ln -sfn "libmujoco.so.$MUJOCO_VERSION" "$DEPS/mujoco-lib/libmujoco.so"
-ln -sfn "$SITE/torch" "$DEPS/libtorch"
+if [ "$MODE" = full ]; then
+    ln -sfn "$SITE/torch" "$DEPS/libtorch"
+fi
 ln -sfn "$SITE/gymnasium/envs/mujoco/assets" "$DEPS/mujoco-assets"
 # A wrapper, not a link: python started through a symlink outside the venv misses it.
 rm -f "$DEPS/python"
@@ -95,4 +125,10 @@ if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
     rustup target add thumbv7em-none-eabihf >/dev/null || die "rustup target add thumbv7em-none-eabihf failed"
 fi
 
-say "ok: deps in $DEPS (venv torch $TORCH_VERSION, mujoco $MUJOCO_VERSION, gymnasium $GYMNASIUM_VERSION), qemu, thumbv7em"
+if [ "$MODE" = full ]; then
+    say "ok: deps in $DEPS (venv torch $TORCH_VERSION, mujoco $MUJOCO_VERSION, gymnasium $GYMNASIUM_VERSION), qemu, thumbv7em"
+else
+    command -v probe-rs >/dev/null \
+        || say "note: probe-rs not found; QEMU needs nothing more, a real board does: cargo install probe-rs-tools --locked (see https://probe.rs)"
+    say "ok (lab bench, no torch): deps in $DEPS (venv mujoco $MUJOCO_VERSION, gymnasium $GYMNASIUM_VERSION), qemu, thumbv7em; build with: cargo build -p tools"
+fi

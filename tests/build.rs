@@ -1,5 +1,5 @@
-include!("../trainer/build_rpath.rs");
+include!("../trainer/sim/build_native.rs");
 
 fn main() {
-    emit_native_rpaths();
+    emit_native_rpaths(true);
 }

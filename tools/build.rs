@@ -1,5 +1,6 @@
-include!("../trainer/build_rpath.rs");
+include!("../trainer/sim/build_native.rs");
 
 fn main() {
-    emit_native_rpaths();
+    // The lab bench links MuJoCo, never libtorch.
+    emit_native_rpaths(false);
 }

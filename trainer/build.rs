@@ -1,9 +1,7 @@
-include!("build_rpath.rs");
+include!("sim/build_native.rs");
 
 fn main() {
-    let deps = emit_native_rpaths();
-    // Where the trainer finds the task XMLs and the reference python by default.
-    println!("cargo:rustc-env=FLAME_DEFAULT_DEPS={}", deps.display());
+    emit_native_rpaths(true);
     compile_libtorch_shims();
 }
 

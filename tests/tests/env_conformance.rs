@@ -1,4 +1,4 @@
-//! Conformance of `trainer::env` with gymnasium 1.4's MuJoCo v5 environments (DESIGN §4),
+//! Conformance of `sim::env` with gymnasium 1.4's MuJoCo v5 environments (DESIGN §4),
 //! plus the env API's edge cases (time limit, bad ids and actions, VecEnv auto-reset).
 //!
 //! The reference traces come from `tests/python/gym_reference.py`, run once by the venv
@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use trainer::env::{self, EnvError, EnvSpec, VecEnv};
+use sim::env::{self, EnvError, EnvSpec, VecEnv};
 
 const SEEDS: [u64; 3] = [0, 1, 2];
 const STEPS_PER_SEED: usize = 300;

@@ -7,12 +7,12 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use sim::run_dir::Algo;
 use tools::hil::{run_hil, FaultKind, FaultPlan, HilOptions, ModeArg};
 use tools::link::DeviceLink;
 use tools::qemu::{build_firmware, FirmwareBuild, Qemu, QemuOptions};
 use trainer::export::{export, ExportOptions};
 use trainer::init::{init, InitOptions};
-use trainer::run_dir::Algo;
 
 #[test]
 fn exported_flame_m_policy_runs_bit_exact_in_qemu_for_a_full_episode() {

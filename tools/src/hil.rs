@@ -23,8 +23,9 @@ use runtime::wire::{
 };
 use runtime::{NoiseMode, Policy, Scratch};
 use serde::Serialize;
-use trainer::env;
-use trainer::rollout::{run_episode, to_f32};
+use sim::env;
+use sim::float_policy::FloatPolicy;
+use sim::rollout::{run_episode, to_f32};
 
 use crate::link::{encode_request, DeviceLink, LinkError};
 
@@ -367,7 +368,7 @@ pub fn run_hil<T: Read + Write>(
         other => bail!("unexpected answer to Info: {other:?}"),
     };
     let float = match &opts.float_run {
-        Some(run) => Some(trainer::export::load_float_policy(run)?.0),
+        Some(run) => Some(FloatPolicy::load(run)?),
         None => None,
     };
 

@@ -131,7 +131,7 @@ fn run(cli: Cli) -> Result<bool> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", policy.display()))?;
             let blob_env = parsed.blob().meta.env_id.to_string();
             if let Some(env) = &env {
-                trainer::env::spec(env)?;
+                sim::env::spec(env)?;
                 if *env != blob_env {
                     bail!("--env {env} does not match the blob's task {blob_env}");
                 }

@@ -7,17 +7,17 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use runtime::golden::{push_record, GoldenSet};
 use runtime::{NoiseMode, Policy, Scratch};
 use serde::Serialize;
-use tch::{nn, Tensor};
+use sim::env::{self, EnvSpec};
+use sim::float_policy::{CheckpointTensor, FloatPolicy, PolicyMeta};
+use sim::rollout::run_episode;
+use sim::run_dir::{write_json, Normalizer, RunConfig, RunDir};
+use tch::{Kind, Tensor};
 
-use crate::env::{self, EnvSpec};
-use crate::policy_net::{flow_steps, FlowPolicyNet};
-use crate::quantize::{quantize, FloatPolicy, PolicyMeta, ProvenanceInfo};
-use crate::rollout::{run_episode, to_f32};
-use crate::run_dir::{write_json, Normalizer, RunConfig, RunDir};
+use crate::quantize::quantize;
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -80,70 +80,42 @@ impl std::fmt::Display for FidelityReport {
     }
 }
 
-/// Load a run's policy as a [`FloatPolicy`] plus its recorded states.
-pub fn load_float_policy(run: &Path) -> Result<(FloatPolicy, Vec<Vec<f32>>)> {
-    let run = RunDir::open(run)?;
-    let config = run.read_config()?;
-    let normalizer = run.read_normalizer()?;
-    let weights = Tensor::read_safetensors(run.weights())
-        .with_context(|| format!("loading {}", run.weights().display()))?;
-    let spec = env::make(&config.env_id)?.spec().clone();
-    let policy = float_policy(&config, &spec, normalizer, &weights)?;
-    let states = run.read_states(config.shape.obs_dim)?;
-    Ok((policy, states))
-}
-
 /// The [`FloatPolicy`] that a run's config, its env's spec (action bounds), normalizer
-/// and policy weights (named as `FlowPolicyNet` names them) describe: what `trainer
-/// export` quantizes, and what the training loop quantizes for its int8 evaluation.
+/// and policy weights (named as `FlowPolicyNet` names them) describe: what the training
+/// loop quantizes for its int8 evaluation, from the agent's tensors in memory. `trainer
+/// export` reads the same thing from the run directory ([`FloatPolicy::load`]).
 pub fn float_policy(
     config: &RunConfig,
     spec: &EnvSpec,
     normalizer: Normalizer,
     weights: &[(String, Tensor)],
 ) -> Result<FloatPolicy> {
-    let algorithm = config.algo.blob_algorithm()?;
-    let vs = nn::VarStore::new(tch::Device::Cpu);
-    let net = FlowPolicyNet::new(&vs.root(), config.shape.clone());
-    let mut variables = vs.variables();
-    ensure!(
-        weights.len() == variables.len(),
-        "the policy weights hold {} tensors, the {:?} network has {}",
-        weights.len(),
-        config.shape.hidden,
-        variables.len()
-    );
-    tch::no_grad(|| -> Result<()> {
-        for (name, tensor) in weights {
-            let variable = variables
-                .get_mut(name)
-                .with_context(|| format!("the policy network has no tensor {name}"))?;
-            ensure!(
-                variable.size() == tensor.size(),
-                "{name}: shape {:?}, the network expects {:?}",
-                tensor.size(),
-                variable.size()
-            );
-            variable.copy_(tensor);
-        }
-        Ok(())
-    })?;
-    let meta = PolicyMeta {
-        env_id: config.env_id.clone(),
-        algorithm,
-        action_low: to_f32(&spec.action_low),
-        action_high: to_f32(&spec.action_high),
-        obs_mean: normalizer.mean,
-        obs_std: normalizer.std,
-        obs_clip: config.obs_clip,
-        noise_std: config.noise_std,
-        provenance: ProvenanceInfo {
-            git_revision: config.git_revision.clone(),
-            env_steps: config.env_steps,
-            seed: config.seed,
-        },
-    };
-    net.to_float_policy(meta, &flow_steps(algorithm, config.nfe))
+    let meta = PolicyMeta::of_run(config, spec, normalizer)?;
+    FloatPolicy::from_checkpoint(
+        meta,
+        &config.shape,
+        config.nfe,
+        &checkpoint_tensors(weights)?,
+    )
+}
+
+/// Named tch tensors as f32 checkpoint tensors, read back to the CPU.
+pub fn checkpoint_tensors(weights: &[(String, Tensor)]) -> Result<Vec<CheckpointTensor>> {
+    weights
+        .iter()
+        .map(|(name, tensor)| {
+            let cpu = tensor
+                .to_kind(Kind::Float)
+                .to_device(tch::Device::Cpu)
+                .contiguous();
+            Ok(CheckpointTensor {
+                name: name.clone(),
+                shape: cpu.size().iter().map(|&d| d as usize).collect(),
+                values: Vec::<f32>::try_from(cpu.view([-1]))
+                    .with_context(|| format!("reading tensor {name}"))?,
+            })
+        })
+        .collect()
 }
 
 /// Largest and mean action error (in half-range units) of the int8 policy on `states`.
@@ -239,7 +211,8 @@ pub fn golden_path(blob: &Path) -> PathBuf {
 }
 
 pub fn export(run: &Path, opts: &ExportOptions) -> Result<FidelityReport> {
-    let (float, states) = load_float_policy(run)?;
+    let float = FloatPolicy::load(run)?;
+    let states = RunDir::new(run).read_states(float.obs_dim)?;
     if states.len() < 20 {
         bail!(
             "{} holds only {} states; export needs at least 20",

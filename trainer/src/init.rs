@@ -10,10 +10,11 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use tch::nn;
 
-use crate::env;
-use crate::policy_net::{FlowPolicyNet, PolicyShape};
-use crate::rollout::random_states;
-use crate::run_dir::{git_revision, write_json, Algo, Normalizer, RunConfig, RunDir};
+use crate::policy_net::FlowPolicyNet;
+use sim::env;
+use sim::float_policy::PolicyShape;
+use sim::rollout::random_states;
+use sim::run_dir::{git_revision, write_json, Algo, Normalizer, RunConfig, RunDir};
 
 pub struct InitOptions {
     pub algo: Algo,

@@ -1,9 +1,10 @@
-//! The FLAME trainer: MuJoCo v5 environments, the flow policy network (tch), and the
-//! int8 exporter that writes `runtime` blobs.
+//! The FLAME trainer: replay, networks and agents (tch), the training loop, and the int8
+//! exporter that writes `runtime` blobs. The MuJoCo tasks, the episode loop, the run
+//! directory and the float reference policy live in the tch-free `sim` crate, which the
+//! lab bench (`tools`) shares.
 
 pub mod agents;
 pub mod critic;
-pub mod env;
 pub mod export;
 pub mod flame;
 pub mod init;
@@ -13,8 +14,6 @@ pub mod policy_net;
 pub mod quantize;
 pub mod replay;
 pub mod results;
-pub mod rollout;
-pub mod run_dir;
 pub mod threads;
 pub mod train;
 

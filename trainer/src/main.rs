@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use sim::run_dir::Algo;
 use trainer::export::{export, ExportOptions};
 use trainer::init::{init, InitOptions};
-use trainer::run_dir::Algo;
 use trainer::threads::Threads;
 use trainer::train::{bench_agent, TrainConfig, Trainer};
 
@@ -279,7 +279,7 @@ struct TrainArgs {
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let algo = a.algo.unwrap_or(Algo::Sac);
     let env = a.env.clone().unwrap_or_else(|| "HalfCheetah-v5".into());
-    trainer::env::spec(&env)?;
+    sim::env::spec(&env)?;
     let mut c = TrainConfig::defaults(algo, &env);
     macro_rules! set {
         ($($field:ident <- $flag:ident),*) => {$(if let Some(v) = a.$flag.clone() { c.$field = v; })*};
@@ -520,7 +520,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Envs { bench, bench_steps } => {
             println!("{:<22} {:>5} {:>5}  action bounds", "id", "obs", "act");
-            for spec in trainer::env::specs() {
+            for spec in sim::env::specs() {
                 println!(
                     "{:<22} {:>5} {:>5}  [{}, {}]",
                     spec.id, spec.obs_dim, spec.act_dim, spec.action_low[0], spec.action_high[0]
@@ -528,8 +528,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             if bench {
                 anyhow::ensure!(bench_steps > 0, "--bench-steps must be positive");
-                let ids = trainer::env::ids();
-                for result in trainer::env::bench::bench(&ids, bench_steps, 5, 0)? {
+                let ids = sim::env::ids();
+                for result in sim::env::bench::bench(&ids, bench_steps, 5, 0)? {
                     println!("{result}");
                 }
             }

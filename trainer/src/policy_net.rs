@@ -2,34 +2,13 @@
 //! `[normalized obs, z, emb(r), emb(t)]` with mish hidden activations (DESIGN §5).
 //!
 //! For FLAME-M the same network gives the mean velocity over `[r, t]`; acting uses one
-//! evaluation at `(r, t) = (0, 1)`. For export, the time inputs of each flow step are
-//! constants, so their contribution is folded into the first layer's bias
-//! ([`FlowPolicyNet::to_float_policy`]).
+//! evaluation at `(r, t) = (0, 1)`. Its weights, saved under the names this module gives
+//! them, are what `sim::float_policy::FloatPolicy` reads for export, with the time inputs
+//! of each flow step folded into the first layer's bias; the time features here are the
+//! tensor form of `sim::float_policy::time_features`.
 
-use anyhow::{ensure, Result};
-use tch::{nn, nn::Module, Kind, Tensor};
-
-use crate::quantize::{Activation, DenseF32, FloatPolicy, PolicyMeta};
-use runtime::blob::Algorithm;
-
-/// Angular frequency of the j-th sinusoidal time feature: ω_j = (j + 1)·π/2.
-///
-/// Low and linearly spaced on purpose: the MeanFlow target contains ∂u/∂t, which
-/// carries each ω_j as a factor, so geometric (2^j·π) frequencies make targets and their
-/// gradients explode.
-pub fn time_frequency(j: usize) -> f64 {
-    (j + 1) as f64 * std::f64::consts::FRAC_PI_2
-}
-
-/// Sinusoidal features of a time value: `[sin(ω_j t), cos(ω_j t)]` for j < dim/2.
-pub fn time_features(t: f64, dim: usize) -> Vec<f64> {
-    (0..dim / 2)
-        .flat_map(|j| {
-            let w = time_frequency(j) * t;
-            [w.sin(), w.cos()]
-        })
-        .collect()
-}
+use sim::float_policy::{time_frequency, PolicyShape};
+use tch::{nn, nn::Module, Tensor};
 
 /// `[1, dim/2]` tensor of the ω_j on `t`'s device.
 fn frequencies(t: &Tensor, dim: usize) -> Tensor {
@@ -58,16 +37,6 @@ pub fn time_features_derivative(t: &Tensor, t_dot: &Tensor, dim: usize) -> Tenso
         .view([-1, 2, (dim / 2) as i64])
         .transpose(1, 2)
         .reshape([-1, dim as i64])
-}
-
-/// Sizes of the network.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PolicyShape {
-    pub obs_dim: usize,
-    pub act_dim: usize,
-    pub hidden: Vec<usize>,
-    /// Features per time input (r and t each get this many).
-    pub time_dim: usize,
 }
 
 pub struct FlowPolicyNet {
@@ -119,93 +88,14 @@ impl FlowPolicyNet {
         }
         self.output.forward(&x)
     }
-
-    /// Plain f32 copy of the network with the time inputs of each flow step folded into
-    /// the first layer's bias. `steps` lists `(r, t)` per network evaluation.
-    pub fn to_float_policy(&self, meta: PolicyMeta, steps: &[(f64, f64)]) -> Result<FloatPolicy> {
-        ensure!(!steps.is_empty(), "at least one flow step");
-        let dense = |l: &nn::Linear| -> Result<DenseF32> {
-            let w = l.ws.to_kind(Kind::Float).to_device(tch::Device::Cpu);
-            let (out_dim, in_dim) = w.size2()?;
-            let b =
-                l.bs.as_ref()
-                    .expect("linear layers have biases")
-                    .to_kind(Kind::Float)
-                    .to_device(tch::Device::Cpu);
-            Ok(DenseF32 {
-                in_dim: in_dim as usize,
-                out_dim: out_dim as usize,
-                weight: Vec::<f32>::try_from(w.contiguous().view([-1]))?,
-                bias: Vec::<f32>::try_from(b.contiguous())?,
-            })
-        };
-        let s = &self.shape;
-        let first = dense(&self.hidden[0])?;
-        let direct = s.obs_dim + s.act_dim;
-        let step_biases = steps
-            .iter()
-            .map(|&(r, t)| {
-                let feats: Vec<f64> = time_features(r, s.time_dim)
-                    .into_iter()
-                    .chain(time_features(t, s.time_dim))
-                    .collect();
-                (0..first.out_dim)
-                    .map(|c| {
-                        let row = &first.weight[c * first.in_dim + direct..(c + 1) * first.in_dim];
-                        (first.bias[c] as f64
-                            + row
-                                .iter()
-                                .zip(&feats)
-                                .map(|(&w, &f)| w as f64 * f)
-                                .sum::<f64>()) as f32
-                    })
-                    .collect()
-            })
-            .collect();
-        let first_direct = DenseF32 {
-            in_dim: direct,
-            out_dim: first.out_dim,
-            weight: (0..first.out_dim)
-                .flat_map(|c| first.weight[c * first.in_dim..c * first.in_dim + direct].to_vec())
-                .collect(),
-            bias: first.bias.clone(),
-        };
-        let mut hidden = vec![first_direct];
-        for l in &self.hidden[1..] {
-            hidden.push(dense(l)?);
-        }
-        Ok(FloatPolicy {
-            meta,
-            obs_dim: s.obs_dim,
-            act_dim: s.act_dim,
-            hidden,
-            step_biases,
-            activation: Activation::Mish,
-            output: dense(&self.output)?,
-        })
-    }
-}
-
-/// The `(r, t)` pairs of each network evaluation; each step is `z ← z − u(z, r, t)/N`
-/// from t = 1 (noise) to 0 (data). FLAME-M: one step (0, 1), the mean velocity over the
-/// whole interval. FLAME-R: N uniform Euler steps of the instantaneous velocity
-/// `v(z, t_k) = u(z, t_k, t_k)` at `t_k = 1 − k/N` (its network is trained on r = t).
-pub fn flow_steps(algorithm: Algorithm, nfe: usize) -> Vec<(f64, f64)> {
-    match algorithm {
-        Algorithm::FlameM => vec![(0.0, 1.0)],
-        Algorithm::FlameR => (0..nfe)
-            .map(|k| {
-                let t = 1.0 - k as f64 / nfe as f64;
-                (t, t)
-            })
-            .collect(),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quantize::ProvenanceInfo;
+    use crate::export::checkpoint_tensors;
+    use runtime::blob::Algorithm;
+    use sim::float_policy::{FloatPolicy, PolicyMeta, ProvenanceInfo};
 
     #[test]
     fn folded_float_policy_matches_tch_forward() {
@@ -217,7 +107,7 @@ mod tests {
             hidden: vec![16, 16],
             time_dim: 8,
         };
-        let net = FlowPolicyNet::new(&vs.root(), shape);
+        let net = FlowPolicyNet::new(&vs.root(), shape.clone());
         let meta = PolicyMeta {
             env_id: "Test-v0".into(),
             algorithm: Algorithm::FlameM,
@@ -229,9 +119,10 @@ mod tests {
             noise_std: 0.5,
             provenance: ProvenanceInfo::default(),
         };
-        let fp = net
-            .to_float_policy(meta, &flow_steps(Algorithm::FlameM, 1))
-            .unwrap();
+        let weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        let fp =
+            FloatPolicy::from_checkpoint(meta, &shape, 1, &checkpoint_tensors(&weights).unwrap())
+                .unwrap();
         let obs = [0.3f32, -0.2, 0.9, 0.0, -1.1];
         let z = [0.1f32, -0.4, 0.2];
         let u = net.forward(

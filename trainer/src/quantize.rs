@@ -1,8 +1,8 @@
 //! Post-training int8 quantization of a flow policy into a runtime blob (DESIGN §6).
 //!
-//! Input: the policy as plain f32 arrays ([`FloatPolicy`], extracted from the tch network
-//! with the time embedding already folded into per-step first-layer biases) and
-//! calibration observations. Output: the blob bytes the `runtime` evaluates.
+//! Input: the policy as plain f32 arrays ([`FloatPolicy`], read from the run's checkpoint
+//! or the agent's tensors with the time embedding already folded into per-step
+//! first-layer biases) and calibration observations. Output: the blob bytes the `runtime` evaluates.
 //!
 //! The scheme (TFLite / CMSIS-NN):
 //! - weights: symmetric per output channel, int8 in [−127, 127], `s_w[c] = max|W[c,:]| / 127`;
@@ -19,92 +19,11 @@
 use anyhow::{bail, ensure, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
-use runtime::blob::{
-    self, Algorithm, HiddenLayer, InputStage, Metadata, OutputLayer, PolicyBlob, Provenance,
-};
+use runtime::blob::{self, HiddenLayer, InputStage, Metadata, OutputLayer, PolicyBlob, Provenance};
 use runtime::noise::SplitMix64;
 use runtime::quant::quantize_multiplier;
 use runtime::{NoiseMode, Policy, Scratch};
-
-/// A dense layer in f32: `y = W x + b`, `W` row-major `[out][in]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DenseF32 {
-    pub in_dim: usize,
-    pub out_dim: usize,
-    pub weight: Vec<f32>,
-    pub bias: Vec<f32>,
-}
-
-impl DenseF32 {
-    /// `W x + bias` in f64 (the float reference the quantizer calibrates against).
-    pub fn apply(&self, x: &[f64], bias: &[f32]) -> Vec<f64> {
-        (0..self.out_dim)
-            .map(|c| {
-                let row = &self.weight[c * self.in_dim..(c + 1) * self.in_dim];
-                bias[c] as f64 + row.iter().zip(x).map(|(&w, &v)| w as f64 * v).sum::<f64>()
-            })
-            .collect()
-    }
-}
-
-/// Hidden-layer nonlinearity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Activation {
-    Mish,
-    Relu,
-}
-
-impl Activation {
-    pub fn apply(self, x: f64) -> f64 {
-        match self {
-            // mish(x) = x · tanh(softplus(x)), softplus computed without overflow.
-            Activation::Mish => {
-                let softplus = if x > 20.0 { x } else { x.exp().ln_1p() };
-                x * softplus.tanh()
-            }
-            Activation::Relu => x.max(0.0),
-        }
-    }
-}
-
-/// Where a policy came from (owned part of `runtime::blob::Provenance`). The measured
-/// returns are not known when quantizing: `export` writes them into the encoded blob.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ProvenanceInfo {
-    pub git_revision: String,
-    pub env_steps: u64,
-    pub seed: u64,
-}
-
-/// Everything about a flow policy besides its layers: task, bounds, normalization,
-/// base noise and provenance.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PolicyMeta {
-    pub env_id: String,
-    pub algorithm: Algorithm,
-    pub action_low: Vec<f32>,
-    pub action_high: Vec<f32>,
-    pub obs_mean: Vec<f32>,
-    pub obs_std: Vec<f32>,
-    pub obs_clip: f32,
-    /// σ_z of the base noise in stochastic mode.
-    pub noise_std: f32,
-    pub provenance: ProvenanceInfo,
-}
-
-/// A flow policy in f32, structured exactly as the runtime evaluates it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FloatPolicy {
-    pub meta: PolicyMeta,
-    pub obs_dim: usize,
-    pub act_dim: usize,
-    /// Hidden layers; the first takes `[normalized obs, z]` and its `bias` is unused:
-    /// `step_biases[k]` (bias plus the folded time embedding of flow step k) replaces it.
-    pub hidden: Vec<DenseF32>,
-    pub step_biases: Vec<Vec<f32>>,
-    pub activation: Activation,
-    pub output: DenseF32,
-}
+use sim::float_policy::{DenseF32, FloatPolicy, Probe};
 
 /// What one float forward pass saw, for calibration.
 #[derive(Debug, Clone, Default)]
@@ -122,92 +41,18 @@ fn widen(r: &mut (f64, f64), values: &[f64]) {
     }
 }
 
-impl FloatPolicy {
-    pub fn nfe(&self) -> usize {
-        self.step_biases.len()
-    }
-
-    /// Normalized, clipped observation (same operation order as the runtime, in f32).
-    pub fn normalize(&self, obs: &[f32]) -> Vec<f32> {
-        obs.iter()
-            .enumerate()
-            .map(|(i, &o)| {
-                ((o - self.meta.obs_mean[i]) * (1.0 / self.meta.obs_std[i]))
-                    .clamp(-self.meta.obs_clip, self.meta.obs_clip)
-            })
-            .collect()
-    }
-
-    /// The float action for `obs` from base sample `z0`, optionally recording ranges.
-    fn act_recording(&self, obs: &[f32], z0: &[f32], mut ranges: Option<&mut Ranges>) -> Vec<f32> {
-        let n: Vec<f64> = self.normalize(obs).iter().map(|&v| v as f64).collect();
-        let mut z: Vec<f64> = z0.iter().map(|&v| v as f64).collect();
-        let nfe = self.nfe();
-        for k in 0..nfe {
-            let mut x: Vec<f64> = n.iter().chain(z.iter()).copied().collect();
-            if let Some(r) = ranges.as_deref_mut() {
-                for (range, &v) in r.input.iter_mut().zip(&x) {
+impl Ranges {
+    /// Widens the range of the tensor `probe` shows to contain its values.
+    fn record(&mut self, probe: Probe<'_>) {
+        match probe {
+            Probe::Input(x) => {
+                for (range, &v) in self.input.iter_mut().zip(x) {
                     widen(range, &[v]);
                 }
             }
-            for (l, layer) in self.hidden.iter().enumerate() {
-                let bias = if l == 0 {
-                    &self.step_biases[k]
-                } else {
-                    &layer.bias
-                };
-                let pre = layer.apply(&x, bias);
-                x = pre.iter().map(|&v| self.activation.apply(v)).collect();
-                if let Some(r) = ranges.as_deref_mut() {
-                    widen(&mut r.preact[l], &pre);
-                    widen(&mut r.postact[l], &x);
-                }
-            }
-            let u = self.output.apply(&x, &self.output.bias);
-            for (zi, ui) in z.iter_mut().zip(u) {
-                *zi -= ui / nfe as f64;
-            }
+            Probe::PreActivation { layer, values } => widen(&mut self.preact[layer], values),
+            Probe::PostActivation { layer, values } => widen(&mut self.postact[layer], values),
         }
-        z.iter()
-            .enumerate()
-            .map(|(c, &v)| {
-                let (lo, hi) = (
-                    self.meta.action_low[c] as f64,
-                    self.meta.action_high[c] as f64,
-                );
-                (lo + (v.clamp(-1.0, 1.0) + 1.0) * 0.5 * (hi - lo)) as f32
-            })
-            .collect()
-    }
-
-    /// The float policy's action (env units) for `obs` from base sample `z0`.
-    pub fn act(&self, obs: &[f32], z0: &[f32]) -> Vec<f32> {
-        self.act_recording(obs, z0, None)
-    }
-
-    fn validate(&self) -> Result<()> {
-        ensure!(!self.hidden.is_empty(), "policy has no hidden layer");
-        ensure!(self.nfe() >= 1, "policy has no flow step");
-        ensure!(
-            self.hidden[0].in_dim == self.obs_dim + self.act_dim,
-            "first layer input is not obs+act"
-        );
-        ensure!(
-            self.meta.obs_mean.len() == self.obs_dim && self.meta.obs_std.len() == self.obs_dim,
-            "normalizer dims"
-        );
-        ensure!(
-            self.meta.obs_std.iter().all(|&s| s > 0.0 && s.is_finite()),
-            "normalizer std must be positive"
-        );
-        ensure!(
-            self.output.out_dim == self.act_dim,
-            "output layer is not act_dim wide"
-        );
-        for b in &self.step_biases {
-            ensure!(b.len() == self.hidden[0].out_dim, "step bias width");
-        }
-        Ok(())
     }
 }
 
@@ -283,11 +128,11 @@ fn calibrate(policy: &FloatPolicy, observations: &[Vec<f32>], seed: u64) -> Rang
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for obs in observations {
-        policy.act_recording(obs, &vec![0.0; policy.act_dim], Some(&mut ranges));
+        policy.act_observed(obs, &vec![0.0; policy.act_dim], |p| ranges.record(p));
         let z: Vec<f32> = (0..policy.act_dim)
             .map(|_| policy.meta.noise_std * rng.sample::<f32, _>(StandardNormal))
             .collect();
-        policy.act_recording(obs, &z, Some(&mut ranges));
+        policy.act_observed(obs, &z, |p| ranges.record(p));
     }
     ranges
 }

@@ -506,7 +506,7 @@ fn run_eval_at(run: &Run, milestone: u64, tolerance: f64) -> Option<&Eval> {
 
 /// Tasks in the registry's order (the paper's), others after them by name.
 fn env_order(runs: &[Run]) -> Vec<String> {
-    let known = crate::env::ids();
+    let known = sim::env::ids();
     let mut envs: Vec<String> = Vec::new();
     for r in runs {
         if !envs.contains(&r.env_id) {

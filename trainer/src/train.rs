@@ -38,14 +38,14 @@ use tch::{Device, Tensor};
 use crate::agents::flame::{Flame, FlameConfig};
 use crate::agents::sac::{Sac, SacConfig};
 use crate::agents::Agent;
-use crate::env::{self, Env, EnvSpec, VecEnv, VecEnvSnapshot};
 use crate::export;
 use crate::plot::{learning_curve, CurvePoint};
-use crate::policy_net::PolicyShape;
 use crate::quantize::quantize;
 use crate::replay::ReplayBuffer;
-use crate::run_dir::{git_revision, read_json, write_json, Algo, RunConfig, RunDir};
 use crate::threads::{ThreadTuner, Threads};
+use sim::env::{self, Env, EnvSpec, VecEnv, VecEnvSnapshot};
+use sim::float_policy::PolicyShape;
+use sim::run_dir::{git_revision, read_json, write_json, Algo, RunConfig, RunDir};
 
 /// Loop-level settings plus the agent's own hyperparameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use sim::run_dir::Algo;
 use tch::Tensor;
-use trainer::run_dir::Algo;
 use trainer::threads::Threads;
 use trainer::train::{checkpoint_dir, EvalRow, TrainConfig, Trainer};
 

@@ -47,9 +47,10 @@ use crate::flame::posterior::{candidate_velocities, sample_candidates};
 use crate::mlp::{
     checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape,
 };
-use crate::policy_net::{flow_steps, time_features_derivative, time_features_tensor};
+use crate::policy_net::{time_features_derivative, time_features_tensor};
 use crate::replay::Batch;
-use crate::run_dir::Normalizer;
+use sim::float_policy::flow_steps;
+use sim::run_dir::Normalizer;
 
 /// Every FLAME hyperparameter, with the official code's default where it has one (loop
 /// settings — envs, warm-up, batch size — are in `train::TrainConfig`).
@@ -666,7 +667,8 @@ impl Agent for Flame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy_net::{FlowPolicyNet, PolicyShape};
+    use crate::policy_net::FlowPolicyNet;
+    use sim::float_policy::PolicyShape;
     use tch::nn;
 
     fn small_with(algorithm: Algorithm, obs_dim: usize, act_dim: usize) -> Flame {
@@ -815,7 +817,8 @@ mod tests {
         assert_eq!(agent.alpha(), other.alpha());
     }
 
-    /// `policy_tensors` is what `trainer export` loads into a `FlowPolicyNet`.
+    /// `policy_tensors` has the layout of `FlowPolicyNet`, which `trainer init` saves:
+    /// runs from either load the same way.
     #[test]
     fn exported_tensors_load_into_the_export_network() {
         let agent = small(5, 3);
@@ -884,31 +887,28 @@ mod tests {
 
     /// The agent's own sampler (training, TD targets, evaluation) computes exactly what
     /// the exported policy computes: FLAME-M's one step and FLAME-R's N Euler steps,
-    /// through `FlowPolicyNet` and the folded time biases of `flow_steps`.
+    /// through the checkpoint file as training writes it (tch's safetensors writer), read
+    /// back as `trainer export` and `tools hil --float-run` read it (`sim`, no tch), with
+    /// the folded time biases of `flow_steps`.
     #[test]
     fn deployed_action_equals_the_exported_float_policy() {
-        use crate::quantize::{PolicyMeta, ProvenanceInfo};
+        use sim::float_policy::{read_checkpoint, FloatPolicy, PolicyMeta, ProvenanceInfo};
         for algorithm in [Algorithm::FlameM, Algorithm::FlameR] {
             let (obs_dim, act_dim) = (5usize, 3usize);
             let agent = small_with(algorithm, obs_dim, act_dim);
-            let mut vs = nn::VarStore::new(Device::Cpu);
             let shape = PolicyShape {
                 obs_dim,
                 act_dim,
                 hidden: vec![32, 32],
                 time_dim: 8,
             };
-            let net = FlowPolicyNet::new(&vs.root(), shape);
             let path = std::env::temp_dir().join(format!(
                 "flame-deployed-{}-{:?}.safetensors",
                 std::process::id(),
                 algorithm
             ));
-            let tensors = agent.policy_tensors();
-            let named: Vec<(&str, &Tensor)> =
-                tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-            Tensor::write_safetensors(&named, &path).unwrap();
-            vs.load(&path).unwrap();
+            Tensor::write_safetensors(&agent.policy_tensors(), &path).unwrap();
+            let checkpoint = read_checkpoint(&path).unwrap();
             let _ = std::fs::remove_file(&path);
             let meta = PolicyMeta {
                 env_id: "Test-v0".into(),
@@ -921,9 +921,8 @@ mod tests {
                 noise_std: 0.5,
                 provenance: ProvenanceInfo::default(),
             };
-            let float = net
-                .to_float_policy(meta, &flow_steps(algorithm, agent.config.nfe))
-                .unwrap();
+            let float =
+                FloatPolicy::from_checkpoint(meta, &shape, agent.config.nfe, &checkpoint).unwrap();
             assert_eq!(float.nfe(), agent.config.nfe);
             let obs: Vec<f32> = (0..4 * obs_dim)
                 .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3)

@@ -16,7 +16,7 @@ use anyhow::{ensure, Result};
 use tch::Tensor;
 
 use crate::replay::Batch;
-use crate::run_dir::Normalizer;
+use sim::run_dir::Normalizer;
 
 /// Named scalars from one update (losses, α, Q means); the loop checks them for NaN/Inf,
 /// shows them in the progress line and writes them to the metrics.

@@ -32,7 +32,7 @@ use crate::mlp::{
     checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape, ParamGrad,
 };
 use crate::replay::Batch;
-use crate::run_dir::Normalizer;
+use sim::run_dir::Normalizer;
 
 /// Every SAC hyperparameter, with CleanRL's default (the loop-level ones — batch size,
 /// warm-up, buffer size, envs — are in `train::TrainConfig`).

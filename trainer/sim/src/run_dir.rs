@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::policy_net::PolicyShape;
+use crate::float_policy::PolicyShape;
 
 /// Which agent (CLI spelling in `--algo`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

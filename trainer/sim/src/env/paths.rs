@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 /// The dependency directory: `FLAME_DEPS_DIR` if set when the program runs, else the one
-/// the build used (baked in by `trainer/build.rs`), so installed binaries work without
+/// the build used (baked in by `trainer/sim/build.rs`), so installed binaries work without
 /// any environment variables.
 pub fn deps_dir() -> PathBuf {
     std::env::var_os("FLAME_DEPS_DIR")
