@@ -65,7 +65,7 @@ else
     PACKAGES=("mujoco==$MUJOCO_VERSION" "gymnasium==$GYMNASIUM_VERSION")
     WANT="{'mujoco': '$MUJOCO_VERSION', 'gymnasium': '$GYMNASIUM_VERSION'}"
     PROBE="pass"
-    SIZE="~60 MB download, under a minute"
+    SIZE="~46 MB download, under a minute"
 fi
 versions_ok() {
     [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - <<PY 2>/dev/null
