@@ -244,7 +244,7 @@ fn firmware_actions_are_bit_exact_with_the_host_runtime() {
         "stack high-water {stack} B is implausibly small"
     );
     assert!(
-        sizes.static_ram + stack <= 16 * 1024,
+        sizes.static_ram + u64::from(stack) <= 16 * 1024,
         "RAM budget: {} + {stack} B",
         sizes.static_ram
     );

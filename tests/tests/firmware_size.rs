@@ -34,7 +34,7 @@ fn default_policy_firmware_fits_the_memory_budget() {
         "stack high-water {stack} B is implausibly small"
     );
     assert!(
-        report.static_ram + stack <= RAM_BUDGET,
+        report.static_ram + u64::from(stack) <= RAM_BUDGET,
         "static RAM {} B + stack {stack} B",
         report.static_ram
     );

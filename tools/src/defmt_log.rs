@@ -15,9 +15,10 @@
 
 use std::collections::HashMap;
 
+use anyhow::{bail, Result};
 use serde::Deserialize;
 
-use crate::qemu::{elf32_sections, elf32_symbols};
+use crate::elf::FirmwareElf;
 
 /// One interned log format string.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -51,14 +52,12 @@ pub struct Table {
 }
 
 impl Table {
-    /// Read the table from an ELF32 image (`None` if it is not one or has no `.defmt`
-    /// strings).
-    pub fn from_elf(elf: &[u8]) -> Option<Self> {
-        let sections = elf32_sections(elf)?;
-        let defmt = sections.iter().position(|s| s.name == ".defmt")?;
+    /// Read the table from a firmware ELF: an error if it is not one or has no `.defmt`
+    /// strings.
+    pub fn from_elf(elf: &[u8]) -> Result<Self> {
         let mut strings = HashMap::new();
-        for (name, value, shndx) in elf32_symbols(elf)? {
-            if shndx as usize != defmt || !name.starts_with('{') {
+        for (name, value) in FirmwareElf::parse(elf)?.symbols_in(".defmt") {
+            if !name.starts_with('{') {
                 continue;
             }
             if let (Ok(entry), Ok(index)) =
@@ -67,7 +66,10 @@ impl Table {
                 strings.insert(index, entry);
             }
         }
-        (!strings.is_empty()).then_some(Self { strings })
+        if strings.is_empty() {
+            bail!("the ELF has no defmt strings (no .defmt section symbols)");
+        }
+        Ok(Self { strings })
     }
 
     pub fn get(&self, index: u16) -> Option<&Interned> {

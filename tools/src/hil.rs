@@ -55,6 +55,24 @@ pub struct HilOptions {
     pub faults: Option<FaultPlan>,
 }
 
+impl HilOptions {
+    /// Episode e resets the env with seed `seed + e`: refuses (one line) a run whose last
+    /// episode would pass `u64::MAX`, before any device is started.
+    pub fn check_episode_seeds(&self) -> Result<()> {
+        let last = self.episodes.saturating_sub(1) as u64;
+        match self.seed.checked_add(last) {
+            Some(_) => Ok(()),
+            None => bail!(
+                "--seed {} with --episodes {}: episode {last} would reset with seed {} + {last}, past the largest seed {}",
+                self.seed,
+                self.episodes,
+                self.seed,
+                u64::MAX
+            ),
+        }
+    }
+}
+
 /// Which steps get a corrupted request: each step independently with probability `rate`,
 /// drawn from a generator seeded with `seed` (the same plan gives the same faults).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -378,6 +396,7 @@ pub fn run_hil<T: Read + Write>(
     let mut episodes = Vec::new();
     let mut fault_rng = opts.faults.map(|plan| SplitMix64::new(plan.seed));
     let mut faults = Vec::new();
+    opts.check_episode_seeds()?;
     for e in 0..opts.episodes {
         let seed = opts.seed + e as u64;
         let mut obs = to_f32(&env.reset(seed));

@@ -145,6 +145,7 @@ fn run(cli: Cli) -> Result<bool> {
                 float_run,
                 faults: inject_faults,
             };
+            opts.check_episode_seeds()?;
             let result = if qemu {
                 let elf = match firmware {
                     Some(elf) => elf,
@@ -236,9 +237,8 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Log { elf, input } => {
             let image =
                 std::fs::read(&elf).with_context(|| format!("reading {}", elf.display()))?;
-            let table = tools::defmt_log::Table::from_elf(&image).ok_or_else(|| {
-                anyhow::anyhow!("{}: not an ELF32 file with defmt strings", elf.display())
-            })?;
+            let table = tools::defmt_log::Table::from_elf(&image)
+                .with_context(|| format!("{}: no defmt string table", elf.display()))?;
             let raw = match input {
                 Some(path) => {
                     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?

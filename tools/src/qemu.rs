@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::elf::{ElfSizes, FirmwareElf};
+
 /// The emulator binary; `FLAME_QEMU` overrides it.
 pub const QEMU_BIN: &str = "qemu-system-arm";
 /// The firmware's Rust target.
@@ -274,9 +276,9 @@ impl Qemu {
         }
         let elf = fs::read(&options.elf)
             .with_context(|| format!("firmware ELF {} not readable", options.elf.display()))?;
-        if elf.get(..4) != Some(b"\x7fELF") {
-            bail!("{} is not an ELF file", options.elf.display());
-        }
+        // Refuse a damaged image here, before QEMU runs it, rather than after the run
+        // when its symbols (stack bounds, defmt strings) are read.
+        FirmwareElf::parse(&elf).with_context(|| format!("{}", options.elf.display()))?;
         let dir = std::env::temp_dir().join(format!(
             "flame-qemu-{}-{}",
             std::process::id(),
@@ -375,7 +377,7 @@ impl Qemu {
     /// ELF, the raw output is shown as text.
     pub fn firmware_log(&self) -> Vec<String> {
         let raw = fs::read(self.dir.join("semihosting.bin")).unwrap_or_default();
-        match crate::defmt_log::Table::from_elf(&self.elf) {
+        match crate::defmt_log::Table::from_elf(&self.elf).ok() {
             Some(table) => crate::defmt_log::decode_stream(&table, &raw),
             None => String::from_utf8_lossy(&raw)
                 .lines()
@@ -440,10 +442,8 @@ impl Qemu {
     /// `_stack_start`, from the ELF's symbols) was painted with [`STACK_PAINT`] at reset,
     /// and every word the stack ever reached has been overwritten.
     pub fn stack_high_water(&mut self) -> Result<u32> {
-        let start = elf_symbol(&self.elf, "_stack_start")
-            .ok_or_else(|| anyhow!("ELF has no _stack_start symbol"))?;
-        let end = elf_symbol(&self.elf, "_stack_end")
-            .ok_or_else(|| anyhow!("ELF has no _stack_end symbol"))?;
+        let elf = FirmwareElf::parse(&self.elf)?;
+        let (start, end) = (elf.address("_stack_start")?, elf.address("_stack_end")?);
         if end >= start {
             bail!("bad stack bounds {end:#x}..{start:#x}");
         }
@@ -459,8 +459,8 @@ impl Qemu {
     }
 
     /// The running firmware ELF's static sizes.
-    pub fn elf_sizes(&self) -> Option<ElfSizes> {
-        elf_sizes(&self.elf)
+    pub fn elf_sizes(&self) -> Result<ElfSizes> {
+        FirmwareElf::parse(&self.elf)?.sizes()
     }
 }
 
@@ -499,136 +499,6 @@ impl Drop for Qemu {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Flash and RAM use of a firmware image, from its section headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ElfSizes {
-    /// Bytes in flash: vector table, code, read-only data (the blob), .data's initializers.
-    pub flash: u32,
-    /// Bytes of statically allocated RAM: .data + .bss + .uninit (the stack comes on top).
-    pub static_ram: u32,
-    /// Of `flash`, the .rodata section (holds the embedded policy blob).
-    pub rodata: u32,
-}
-
-/// One section header of an ELF32 file.
-pub(crate) struct Section<'a> {
-    pub name: &'a str,
-    pub kind: u32,
-    pub flags: u32,
-    pub addr: u32,
-    pub offset: u32,
-    pub size: u32,
-    pub link: u32,
-}
-
-pub(crate) const SHF_WRITE: u32 = 1;
-pub(crate) const SHF_ALLOC: u32 = 2;
-pub(crate) const SHT_NOBITS: u32 = 8;
-const SHT_SYMTAB: u32 = 2;
-
-/// The section headers of a little-endian ELF32 file, or `None` if it is not one.
-pub(crate) fn elf32_sections(elf: &[u8]) -> Option<Vec<Section<'_>>> {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| {
-        elf.get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    if elf.get(..6)? != b"\x7fELF\x01\x01" {
-        return None;
-    }
-    let (shoff, shentsize, shnum, shstrndx) = (
-        u32_at(0x20)? as usize,
-        u16_at(0x2E)? as usize,
-        u16_at(0x30)? as usize,
-        u16_at(0x32)? as usize,
-    );
-    let raw = |i: usize| {
-        let h = shoff + i * shentsize;
-        Some((
-            u32_at(h)?,
-            u32_at(h + 4)?,
-            u32_at(h + 8)?,
-            u32_at(h + 12)?,
-            u32_at(h + 16)?,
-            u32_at(h + 20)?,
-            u32_at(h + 24)?,
-        ))
-    };
-    let strtab_offset = raw(shstrndx)?.4 as usize;
-    (0..shnum)
-        .map(|i| {
-            let (name, kind, flags, addr, offset, size, link) = raw(i)?;
-            Some(Section {
-                name: c_str(elf, strtab_offset + name as usize)?,
-                kind,
-                flags,
-                addr,
-                offset,
-                size,
-                link,
-            })
-        })
-        .collect()
-}
-
-fn c_str(bytes: &[u8], at: usize) -> Option<&str> {
-    let rest = bytes.get(at..)?;
-    let end = rest.iter().position(|&b| b == 0)?;
-    std::str::from_utf8(&rest[..end]).ok()
-}
-
-/// Every symbol of a little-endian ELF32 file's symbol table: (name, value, section index).
-pub(crate) fn elf32_symbols(elf: &[u8]) -> Option<Vec<(&str, u32, u16)>> {
-    let sections = elf32_sections(elf)?;
-    let symtab = sections.iter().find(|s| s.kind == SHT_SYMTAB)?;
-    let strtab = sections.get(symtab.link as usize)?;
-    let table = elf.get(symtab.offset as usize..(symtab.offset + symtab.size) as usize)?;
-    Some(
-        table
-            .chunks_exact(16)
-            .filter_map(|sym| {
-                let name_offset = u32::from_le_bytes([sym[0], sym[1], sym[2], sym[3]]) as usize;
-                let name = c_str(elf, strtab.offset as usize + name_offset)?;
-                let value = u32::from_le_bytes([sym[4], sym[5], sym[6], sym[7]]);
-                Some((name, value, u16::from_le_bytes([sym[14], sym[15]])))
-            })
-            .collect(),
-    )
-}
-
-/// The value of a symbol in a little-endian ELF32 file's symbol table.
-pub fn elf_symbol(elf: &[u8], name: &str) -> Option<u32> {
-    elf32_symbols(elf)?
-        .into_iter()
-        .find_map(|(n, value, _)| (n == name).then_some(value))
-}
-
-/// Flash and static RAM use of a firmware ELF (what `size` would print, grouped).
-pub fn elf_sizes(elf: &[u8]) -> Option<ElfSizes> {
-    let mut sizes = ElfSizes {
-        flash: 0,
-        static_ram: 0,
-        rodata: 0,
-    };
-    for s in elf32_sections(elf)?
-        .iter()
-        .filter(|s| s.flags & SHF_ALLOC != 0 && s.size > 0)
-    {
-        let in_ram = s.addr >= 0x2000_0000;
-        if s.kind != SHT_NOBITS && (!in_ram || s.flags & SHF_WRITE != 0) {
-            // Everything with contents is stored in flash (.data's initial values included).
-            sizes.flash += s.size;
-        }
-        if in_ram {
-            sizes.static_ram += s.size;
-        }
-        if s.name == ".rodata" {
-            sizes.rodata = s.size;
-        }
-    }
-    Some(sizes)
 }
 
 #[cfg(test)]
@@ -671,11 +541,5 @@ mod tests {
             err.contains("/nonexistent/flame.elf") || err.contains("qemu-system-arm"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn non_elf_files_are_refused() {
-        assert!(elf_sizes(b"not an elf").is_none());
-        assert!(elf_symbol(b"\x7fELF\x02\x01", "x").is_none());
     }
 }

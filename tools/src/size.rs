@@ -18,13 +18,14 @@ use runtime::wire::{Request, Response, MAX_FRAME};
 use runtime::{NoiseMode, Policy, Scratch};
 use serde::Serialize;
 
+use crate::elf::{FirmwareElf, SectionSize};
 use crate::link::{DeviceLink, LinkError};
-use crate::qemu::{elf32_sections, elf_symbol, Qemu, QemuOptions, SHF_ALLOC, SHT_NOBITS};
+use crate::qemu::{Qemu, QemuOptions};
 
 /// Targets of issue 6 for the 3×256 FLAME-M policy.
-pub const FLASH_BUDGET: u32 = 256 * 1024;
+pub const FLASH_BUDGET: u64 = 256 * 1024;
 /// Static RAM (.data + .bss + .uninit) plus the peak stack.
-pub const RAM_BUDGET: u32 = 16 * 1024;
+pub const RAM_BUDGET: u64 = 16 * 1024;
 
 /// Symbols that exist only when an allocator is linked in (`alloc`'s shims and the
 /// default `__rdl_*` implementations).
@@ -37,27 +38,15 @@ const ALLOCATOR_SYMBOLS: [&str; 6] = [
     "__rust_no_alloc_shim_is_unstable",
 ];
 
-/// One allocated section of the image.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct SectionSize {
-    pub name: String,
-    pub addr: u32,
-    pub size: u32,
-    /// Takes flash (code, read-only data, .data's initial values).
-    pub flash: bool,
-    /// Takes RAM (.data, .bss, .uninit).
-    pub ram: bool,
-}
-
 /// Memory use of one firmware image.
 #[derive(Debug, Clone, Serialize)]
 pub struct SizeReport {
     pub elf: PathBuf,
     pub sections: Vec<SectionSize>,
-    pub flash: u32,
-    pub static_ram: u32,
+    pub flash: u64,
+    pub static_ram: u64,
     /// Of `flash`, `.rodata` (the embedded blob and golden vectors live there).
-    pub rodata: u32,
+    pub rodata: u64,
     /// Size of the embedded policy blob.
     pub blob_bytes: usize,
     /// Stack high-water mark after the workload, when measured.
@@ -73,68 +62,40 @@ pub struct SizeReport {
 impl SizeReport {
     /// Static sizes of an ELF (no stack measurement).
     pub fn from_elf(path: &Path, blob_bytes: usize) -> Result<Self> {
-        let elf = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let sections = elf32_sections(&elf)
-            .ok_or_else(|| anyhow!("{} is not a little-endian ELF32 file", path.display()))?;
-        let mut report = SizeReport {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let elf = FirmwareElf::parse(&bytes).with_context(|| format!("{}", path.display()))?;
+        let sizes = elf.sizes()?;
+        let sections = elf.sections()?;
+        let mut heap_evidence: Vec<String> = (sections.iter())
+            .filter(|s| s.name == ".heap")
+            .map(|s| format!("section .heap ({} B)", s.size))
+            .collect();
+        heap_evidence.extend(
+            (ALLOCATOR_SYMBOLS.iter())
+                .filter(|name| elf.symbol(name).is_some())
+                .map(|name| format!("symbol {name}")),
+        );
+        let stack_reserved = match (elf.address("_stack_start"), elf.address("_stack_end")) {
+            (Ok(start), Ok(end)) => start.checked_sub(end),
+            _ => None,
+        };
+        Ok(SizeReport {
             elf: path.to_path_buf(),
-            sections: Vec::new(),
-            flash: 0,
-            static_ram: 0,
-            rodata: 0,
+            sections,
+            flash: sizes.flash,
+            static_ram: sizes.static_ram,
+            rodata: sizes.rodata,
             blob_bytes,
             peak_stack: None,
-            stack_reserved: None,
-            heap_evidence: Vec::new(),
+            stack_reserved,
+            heap_evidence,
             workload_requests: 0,
-        };
-        for s in sections
-            .iter()
-            .filter(|s| s.flags & SHF_ALLOC != 0 && s.size > 0)
-        {
-            let ram = s.addr >= 0x2000_0000;
-            // Same rule as `qemu::elf_sizes`: contents go to flash (for RAM sections, the
-            // initial values of .data).
-            let flash = s.kind != SHT_NOBITS && (!ram || s.flags & crate::qemu::SHF_WRITE != 0);
-            if flash {
-                report.flash += s.size;
-            }
-            if ram {
-                report.static_ram += s.size;
-            }
-            if s.name == ".rodata" {
-                report.rodata = s.size;
-            }
-            if s.name == ".heap" {
-                report
-                    .heap_evidence
-                    .push(format!("section .heap ({} B)", s.size));
-            }
-            report.sections.push(SectionSize {
-                name: s.name.to_string(),
-                addr: s.addr,
-                size: s.size,
-                flash,
-                ram,
-            });
-        }
-        for name in ALLOCATOR_SYMBOLS {
-            if elf_symbol(&elf, name).is_some() {
-                report.heap_evidence.push(format!("symbol {name}"));
-            }
-        }
-        if let (Some(start), Some(end)) = (
-            elf_symbol(&elf, "_stack_start"),
-            elf_symbol(&elf, "_stack_end"),
-        ) {
-            report.stack_reserved = start.checked_sub(end);
-        }
-        Ok(report)
+        })
     }
 
     /// Static RAM plus the peak stack, when it was measured.
-    pub fn ram_total(&self) -> Option<u32> {
-        self.peak_stack.map(|s| s + self.static_ram)
+    pub fn ram_total(&self) -> Option<u64> {
+        self.peak_stack.map(|s| u64::from(s) + self.static_ram)
     }
 
     /// Budget violations, one line each (empty: within budget). An unmeasured stack is a
@@ -165,7 +126,7 @@ impl SizeReport {
 
 impl fmt::Display for SizeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kib = |b: u32| b as f64 / 1024.0;
+        let kib = |b: u64| b as f64 / 1024.0;
         writeln!(f, "firmware size: {}", self.elf.display())?;
         writeln!(f, "{:<16} {:>10} {:>8}  where", "section", "addr", "bytes")?;
         for s in &self.sections {
@@ -197,7 +158,7 @@ impl fmt::Display for SizeReport {
                 f,
                 "peak stack      {:>8} B ({:.1} KiB; painted stack after {} requests)",
                 stack,
-                kib(stack),
+                kib(u64::from(stack)),
                 self.workload_requests
             )?,
             None => writeln!(f, "peak stack      not measured")?,

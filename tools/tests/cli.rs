@@ -58,6 +58,50 @@ fn missing_and_corrupted_blobs_are_named() {
     assert!(err.contains("truncated"), "{err}");
 }
 
+/// Episode e resets with seed + e: a seed range past u64::MAX is refused before QEMU is
+/// started or the firmware built (it was an arithmetic-overflow panic).
+#[test]
+fn hil_refuses_episode_seeds_past_the_largest() {
+    let blob = fixture_blob();
+    let (ok, _, err) = tools(&[
+        "hil",
+        "--qemu",
+        "--policy",
+        blob.to_str().unwrap(),
+        "--seed",
+        "18446744073709551615",
+        "--episodes",
+        "2",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.lines().count() == 1 && err.contains("--seed 18446744073709551615 with --episodes 2"),
+        "{err}"
+    );
+}
+
+/// A file that starts like an ELF but is not one: every command that reads firmware
+/// refuses it with one line naming the file (before QEMU would start).
+#[test]
+fn damaged_firmware_images_are_refused() {
+    let fake = scratch("fake-elf", b"\x7fELF\x01\x01\x01\0 not really an ELF file");
+    let (fake, blob) = (fake.to_str().unwrap(), fixture_blob());
+    let blob = blob.to_str().unwrap();
+    let runs: [&[&str]; 3] = [
+        &["log", fake, blob],
+        &["size", "--policy", blob, "--firmware", fake, "--no-run"],
+        &["hil", "--qemu", "--policy", blob, "--firmware", fake],
+    ];
+    for args in runs {
+        let (ok, _, err) = tools(args);
+        assert!(!ok, "{args:?}");
+        assert!(
+            err.lines().count() == 1 && err.contains(fake) && err.contains("ELF"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn hil_needs_a_device_and_a_matching_env() {
     let blob = fixture_blob();

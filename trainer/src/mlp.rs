@@ -585,14 +585,33 @@ impl Adam {
     }
 }
 
-/// Check that a loaded tensor has the expected number of elements.
-pub fn ensure_numel(name: &str, t: &Tensor, numel: i64) -> Result<()> {
+/// A checkpoint tensor fits the buffer it restores: same shape and element type, so a
+/// damaged or foreign checkpoint is an error naming the entry, not a panic inside
+/// libtorch's copy.
+fn ensure_fits(name: &str, src: &Tensor, dst: &Tensor) -> Result<()> {
     ensure!(
-        t.numel() as i64 == numel,
-        "checkpoint tensor {name} has {} values, expected {numel}",
-        t.numel()
+        src.size() == dst.size() && src.kind() == dst.kind(),
+        "checkpoint tensor {name} is {:?} {:?}, expected {:?} {:?}",
+        src.kind(),
+        src.size(),
+        dst.kind(),
+        dst.size()
     );
     Ok(())
+}
+
+/// An Adam step count stored in a checkpoint (one non-negative int64), or an error
+/// naming the entry.
+pub fn step_count(name: &str, t: &Tensor) -> Result<i64> {
+    ensure!(
+        t.kind() == Kind::Int64 && t.numel() == 1,
+        "checkpoint tensor {name} is {:?} {:?}, expected one int64 step count",
+        t.kind(),
+        t.size()
+    );
+    let steps = t.f_view([1])?.f_int64_value(&[0])?;
+    ensure!(steps >= 0, "checkpoint tensor {name} holds {steps} steps");
+    Ok(steps)
 }
 
 /// Checkpoint entries `{prefix}.{name}` of a trained network: its flat buffers (the
@@ -631,7 +650,6 @@ pub fn restore_entries(
             .get(&key)
             .with_context(|| format!("checkpoint lacks {key}"))
     };
-    let n = adam.m.numel() as i64;
     tch::no_grad(|| -> Result<()> {
         let Adam { m, v, .. } = &mut *adam;
         let moments: [(&str, &mut Tensor); 2] = [("adam_m", m), ("adam_v", v)];
@@ -641,12 +659,12 @@ pub fn restore_entries(
             .chain(moments)
         {
             let src = get(name)?;
-            ensure_numel(&format!("{prefix}.{name}"), src, n)?;
+            ensure_fits(&format!("{prefix}.{name}"), src, dst)?;
             dst.copy_(src);
         }
         Ok(())
     })?;
-    adam.steps = get("adam_steps")?.int64_value(&[0]);
+    adam.steps = step_count(&format!("{prefix}.adam_steps"), get("adam_steps")?)?;
     Ok(())
 }
 
@@ -828,5 +846,67 @@ mod tests {
             ours.allclose(&w.detach(), 1e-5, 1e-6, false),
             "{ours} vs {w}"
         );
+    }
+
+    /// A checkpoint whose entries do not fit (another shape with the same count, another
+    /// element type, a step count that is not one int64, or a negative one) is refused
+    /// with the entry's name; it was a panic inside libtorch or tch (`int64_value`).
+    #[test]
+    fn malformed_checkpoint_entries_are_named() {
+        let net = Mlp::new(shape(1), Device::Cpu);
+        let mut adam = Adam::new(AdamConfig::with_lr(1e-3), &net.params);
+        adam.steps = 7;
+        let good: HashMap<String, Tensor> =
+            checkpoint_entries("net", &[("params", &net.params)], &adam)
+                .into_iter()
+                .collect();
+        let n = net.params.numel() as i64;
+        let cases: [(&str, Tensor, &str); 5] = [
+            (
+                "net.params",
+                net.params.view([1, n]),
+                "net.params is Float [1, ",
+            ),
+            (
+                "net.adam_m",
+                adam.m.to_kind(Kind::Double),
+                "net.adam_m is Double",
+            ),
+            (
+                "net.adam_steps",
+                Tensor::from_slice::<i64>(&[]),
+                "net.adam_steps is Int64 [0]",
+            ),
+            (
+                "net.adam_steps",
+                Tensor::from_slice(&[1.5f32]),
+                "expected one int64 step count",
+            ),
+            (
+                "net.adam_steps",
+                Tensor::from_slice(&[-3i64]),
+                "holds -3 steps",
+            ),
+        ];
+        for (key, bad, reason) in cases {
+            let mut state: HashMap<String, Tensor> = good
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect();
+            state.insert(key.to_string(), bad);
+            let mut restored = Mlp::new(shape(1), Device::Cpu);
+            let mut restored_adam = Adam::new(AdamConfig::with_lr(1e-3), &restored.params);
+            let buffers: &mut [(&str, &mut Tensor)] = &mut [("params", &mut restored.params)];
+            let err = restore_entries("net", buffers, &mut restored_adam, &state)
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(reason), "{key}: {err}");
+        }
+        let mut restored = Mlp::new(shape(1), Device::Cpu);
+        let mut restored_adam = Adam::new(AdamConfig::with_lr(1e-3), &restored.params);
+        let buffers: &mut [(&str, &mut Tensor)] = &mut [("params", &mut restored.params)];
+        restore_entries("net", buffers, &mut restored_adam, &good).unwrap();
+        assert_eq!(restored_adam.steps, 7);
+        assert!(restored.params.equal(&net.params));
     }
 }

@@ -41,6 +41,11 @@ pub struct ReplayBuffer {
 }
 
 const MAGIC: &[u8; 8] = b"FLREPLY1";
+/// Magic and five u64 header words (obs_dim, act_dim, capacity, len, pos).
+const HEADER_BYTES: usize = 8 + 5 * 8;
+/// Largest observation or action width a replay file may declare (Humanoid's 348
+/// observations with room to spare); anything above is a damaged header.
+const MAX_DIM: usize = 1 << 16;
 
 impl ReplayBuffer {
     pub fn new(obs_dim: usize, act_dim: usize, capacity: usize) -> Self {
@@ -174,11 +179,35 @@ impl ReplayBuffer {
             *h = u64::from_le_bytes(b) as usize;
         }
         let [obs_dim, act_dim, capacity, len, pos] = header;
-        ensure!(
-            capacity > 0 && len <= capacity && pos < capacity,
-            "{}: corrupt replay header",
-            path.display()
-        );
+        let corrupt =
+            |why: String| anyhow::anyhow!("{}: corrupt replay header: {why}", path.display());
+        if obs_dim == 0 || act_dim == 0 || obs_dim > MAX_DIM || act_dim > MAX_DIM {
+            return Err(corrupt(format!(
+                "dimensions obs {obs_dim}, act {act_dim} (each must be 1..={MAX_DIM})"
+            )));
+        }
+        if capacity == 0 || len > capacity || pos >= capacity || (len < capacity && pos != len) {
+            return Err(corrupt(format!(
+                "capacity {capacity}, {len} rows, next row {pos}"
+            )));
+        }
+        // The rows the header announces must be exactly what the file holds: checked
+        // before anything is allocated, so a damaged header cannot ask for gigabytes.
+        let expected = (2 * obs_dim + act_dim + 2)
+            .checked_mul(len)
+            .and_then(|floats| floats.checked_mul(4))
+            .and_then(|bytes| bytes.checked_add(HEADER_BYTES))
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "{len} rows of obs {obs_dim}, act {act_dim} overflow"
+                ))
+            })?;
+        let actual = r.get_ref().metadata()?.len();
+        if actual != expected as u64 {
+            return Err(corrupt(format!(
+                "{len} rows of obs {obs_dim}, act {act_dim} take {expected} bytes, the file has {actual}"
+            )));
+        }
         let mut read = |n: usize| -> Result<Vec<f32>> {
             let mut bytes = vec![0u8; n * 4];
             r.read_exact(&mut bytes)
@@ -280,5 +309,57 @@ mod tests {
         let x = rb.sample(8, &mut a, Device::Cpu);
         let y = back.sample(8, &mut b, Device::Cpu);
         assert!(x.obs.equal(&y.obs) && x.next_obs.equal(&y.next_obs));
+    }
+
+    /// A damaged header gets one line naming the file and what is wrong, never an
+    /// arithmetic overflow or a huge allocation: dimension words overwritten with 0xff,
+    /// a row count far beyond the file, a truncated and an extended file, a `pos` that
+    /// contradicts a partly filled buffer.
+    #[test]
+    fn damaged_headers_are_refused_with_the_reason() {
+        let rb = filled(10, 7);
+        let path = std::env::temp_dir().join(format!("replay-bad-{}.bin", std::process::id()));
+        rb.save(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let word = |bytes: &mut Vec<u8>, k: usize, v: u64| {
+            bytes[8 + 8 * k..16 + 8 * k].copy_from_slice(&v.to_le_bytes())
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            {
+                let mut b = good.clone();
+                b[8..24].fill(0xff);
+                (b, "dimensions obs")
+            },
+            {
+                let mut b = good.clone();
+                word(&mut b, 2, u64::MAX);
+                word(&mut b, 3, 1 << 40);
+                word(&mut b, 4, 1 << 40);
+                (b, "take")
+            },
+            {
+                let mut b = good.clone();
+                word(&mut b, 2, u64::MAX);
+                word(&mut b, 3, u64::MAX / 2);
+                word(&mut b, 4, u64::MAX / 2);
+                (b, "overflow")
+            },
+            (good[..good.len() - 3].to_vec(), "the file has"),
+            ([good.clone(), vec![0; 4]].concat(), "the file has"),
+            {
+                let mut b = good.clone();
+                word(&mut b, 4, 3);
+                (b, "next row 3")
+            },
+        ];
+        for (bytes, reason) in cases {
+            std::fs::write(&path, &bytes).unwrap();
+            let err = format!("{:#}", ReplayBuffer::load(&path).err().expect("refused"));
+            assert!(
+                err.contains("corrupt replay header") && err.contains(reason),
+                "{reason}: {err}"
+            );
+        }
+        std::fs::remove_file(&path).ok();
     }
 }

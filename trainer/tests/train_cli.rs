@@ -209,6 +209,20 @@ fn sac_run_has_its_outputs_resumes_and_is_refused_by_export() {
     assert!(ok, "{err}");
     assert!(stdout.contains("450 env steps"), "{stdout}");
 
+    // A checkpoint whose replay header has its dimension words overwritten with 0xff
+    // (once an arithmetic-overflow panic) is refused in one line; the run is untouched.
+    let replay = dir.join("checkpoint").join("replay.bin");
+    let mut bytes = std::fs::read(&replay).unwrap();
+    bytes[8..24].fill(0xff);
+    std::fs::write(&replay, &bytes).unwrap();
+    let (ok, _, err) = trainer(&["train", "--resume", out, "--steps", "600"]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("corrupt replay header") && err.contains("replay.bin"),
+        "{err}"
+    );
+
     let (ok, _, err) = trainer(&["export", out, "--out", dir.join("p.blob").to_str().unwrap()]);
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");

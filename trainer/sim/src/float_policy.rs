@@ -67,7 +67,34 @@ pub struct PolicyShape {
     pub time_dim: usize,
 }
 
+/// Largest width a policy network may declare: far above any task's (Humanoid observes
+/// 348 values); anything beyond is a damaged or foreign config, refused before any size
+/// is computed from it.
+const MAX_WIDTH: usize = 1 << 16;
+
 impl PolicyShape {
+    /// Every width positive (the time features may be absent) and at most `MAX_WIDTH`.
+    pub fn validate(&self) -> Result<()> {
+        let widths = [self.obs_dim, self.act_dim]
+            .into_iter()
+            .chain(self.hidden.iter().copied());
+        for w in widths {
+            ensure!(
+                (1..=MAX_WIDTH).contains(&w),
+                "policy shape {self:?}: widths must be 1..={MAX_WIDTH}"
+            );
+        }
+        ensure!(
+            self.time_dim <= MAX_WIDTH && self.time_dim.is_multiple_of(2),
+            "policy shape {self:?}: time_dim must be even and at most {MAX_WIDTH}"
+        );
+        ensure!(
+            !self.hidden.is_empty(),
+            "policy shape {self:?}: no hidden layer"
+        );
+        Ok(())
+    }
+
     /// The checkpoint's tensor names and shapes, layer by layer: `(name, out, in)`.
     fn layers(&self) -> Vec<(String, usize, usize)> {
         let mut width = self.obs_dim + self.act_dim + 2 * self.time_dim;
@@ -252,6 +279,7 @@ impl FloatPolicy {
         nfe: usize,
         tensors: &[CheckpointTensor],
     ) -> Result<Self> {
+        shape.validate()?;
         let expected = shape.layers();
         ensure!(
             tensors.len() == 2 * expected.len(),
@@ -268,6 +296,7 @@ impl FloatPolicy {
                 "{name}: shape {:?}, the network expects {dims:?}",
                 t.shape
             );
+            // dims passed `PolicyShape::validate`: their product is at most 2^32.
             ensure!(
                 t.values.len() == dims.iter().product::<usize>(),
                 "{name}: {} values for shape {dims:?}",
@@ -602,6 +631,36 @@ mod tests {
         let mut t = tensors(&shape);
         t[1].values.pop();
         assert!(err(&t).contains("hidden0.bias: 3 values"), "{}", err(&t));
+    }
+
+    /// A config.json with absurd widths (hand-edited or foreign) is refused before any
+    /// size is computed from them: `obs + act + 2·time` once overflowed.
+    #[test]
+    fn absurd_shapes_are_refused_before_any_arithmetic() {
+        let t = tensors(&shape());
+        for bad in [
+            PolicyShape {
+                obs_dim: usize::MAX / 2,
+                ..shape()
+            },
+            PolicyShape {
+                time_dim: usize::MAX,
+                ..shape()
+            },
+            PolicyShape {
+                time_dim: 3,
+                ..shape()
+            },
+            PolicyShape {
+                hidden: vec![4, 0],
+                ..shape()
+            },
+        ] {
+            let err = FloatPolicy::from_checkpoint(meta(Algorithm::FlameM), &bad, 1, &t)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("policy shape"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -163,13 +163,13 @@ impl RunDir {
     pub fn read_states(&self, dim: usize) -> Result<Vec<Vec<f32>>> {
         let bytes = std::fs::read(self.states())
             .with_context(|| format!("reading {}", self.states().display()))?;
-        ensure!(
-            dim > 0 && bytes.len() % (4 * dim) == 0,
-            "{} is not rows of {dim} f32",
-            self.states().display()
-        );
+        let row = dim
+            .checked_mul(4)
+            .filter(|&r| r > 0 && bytes.len().is_multiple_of(r));
+        let row =
+            row.with_context(|| format!("{} is not rows of {dim} f32", self.states().display()))?;
         Ok(bytes
-            .chunks_exact(4 * dim)
+            .chunks_exact(row)
             .map(|row| {
                 row.chunks_exact(4)
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))

@@ -29,7 +29,8 @@ use tch::{Device, Kind, Tensor};
 use super::{validate_common, Agent, UpdateStats};
 use crate::critic::TwinCritic;
 use crate::mlp::{
-    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape, ParamGrad,
+    checkpoint_entries, restore_entries, step_count, Activation, Adam, AdamConfig, Mlp, MlpShape,
+    ParamGrad,
 };
 use crate::replay::Batch;
 use sim::run_dir::Normalizer;
@@ -132,7 +133,7 @@ impl ScalarAdam {
             a.len()
         );
         (self.m, self.v) = (a[1], a[2]);
-        self.steps = get("alpha.adam_steps")?.int64_value(&[0]);
+        self.steps = step_count("alpha.adam_steps", get("alpha.adam_steps")?)?;
         Ok(a[0])
     }
 
