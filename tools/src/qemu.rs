@@ -4,7 +4,9 @@
 //! QEMU runs as
 //! `timeout -s KILL <limit> qemu-system-arm -M netduinoplus2 -icount shift=0 …` with
 //! - serial0 (USART1) on its own unix socket: semihosting output goes to QEMU's stdout, so
-//!   `-serial stdio` would mix log text into the binary frames (DESIGN §7);
+//!   `-serial stdio` would mix log text into the binary frames (DESIGN §7); or, with
+//!   [`Uart::Pty`], on a pseudo-terminal that a serial-port client opens as it would a
+//!   board's USB-serial device (`tools hil --port`);
 //! - `-icount shift=0`, so TIM2 counts executed instructions exactly (the cost unit);
 //! - semihosting enabled (without it a semihosting call hangs the guest); the firmware's
 //!   defmt log frames arrive on QEMU's stdout, kept in their own file and decoded with the
@@ -216,10 +218,20 @@ pub fn build_firmware(build: &FirmwareBuild) -> Result<PathBuf> {
     Ok(copy)
 }
 
+/// Where the firmware's UART (serial0) appears on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uart {
+    /// A unix socket this process connects to: [`Qemu`]'s `Read`/`Write`.
+    Socket,
+    /// A pseudo-terminal (`/dev/pts/N`, [`Qemu::pty`]) for a serial-port client.
+    Pty,
+}
+
 /// How to run QEMU.
 #[derive(Debug, Clone)]
 pub struct QemuOptions {
     pub elf: PathBuf,
+    pub uart: Uart,
     /// Wall-clock limit after which `timeout` kills QEMU whatever happens.
     pub time_limit: Duration,
     /// How long one read of the serial stream waits before returning `TimedOut`.
@@ -230,6 +242,7 @@ impl QemuOptions {
     pub fn new(elf: impl Into<PathBuf>) -> Self {
         Self {
             elf: elf.into(),
+            uart: Uart::Socket,
             time_limit: Duration::from_secs(300),
             read_timeout: Duration::from_millis(100),
         }
@@ -237,10 +250,14 @@ impl QemuOptions {
 }
 
 /// A running emulator. `Read`/`Write` go to the firmware's UART; reads time out after
-/// [`QemuOptions::read_timeout`] with `ErrorKind::WouldBlock` or `TimedOut`.
+/// [`QemuOptions::read_timeout`] with `ErrorKind::WouldBlock` or `TimedOut`. With the UART
+/// on a pseudo-terminal they fail: open [`Qemu::pty`] instead.
 pub struct Qemu {
     child: Child,
-    serial: UnixStream,
+    /// The UART's socket ([`Uart::Socket`]).
+    serial: Option<UnixStream>,
+    /// The UART's pseudo-terminal ([`Uart::Pty`]).
+    pty: Option<PathBuf>,
     monitor: UnixStream,
     dir: PathBuf,
     elf: Vec<u8>,
@@ -297,17 +314,19 @@ impl Qemu {
         let semihosting = File::create(&semihosting_path)
             .with_context(|| format!("creating {}", semihosting_path.display()))?;
         let limit = options.time_limit.as_secs().max(1);
+        let uart = match options.uart {
+            Uart::Socket => format!(
+                "socket,id=uart,path={},server=on,wait=on",
+                serial_path.display()
+            ),
+            Uart::Pty => "pty,id=uart".to_string(),
+        };
         let child = Command::new("timeout")
             .args(["-s", "KILL", &limit.to_string()])
             .arg(&bin)
             .args(["-M", "netduinoplus2", "-nographic", "-icount", "shift=0"])
             .args(["-semihosting-config", "enable=on,target=native"])
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=uart,path={},server=on,wait=on",
-                serial_path.display()
-            ))
-            .args(["-serial", "chardev:uart"])
+            .args(["-chardev", &uart, "-serial", "chardev:uart"])
             .arg("-monitor")
             .arg(format!(
                 "unix:{},server=on,wait=off",
@@ -322,19 +341,43 @@ impl Qemu {
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut qemu = Qemu {
             child,
-            // Placeholders until the sockets exist; replaced below.
-            serial: UnixStream::pair()?.0,
+            serial: None,
+            pty: None,
+            // A placeholder until the monitor socket exists; replaced below.
             monitor: UnixStream::pair()?.0,
             dir,
             elf,
         };
-        qemu.serial = qemu.connect(&serial_path)?;
-        qemu.serial.set_read_timeout(Some(options.read_timeout))?;
+        if options.uart == Uart::Socket {
+            let serial = qemu.connect(&serial_path)?;
+            serial.set_read_timeout(Some(options.read_timeout))?;
+            qemu.serial = Some(serial);
+        }
         qemu.monitor = qemu.connect(&monitor_path)?;
         qemu.monitor
             .set_read_timeout(Some(Duration::from_secs(10)))?;
         qemu.monitor_command(None)?; // the greeting and first prompt
+        if options.uart == Uart::Pty {
+            let chardevs = qemu.monitor_command(Some("info chardev"))?;
+            qemu.pty = Some(pty_of_uart(&chardevs).with_context(|| {
+                format!("QEMU did not report the UART's pseudo-terminal:\n{chardevs}")
+            })?);
+        }
         Ok(qemu)
+    }
+
+    /// The UART's pseudo-terminal, when it was started with [`Uart::Pty`].
+    pub fn pty(&self) -> Option<&Path> {
+        self.pty.as_deref()
+    }
+
+    fn uart(&mut self) -> io::Result<&mut UnixStream> {
+        self.serial.as_mut().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the UART is on a pseudo-terminal: open Qemu::pty with a serial-port client",
+            )
+        })
     }
 
     /// Wait (up to 10 s) for QEMU to create `path` and accept a connection.
@@ -392,8 +435,8 @@ impl Qemu {
     }
 
     /// Set the serial read timeout.
-    pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
-        self.serial.set_read_timeout(Some(timeout))
+    pub fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.uart()?.set_read_timeout(Some(timeout))
     }
 
     /// Send one monitor command (or none, to read the greeting) and return its output up
@@ -464,18 +507,26 @@ impl Qemu {
     }
 }
 
+/// The path in the monitor's `info chardev` line of the UART: `uart: filename=pty:/dev/pts/N`.
+fn pty_of_uart(chardevs: &str) -> Option<PathBuf> {
+    chardevs.lines().find_map(|line| {
+        let path = line.trim().strip_prefix("uart: filename=pty:")?;
+        Some(PathBuf::from(path.trim()))
+    })
+}
+
 impl Read for Qemu {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.serial.read(buf)
+        self.uart()?.read(buf)
     }
 }
 
 impl Write for Qemu {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.serial.write(buf)
+        self.uart()?.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.serial.flush()
+        self.uart()?.flush()
     }
 }
 
@@ -528,6 +579,13 @@ mod tests {
         ] {
             assert!(!is_outer_cargo_var(v), "{v}");
         }
+    }
+
+    #[test]
+    fn the_uart_pty_is_read_from_info_chardev() {
+        let answer = "info chardev\r\nparallel0: filename=null\r\nuart: filename=pty:/dev/pts/7\r\ncompat_monitor0: filename=unix:/tmp/m.sock,server=on\r\n(qemu) ";
+        assert_eq!(pty_of_uart(answer), Some(PathBuf::from("/dev/pts/7")));
+        assert_eq!(pty_of_uart("uart: filename=unix:/tmp/s.sock"), None);
     }
 
     #[test]
