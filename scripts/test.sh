@@ -14,7 +14,8 @@ scripts/setup.sh
 step "format and lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-(cd firmware && cargo fmt --all --check && cargo clippy --release -- -D warnings && cargo clippy-host -- -D warnings)
+(cd firmware && cargo fmt --all --check && cargo clippy --release -- -D warnings \
+    && cargo clippy-f407 -- -D warnings && cargo clippy-host -- -D warnings)
 
 step "firmware control loop (host unit tests)"
 (cd firmware && cargo test-host)
