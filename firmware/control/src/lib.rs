@@ -22,12 +22,14 @@
 
 mod controller;
 mod golden;
+mod pwm;
 mod seams;
 #[cfg(test)]
 mod tests;
 
 pub use controller::{error_name, Buffers, Controller, Stats};
 pub use golden::{golden_for, GoldenProblem};
+pub use pwm::{BoundsError, PwmActuator};
 pub use seams::{Actuator, Config, CostClock, NoActuator};
 
 /// Largest plain response message (postcard + CRC-32). The largest response is an

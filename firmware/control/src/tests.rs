@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 
 use embedded_io::{Read, ReadReady, Write};
-use runtime::blob::blob_hash;
+use runtime::blob::{blob_hash, f32_at};
 use runtime::golden::GoldenSet;
 use runtime::noise::SplitMix64;
 use runtime::wire::{
@@ -834,4 +834,74 @@ fn long_firmware_versions_are_truncated() {
         panic!()
     };
     assert_eq!(firmware_version.as_str(), "0.1.0+a-very-lon");
+}
+
+/// A PWM channel whose duty the test reads while the controller owns the actuator.
+struct SharedChannel(Rc<Cell<u16>>);
+
+impl embedded_hal::pwm::ErrorType for SharedChannel {
+    type Error = Infallible;
+}
+
+impl embedded_hal::pwm::SetDutyCycle for SharedChannel {
+    fn max_duty_cycle(&self) -> u16 {
+        1000
+    }
+    fn set_duty_cycle(&mut self, duty: u16) -> Result<(), Infallible> {
+        self.0.set(duty);
+        Ok(())
+    }
+}
+
+/// The controller driving PWM channels through `PwmActuator`: the safe duty at boot, the
+/// device's own action mapped through the blob's bounds after `Act`, and the safe duty
+/// again after `Reset`.
+#[test]
+fn pwm_outputs_follow_the_controller() {
+    let duties: Vec<Rc<Cell<u16>>> = (0..6).map(|_| Rc::new(Cell::new(7))).collect();
+    let mut channels: Vec<SharedChannel> =
+        duties.iter().map(|d| SharedChannel(d.clone())).collect();
+    let [a, b, c2, d, e, f] = channels.as_mut_slice() else {
+        unreachable!()
+    };
+    let mut pwm = PwmActuator::new([a, b, c2, d, e, f], 0.5);
+    let policy = Policy::from_bytes(FIXTURE).unwrap();
+    pwm.set_policy_bounds(&policy).unwrap();
+    let meta = &policy.blob().meta;
+    let (low, high): (Vec<f32>, Vec<f32>) = (0..6)
+        .map(|i| (f32_at(meta.action_low, i), f32_at(meta.action_high, i)))
+        .unzip();
+    let read = || duties.iter().map(|d| d.get()).collect::<Vec<u16>>();
+
+    let mut link = MockLink::new();
+    let mut buffers = Buffers::new();
+    let config = Config {
+        watchdog_ticks: WATCHDOG,
+        firmware_version: "0.1.0+unit-test",
+    };
+    let mut c = Controller::new(
+        FIXTURE,
+        None,
+        &mut buffers,
+        MockClock::default(),
+        pwm,
+        config,
+    );
+    assert_eq!(read(), [500; 6], "boots at the safe duty");
+    let obs = random_obs(&mut SplitMix64::new(21), 17);
+    let got = exchange(
+        &mut c,
+        &mut link,
+        &frame(&act(1, &obs, NoiseMode::Deterministic)),
+    );
+    let [Response::Action { action, .. }] = got.as_slice() else {
+        panic!("{got:?}")
+    };
+    let expect: Vec<u16> = (action.iter().zip(low.iter().zip(&high)))
+        .map(|(&a, (&lo, &hi))| ((a - lo) * (1000.0 / (hi - lo)) + 0.5).clamp(0.0, 1000.0) as u16)
+        .collect();
+    assert_eq!(read(), expect);
+    assert_ne!(read(), [500; 6], "a computed action moves the outputs");
+    exchange(&mut c, &mut link, &frame(&Request::Reset { seq: 2 }));
+    assert_eq!(read(), [500; 6]);
 }
