@@ -13,6 +13,7 @@ compile_error!("pick one board: `qemu` (the default) or `stm32f407` (with --no-d
 compile_error!("no board selected: enable feature `qemu` or `stm32f407`");
 
 mod board;
+#[cfg(feature = "qemu")]
 mod reg;
 
 use core::cell::UnsafeCell;
@@ -52,7 +53,8 @@ fn main() -> ! {
         mut serial,
         clock,
         actuator,
-    } = board::Board::init();
+        mut watchdog,
+    } = board::Board::init(&BLOB.0);
     let config = Config {
         watchdog_ticks: board::WATCHDOG_TICKS,
         firmware_version: board::FIRMWARE_VERSION,
@@ -95,5 +97,6 @@ fn main() -> ! {
     loop {
         // The board links cannot fail (line errors surface as CRC failures of the frame).
         let Ok(()) = controller.poll(&mut serial);
+        watchdog.feed();
     }
 }

@@ -1,17 +1,21 @@
-//! Minimal memory-mapped register access for the board files.
+//! Minimal memory-mapped register access for the QEMU board.
 //!
-//! The boards touch a handful of registers (RCC, one USART, one timer, GPIO), so a PAC
-//! would add more build time than it saves; each address below is from the STM32F405/407
-//! reference manual (RM0090).
+//! QEMU's netduinoplus2 does not model RCC, so a HAL's clock setup (which waits for the
+//! oscillators and the PLL) would hang there; the QEMU board touches its handful of
+//! registers (RCC enables, GPIOA, USART1, TIM2) directly, with the addresses of the
+//! STM32F405/407 reference manual (RM0090). The STM32F407 board uses `stm32f4xx-hal`.
 
 /// One 32-bit peripheral register at a fixed address.
 #[derive(Clone, Copy)]
 pub struct Reg(usize);
 
 impl Reg {
-    /// The register at `base + offset`. Only the board files create these, for addresses
-    /// of peripherals the board owns (it is constructed once, see `Board::init`).
-    pub const fn at(base: usize, offset: usize) -> Self {
+    /// The register at `base + offset`.
+    ///
+    /// # Safety
+    /// `base + offset` is an aligned register of a peripheral of this chip that the
+    /// caller owns: every later read and write goes to that address.
+    pub const unsafe fn at(base: usize, offset: usize) -> Self {
         Self(base + offset)
     }
 

@@ -1,5 +1,5 @@
 //! Board support: one file per board, each exporting the same names
-//! (`Board { serial, clock, actuator }`, `Board::init`, `WATCHDOG_TICKS`,
+//! (`Board { serial, clock, actuator, watchdog }`, `Board::init(blob)`, `WATCHDOG_TICKS`,
 //! `FIRMWARE_VERSION`), the panic handler and the global defmt logger.
 
 #[cfg(feature = "qemu")]
@@ -12,7 +12,9 @@ mod stm32f407;
 #[cfg(feature = "stm32f407")]
 pub use stm32f407::*;
 
+#[cfg(feature = "qemu")]
 mod usart;
+#[cfg(feature = "qemu")]
 pub use usart::Usart;
 
 use core::sync::atomic::{AtomicBool, Ordering};

@@ -48,22 +48,40 @@ pub struct Board {
     pub serial: Usart,
     pub clock: Tim2Clock,
     pub actuator: NoActuator,
+    pub watchdog: NoWatchdog,
+}
+
+/// netduinoplus2 models no independent watchdog; the link-silence timer of the control
+/// loop still runs.
+pub struct NoWatchdog;
+
+impl NoWatchdog {
+    #[inline(always)]
+    pub fn feed(&mut self) {}
 }
 
 impl Board {
-    pub fn init() -> Self {
+    /// Enable USART1, its pins and TIM2. The policy blob is not needed here: this board
+    /// has no actuators to map it onto.
+    pub fn init(_blob: &[u8]) -> Self {
         super::take();
-        let rcc = |offset| Reg::at(RCC, offset);
-        rcc(RCC_AHB1ENR).modify(|v| v | 1); // GPIOA
-        rcc(RCC_APB1ENR).modify(|v| v | 1); // TIM2
-        rcc(RCC_APB2ENR).modify(|v| v | (1 << 4)); // USART1
-                                                   // PA9 (TX) and PA10 (RX): alternate function 7.
-        Reg::at(GPIOA, GPIO_MODER).modify(|v| (v & !(0b1111 << 18)) | (0b1010 << 18));
-        Reg::at(GPIOA, GPIO_AFRH).modify(|v| (v & !(0xFF << 4)) | (0x77 << 4));
-        Board {
-            serial: Usart::new(USART1, USART1_BRR),
-            clock: Tim2Clock::new(),
-            actuator: NoActuator,
+        // SAFETY: the RCC, GPIOA, USART1 and TIM2 registers of this chip (RM0090), which
+        // the board owns: `take` makes sure it is initialized once.
+        unsafe {
+            let rcc = |offset| Reg::at(RCC, offset);
+            rcc(RCC_AHB1ENR).modify(|v| v | 1); // GPIOA
+            rcc(RCC_APB1ENR).modify(|v| v | 1); // TIM2
+            rcc(RCC_APB2ENR).modify(|v| v | (1 << 4)); // USART1
+
+            // PA9 (TX) and PA10 (RX): alternate function 7.
+            Reg::at(GPIOA, GPIO_MODER).modify(|v| (v & !(0b1111 << 18)) | (0b1010 << 18));
+            Reg::at(GPIOA, GPIO_AFRH).modify(|v| (v & !(0xFF << 4)) | (0x77 << 4));
+            Board {
+                serial: Usart::new(USART1, USART1_BRR),
+                clock: Tim2Clock::new(),
+                actuator: NoActuator,
+                watchdog: NoWatchdog,
+            }
         }
     }
 }
@@ -74,7 +92,9 @@ pub struct Tim2Clock {
 }
 
 impl Tim2Clock {
-    fn new() -> Self {
+    /// # Safety
+    /// TIM2 is this board's and nothing else uses it.
+    unsafe fn new() -> Self {
         let reg = |offset| Reg::at(TIM2, offset);
         reg(0x00).write(0); // CR1: stopped
         reg(0x28).write(0); // PSC: count every timer clock

@@ -1,4 +1,6 @@
-//! The STM32F4 USART (same register layout on USART1/2/6) as an `embedded-io` serial port.
+//! The STM32F4 USART (same register layout on USART1/2/6) as an `embedded-io` serial port,
+//! by register: the QEMU board's, which cannot use a HAL (QEMU does not model RCC, so a
+//! HAL's clock setup would wait forever).
 
 use core::convert::Infallible;
 
@@ -32,7 +34,10 @@ pub struct Usart {
 impl Usart {
     /// Enable the USART at `base` for 8N1 with the given BRR value (the board computes it
     /// from its bus clock). The caller has enabled the peripheral clock and pins.
-    pub fn new(base: usize, brr: u32) -> Self {
+    ///
+    /// # Safety
+    /// `base` is a USART of this chip that nothing else uses.
+    pub unsafe fn new(base: usize, brr: u32) -> Self {
         let cr1 = Reg::at(base, CR1);
         cr1.write(0);
         Reg::at(base, BRR).write(brr);
