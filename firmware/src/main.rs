@@ -17,7 +17,6 @@ mod board;
 mod reg;
 
 use core::cell::UnsafeCell;
-use core::fmt::Write as _;
 
 use cortex_m_rt::entry;
 use flame_control::{Buffers, Config, Controller};
@@ -62,9 +61,7 @@ fn main() -> ! {
     let golden = match flame_control::golden_for(&GOLDEN.0, &BLOB.0) {
         Ok(golden) => golden,
         Err(problem) => {
-            let mut text = heapless::String::<96>::new();
-            let _ = write!(text, "{problem:?}"); // a truncated reason is still a reason
-            defmt::warn!("golden vectors not used: {=str}", text.as_str());
+            defmt::warn!("golden vectors not used: {}", problem);
             None
         }
     };
@@ -82,17 +79,11 @@ fn main() -> ! {
             policy.blob().meta.nfe,
             vectors
         ),
-        None => {
-            let mut reason = heapless::String::<96>::new();
-            if let Some(err) = controller.policy_error() {
-                let _ = write!(reason, "{err}");
-            }
-            defmt::error!(
-                "flame-firmware {=str}: policy blob rejected ({=str}); safe state, every request gets NoPolicy",
-                board::FIRMWARE_VERSION,
-                reason.as_str()
-            )
-        }
+        None => defmt::error!(
+            "flame-firmware {=str}: policy blob rejected ({}); safe state, every request gets NoPolicy",
+            board::FIRMWARE_VERSION,
+            controller.policy_error()
+        ),
     }
     loop {
         // The board links cannot fail (line errors surface as CRC failures of the frame).

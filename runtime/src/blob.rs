@@ -142,6 +142,7 @@ pub struct PolicyBlob<'a> {
 
 /// Why a blob was refused. Each cause is its own value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum BlobError {
     /// Shorter than the header or than the length the header states.
     Truncated,

@@ -21,6 +21,7 @@ pub struct GoldenSet<'a> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum GoldenError {
     Malformed,
     /// The records do not divide into whole vectors of the stated dims.

@@ -83,6 +83,7 @@ pub enum Response {
 
 /// Why the device answered with an error.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ErrorCode {
     /// The frame failed COBS decoding, the CRC, or postcard decoding.
     CorruptFrame,

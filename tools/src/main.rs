@@ -250,7 +250,7 @@ fn run(cli: Cli) -> Result<bool> {
                     raw
                 }
             };
-            for line in tools::defmt_log::decode_stream(&table, &raw) {
+            for line in table.decode_stream(&raw) {
                 println!("{line}");
             }
             Ok(true)

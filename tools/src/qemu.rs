@@ -421,7 +421,7 @@ impl Qemu {
     pub fn firmware_log(&self) -> Vec<String> {
         let raw = fs::read(self.dir.join("semihosting.bin")).unwrap_or_default();
         match crate::defmt_log::Table::from_elf(&self.elf).ok() {
-            Some(table) => crate::defmt_log::decode_stream(&table, &raw),
+            Some(table) => table.decode_stream(&raw),
             None => String::from_utf8_lossy(&raw)
                 .lines()
                 .map(str::to_string)

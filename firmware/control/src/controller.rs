@@ -55,18 +55,6 @@ impl Default for Buffers {
     }
 }
 
-/// The name of an error code, for log lines.
-pub fn error_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::CorruptFrame => "CorruptFrame",
-        ErrorCode::FrameTooLong => "FrameTooLong",
-        ErrorCode::ObservationLength => "ObservationLength",
-        ErrorCode::NonFiniteObservation => "NonFiniteObservation",
-        ErrorCode::NoPolicy => "NoPolicy",
-        ErrorCode::NoGoldenVectors => "NoGoldenVectors",
-    }
-}
-
 /// The protocol server around one embedded policy blob.
 pub struct Controller<'a, C: CostClock, A: Actuator> {
     /// The validated policy, or why the blob was refused (the safe state).
@@ -298,7 +286,7 @@ impl<'a, C: CostClock, A: Actuator> Controller<'a, C, A> {
     fn reject(&mut self, seq: u32, code: ErrorCode) -> Response {
         self.stats.rejected = self.stats.rejected.wrapping_add(1);
         #[cfg(feature = "defmt")]
-        defmt::warn!("request {=u32} refused: {=str}", seq, error_name(code));
+        defmt::warn!("request {=u32} refused: {}", seq, code);
         Response::Error {
             seq: Some(seq),
             code,
@@ -313,8 +301,8 @@ impl<'a, C: CostClock, A: Actuator> Controller<'a, C, A> {
         *counter = counter.wrapping_add(1);
         #[cfg(feature = "defmt")]
         defmt::warn!(
-            "frame dropped: {=str} ({=u32} corrupt, {=u32} oversized so far)",
-            error_name(code),
+            "frame dropped: {} ({=u32} corrupt, {=u32} oversized so far)",
+            code,
             self.stats.corrupt_frames,
             self.stats.oversized_frames
         );

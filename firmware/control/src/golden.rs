@@ -5,6 +5,7 @@ use runtime::golden::GoldenSet;
 
 /// Why embedded golden vectors were not used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum GoldenProblem {
     /// The bytes are not a valid golden-vector set.
     Invalid(runtime::golden::GoldenError),

@@ -27,7 +27,7 @@ mod seams;
 #[cfg(test)]
 mod tests;
 
-pub use controller::{error_name, Buffers, Controller, Stats};
+pub use controller::{Buffers, Controller, Stats};
 pub use golden::{golden_for, GoldenProblem};
 pub use pwm::{BoundsError, PwmActuator};
 pub use seams::{Actuator, Config, CostClock, NoActuator};

@@ -16,6 +16,7 @@ use crate::Actuator;
 
 /// Why [`PwmActuator::set_bounds`] refused a policy's action bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum BoundsError {
     /// The policy has `act_dim` action dimensions, the board `channels` PWM channels.
     ChannelCount { act_dim: usize, channels: usize },

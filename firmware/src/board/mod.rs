@@ -28,3 +28,19 @@ fn take() {
         "Board::init called twice"
     );
 }
+
+/// The panic's message and location over defmt, formatted on the host: the message when it
+/// is a plain string (`expect`, `panic!("literal")`), else only where it happened, so the
+/// firmware links no `core::fmt` machinery to format it on the MCU.
+fn log_panic(info: &core::panic::PanicInfo<'_>) {
+    let message = info.message().as_str().unwrap_or("(formatted message)");
+    match info.location() {
+        Some(at) => defmt::error!(
+            "panic: {=str} at {=str}:{=u32}",
+            message,
+            at.file(),
+            at.line()
+        ),
+        None => defmt::error!("panic: {=str}", message),
+    }
+}

@@ -14,7 +14,6 @@
 //! - Logs are defmt frames written to semihosting stdout (`defmt-semihosting`): binary,
 //!   decoded on the host with the ELF (`tools::defmt_log`, or `defmt-print -e ELF`).
 
-use core::fmt::Write as _;
 use core::panic::PanicInfo;
 
 use cortex_m_semihosting::debug;
@@ -120,9 +119,7 @@ impl CostClock for Tim2Clock {
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
     cortex_m::interrupt::disable();
-    let mut text = heapless::String::<160>::new();
-    let _ = write!(text, "{info}"); // truncated if longer
-    defmt::error!("panic: {=str}", text.as_str());
+    super::log_panic(info);
     loop {
         debug::exit(debug::EXIT_FAILURE);
     }

@@ -106,10 +106,7 @@ impl Board {
         // A rejected blob is reported by the controller, which keeps everything safe.
         if let Ok(policy) = runtime::Policy::from_bytes(blob) {
             if let Err(problem) = actuator.set_policy_bounds(&policy) {
-                defmt::error!(
-                    "PWM outputs stay at the safe duty: {}",
-                    defmt::Debug2Format(&problem)
-                );
+                defmt::error!("PWM outputs stay at the safe duty: {}", problem);
             }
         }
 
@@ -238,7 +235,7 @@ fn outputs_safe() {
 fn panic(info: &PanicInfo<'_>) -> ! {
     cortex_m::interrupt::disable();
     outputs_safe();
-    defmt::error!("panic: {}", defmt::Display2Format(info));
+    super::log_panic(info);
     // `udf` raises a UsageFault when that is enabled; disable it so it escalates to
     // HardFault, where the debugger's vector catch stops.
     // SAFETY: interrupts are off and nothing else uses the SCB now.
