@@ -5,12 +5,13 @@
 #   - .deps/ (a link to the shared cache $FLAME_DEPS, default ~/.cache/flame-mcu) with
 #     libtorch, mujoco-lib (libmujoco.so link), mujoco-assets and python, which
 #     .cargo/config.toml points the builds at;
-#   - qemu-system-arm (Debian) and the thumbv7em-none-eabihf Rust target.
+#   - qemu-system-arm (Debian), the thumbv7em-none-eabihf Rust target and flip-link (the
+#     STM32F407 image's linker).
 # A second run checks and finishes in seconds. Prints one line per missing prerequisite.
 #
 # `scripts/setup.sh --bench` sets up the lab bench only (`cargo build -p tools`: HIL runs,
 # QEMU, size, inspect, log): mujoco and gymnasium (libmujoco and the task XMLs) without
-# torch, no libtorch link, plus QEMU, the thumbv7em target and a probe-rs hint. A later
+# torch, no libtorch link, plus QEMU, the thumbv7em target, flip-link and a probe-rs hint. A later
 # full setup adds torch to the same venv.
 set -euo pipefail
 
@@ -119,6 +120,14 @@ if ! command -v qemu-system-arm >/dev/null; then
 fi
 qemu-system-arm -machine help | grep -q netduinoplus2 || die "qemu-system-arm lacks the netduinoplus2 machine (need QEMU >= 5.2)"
 
+# --- flip-link (the STM32F407 image's linker: stack below the statics) -------------------
+if ! command -v flip-link >/dev/null; then
+    say "installing flip-link (cargo install, ~10 s)"
+    cargo install --locked --quiet flip-link@0.1.12 \
+        || die "cargo install flip-link failed: check the network or the crates.io mirror"
+    command -v flip-link >/dev/null || die "flip-link installed but not on PATH: add ~/.cargo/bin to PATH"
+fi
+
 # --- Rust target ---------------------------------------------------------------------
 if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
     say "adding Rust target thumbv7em-none-eabihf"
@@ -126,9 +135,9 @@ if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
 fi
 
 if [ "$MODE" = full ]; then
-    say "ok: deps in $DEPS (venv torch $TORCH_VERSION, mujoco $MUJOCO_VERSION, gymnasium $GYMNASIUM_VERSION), qemu, thumbv7em"
+    say "ok: deps in $DEPS (venv torch $TORCH_VERSION, mujoco $MUJOCO_VERSION, gymnasium $GYMNASIUM_VERSION), qemu, thumbv7em, flip-link"
 else
     command -v probe-rs >/dev/null \
         || say "note: probe-rs not found; QEMU needs nothing more, a real board does: cargo install probe-rs-tools --locked (see https://probe.rs)"
-    say "ok (lab bench, no torch): deps in $DEPS (venv mujoco $MUJOCO_VERSION, gymnasium $GYMNASIUM_VERSION), qemu, thumbv7em; build with: cargo build -p tools"
+    say "ok (lab bench, no torch): deps in $DEPS (venv mujoco $MUJOCO_VERSION, gymnasium $GYMNASIUM_VERSION), qemu, thumbv7em, flip-link; build with: cargo build -p tools"
 fi

@@ -54,6 +54,8 @@ pub struct FirmwareBuild {
     pub golden: Option<PathBuf>,
     /// Board features; empty means the default board (`qemu`).
     pub features: Vec<String>,
+    /// `--config KEY=VALUE` settings for the build (as the board's cargo alias passes them).
+    pub cargo_config: Vec<String>,
     /// The firmware workspace; [`firmware_dir`] by default.
     pub firmware_dir: PathBuf,
 }
@@ -65,7 +67,18 @@ impl FirmwareBuild {
             blob: blob.map(Path::to_path_buf),
             golden: None,
             features: Vec::new(),
+            cargo_config: Vec::new(),
             firmware_dir: firmware_dir(),
+        }
+    }
+
+    /// The STM32F407 Discovery board with this blob, linked with flip-link, as `cargo
+    /// build-f407` builds it.
+    pub fn stm32f407(blob: Option<&Path>) -> Self {
+        Self {
+            features: vec!["stm32f407".to_string()],
+            cargo_config: vec![r#"target.thumbv7em-none-eabihf.linker="flip-link""#.to_string()],
+            ..Self::qemu(blob)
         }
     }
 }
@@ -168,6 +181,9 @@ pub fn build_firmware(build: &FirmwareBuild) -> Result<PathBuf> {
             "--features",
             &build.features.join(","),
         ]);
+    }
+    for setting in &build.cargo_config {
+        cmd.args(["--config", setting]);
     }
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(is_outer_cargo_var) {
