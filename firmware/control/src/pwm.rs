@@ -29,8 +29,8 @@ pub enum BoundsError {
 pub struct PwmActuator<'a, P: SetDutyCycle + ?Sized, const N: usize> {
     channels: [&'a mut P; N],
     /// Per channel: duty = (a − low) · scale, with scale = max duty / (high − low).
-    low: [f32; MAX_ACT],
-    scale: [f32; MAX_ACT],
+    low: [f32; N],
+    scale: [f32; N],
     configured: bool,
     /// The safe output as a fraction of each channel's maximum duty, in [0, 1].
     safe_fraction: f32,
@@ -42,12 +42,6 @@ impl<'a, P: SetDutyCycle + ?Sized, const N: usize> PwmActuator<'a, P, N> {
     /// Drives every channel to `safe_fraction` of its maximum duty (clamped to [0, 1]; a
     /// NaN is 0) and keeps it there until [`PwmActuator::set_bounds`] succeeds.
     pub fn new(channels: [&'a mut P; N], safe_fraction: f32) -> Self {
-        const {
-            assert!(
-                N <= MAX_ACT,
-                "more channels than the runtime has action dimensions"
-            )
-        };
         let safe_fraction = if safe_fraction.is_nan() {
             0.0
         } else {
@@ -55,8 +49,8 @@ impl<'a, P: SetDutyCycle + ?Sized, const N: usize> PwmActuator<'a, P, N> {
         };
         let mut actuator = Self {
             channels,
-            low: [0.0; MAX_ACT],
-            scale: [0.0; MAX_ACT],
+            low: [0.0; N],
+            scale: [0.0; N],
             configured: false,
             safe_fraction,
             faults: 0,
