@@ -98,8 +98,16 @@ impl Board {
             t3c2.with(gpioc.pc7).erase(),
         ])
         .expect("Board::init runs once");
-        tim4.iter_mut().for_each(ErasedChannel::enable);
-        tim3.iter_mut().for_each(ErasedChannel::enable);
+        // Each output starts at the safe duty before it is enabled: the compare registers
+        // reset to 0, which through a signed driver would be full reverse torque.
+        for channel in tim4.iter_mut() {
+            channel.set_duty(safe_duty(u32::from(channel.get_max_duty())));
+            channel.enable();
+        }
+        for channel in tim3.iter_mut() {
+            channel.set_duty(safe_duty(u32::from(channel.get_max_duty())));
+            channel.enable();
+        }
         let ([a, b, c, d], [e, f]) = (tim4, tim3);
         let channels: [&'static mut Channel; 6] = [a, b, c, d, e, f];
         let mut actuator = PwmActuator::new(channels, SAFE_DUTY);
@@ -209,6 +217,11 @@ impl Iwdg {
     }
 }
 
+/// The safe duty for a channel whose full duty is `max`, rounded as `PwmActuator` rounds it.
+fn safe_duty(max: u32) -> u16 {
+    (SAFE_DUTY * max as f32 + 0.5) as u16
+}
+
 /// The safe duty on every PWM channel, written straight to the timers' compare registers:
 /// it runs from the panic and HardFault handlers, where the actuator (owned by the
 /// controller) is out of reach.
@@ -216,12 +229,12 @@ fn outputs_safe() {
     // SAFETY: only the compare registers are written (the handlers never return to the
     // code that owns the timers), with values within the auto-reload range.
     let (tim4, tim3) = unsafe { (TIM4::steal(), TIM3::steal()) };
-    let duty = |arr: u32| (SAFE_DUTY * (arr + 1) as f32 + 0.5) as u16;
-    let safe4 = duty(tim4.arr().read().bits());
+    // The HAL's full duty is the auto-reload value + 1.
+    let safe4 = safe_duty(tim4.arr().read().bits() + 1);
     for ccr in tim4.ccr_iter() {
         ccr.write(|w| w.ccr().set(safe4));
     }
-    let safe3 = duty(tim3.arr().read().bits());
+    let safe3 = safe_duty(tim3.arr().read().bits() + 1);
     for ccr in tim3.ccr_iter().take(2) {
         ccr.write(|w| w.ccr().set(safe3));
     }
