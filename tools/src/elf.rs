@@ -35,6 +35,30 @@ pub struct ElfSizes {
     pub rodata: u64,
 }
 
+impl ElfSizes {
+    /// The totals of `sections` (as [`FirmwareElf::sections`] lists them).
+    pub fn of(sections: &[SectionSize]) -> Self {
+        let mut sizes = ElfSizes {
+            flash: 0,
+            static_ram: 0,
+            rodata: 0,
+        };
+        for s in sections {
+            let size = u64::from(s.size);
+            if s.flash {
+                sizes.flash += size;
+            }
+            if s.ram {
+                sizes.static_ram += size;
+            }
+            if s.name == ".rodata" {
+                sizes.rodata = size;
+            }
+        }
+        sizes
+    }
+}
+
 /// A parsed 32-bit little-endian ELF file (what thumbv7em firmware is).
 pub struct FirmwareElf<'a> {
     file: ElfFile32<'a, Endianness>,
@@ -79,24 +103,7 @@ impl<'a> FirmwareElf<'a> {
 
     /// Flash, static RAM and .rodata totals of [`FirmwareElf::sections`].
     pub fn sizes(&self) -> Result<ElfSizes> {
-        let mut sizes = ElfSizes {
-            flash: 0,
-            static_ram: 0,
-            rodata: 0,
-        };
-        for s in self.sections()? {
-            let size = u64::from(s.size);
-            if s.flash {
-                sizes.flash += size;
-            }
-            if s.ram {
-                sizes.static_ram += size;
-            }
-            if s.name == ".rodata" {
-                sizes.rodata = size;
-            }
-        }
-        Ok(sizes)
+        Ok(ElfSizes::of(&self.sections()?))
     }
 
     /// The value of the symbol `name`, if the symbol table has it.

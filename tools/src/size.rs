@@ -18,7 +18,7 @@ use runtime::wire::{Request, Response, MAX_FRAME};
 use runtime::{NoiseMode, Policy, Scratch};
 use serde::Serialize;
 
-use crate::elf::{FirmwareElf, SectionSize};
+use crate::elf::{ElfSizes, FirmwareElf, SectionSize};
 use crate::link::{DeviceLink, LinkError};
 use crate::qemu::{Qemu, QemuOptions};
 
@@ -64,8 +64,8 @@ impl SizeReport {
     pub fn from_elf(path: &Path, blob_bytes: usize) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let elf = FirmwareElf::parse(&bytes).with_context(|| format!("{}", path.display()))?;
-        let sizes = elf.sizes()?;
         let sections = elf.sections()?;
+        let sizes = ElfSizes::of(&sections);
         let mut heap_evidence: Vec<String> = (sections.iter())
             .filter(|s| s.name == ".heap")
             .map(|s| format!("section .heap ({} B)", s.size))

@@ -250,9 +250,8 @@ impl Trainer {
 /// Observations from the replay buffer a run directory keeps (`states.bin`).
 pub(super) const RUN_DIR_STATES: usize = 5000;
 
-/// Named tensors moved to the CPU, contiguous (what safetensors files and the
-/// quantizer take).
-pub(super) fn on_cpu(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+/// Named tensors moved to the CPU, contiguous (what safetensors files take).
+fn on_cpu(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
     tensors
         .into_iter()
         .map(|(name, t)| (name, t.to_device(Device::Cpu).contiguous()))

@@ -10,7 +10,7 @@ use sim::env;
 use sim::run_dir::Algo;
 use tch::{Device, Tensor};
 
-use super::checkpoint::{on_cpu, RUN_DIR_STATES};
+use super::checkpoint::RUN_DIR_STATES;
 use super::{derive_seed, Trainer, SEED_EVAL};
 use crate::export;
 use crate::quantize::quantize;
@@ -154,7 +154,7 @@ impl Trainer {
     /// deterministically from z = 0 as the MCU does. `None`, with a warning, where the
     /// policy does not quantize (the run goes on).
     fn evaluate_int8(&mut self) -> Result<Option<f64>> {
-        let weights = on_cpu(self.agent.policy_tensors());
+        let weights = self.agent.policy_tensors();
         let calibration = self.replay.observations(INT8_CALIBRATION_STATES);
         let config = self.run_config()?;
         let blob = export::float_policy(&config, &self.spec, self.agent.normalizer(), &weights)
