@@ -113,12 +113,23 @@ impl TwinCritic {
         q.get(0).minimum(&q.get(1))
     }
 
-    /// One Adam step on `Σ_i mean((Q_i(s, a) − y)²)` (CleanRL's `qf1_loss + qf2_loss`);
+    /// Adam steps on `Σ_i mean((Q_i(s, a) − y)²)` (CleanRL's `qf1_loss + qf2_loss`);
     /// returns the loss (a scalar tensor) and the mean Q1 value. The gradient is taken by
     /// hand ([`Mlp::backward`]): `∂loss/∂Q_i = 2·(Q_i − y)/B`.
-    pub fn train_step(&mut self, obs: &Tensor, act: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
+    ///
+    /// `adam_steps` Adam steps are taken with the one gradient (the official FLAME code
+    /// applies each critic gradient twice; SAC takes one).
+    pub fn train_step(
+        &mut self,
+        obs: &Tensor,
+        act: &Tensor,
+        y: &Tensor,
+        adam_steps: usize,
+    ) -> (Tensor, Tensor) {
         let (loss, q_mean) = self.loss_gradient(obs, act, y);
-        self.adam.step(&self.net.params, &self.grad.flat);
+        for _ in 0..adam_steps {
+            self.adam.step(&self.net.params, &self.grad.flat);
+        }
         (loss, q_mean)
     }
 
@@ -220,6 +231,28 @@ mod tests {
             assert!(loss.allclose(&expected_loss.detach(), 1e-6, 1e-6, false));
             assert!(q_mean.allclose(&q.get(0).detach().mean(Kind::Float), 1e-6, 1e-6, false));
         }
+    }
+
+    /// `adam_steps = 2` is two Adam steps with the one gradient (the official FLAME
+    /// critic update), not one step with a doubled learning rate or a fresh gradient.
+    #[test]
+    fn repeated_steps_reuse_one_gradient() {
+        tch::manual_seed(4);
+        let opts = (Kind::Float, Device::Cpu);
+        let config = AdamConfig::with_lr(1e-3);
+        let new = || {
+            tch::manual_seed(5);
+            TwinCritic::new(4, 2, &[16], Activation::Mish, config, 0.005, Device::Cpu)
+        };
+        let (mut twice, mut by_hand) = (new(), new());
+        let (obs, act) = (Tensor::randn([8, 4], opts), Tensor::randn([8, 2], opts));
+        let y = Tensor::randn([8, 1], opts);
+        let _ = twice.train_step(&obs, &act, &y, 2);
+        let _ = by_hand.train_step(&obs, &act, &y, 1);
+        let grad = by_hand.grad.flat.copy();
+        by_hand.adam.step(&by_hand.net.params, &grad);
+        assert_eq!(twice.adam.steps, 2);
+        assert!(twice.net.params.equal(&by_hand.net.params));
     }
 
     /// `min_q_action_gradient` equals autograd's gradient of `scale·Σ min(Q1, Q2)` in

@@ -12,7 +12,7 @@ use tch::nn;
 
 use crate::policy_net::FlowPolicyNet;
 use sim::env;
-use sim::float_policy::PolicyShape;
+use sim::float_policy::{PolicyShape, TimeEmbedding};
 use sim::rollout::random_states;
 use sim::run_dir::{git_revision, write_json, Algo, Normalizer, RunConfig, RunDir};
 
@@ -62,6 +62,8 @@ pub fn init(out: &Path, opts: &InitOptions) -> Result<RunConfig> {
         act_dim: spec.act_dim,
         hidden: opts.hidden.clone(),
         time_dim: opts.time_dim,
+        // What `trainer train` uses (FlameConfig's default).
+        time_embedding: TimeEmbedding::Scaled,
     };
     FlowPolicyNet::new(&vs.root(), shape.clone());
     vs.save(run.weights())

@@ -195,16 +195,16 @@ struct TrainArgs {
     /// Policy learning rate [3e-4].
     #[arg(long)]
     policy_lr: Option<f64>,
-    /// Temperature learning rate [sac 1e-3].
+    /// Temperature learning rate [sac 1e-3; flame 5e-3].
     #[arg(long)]
     alpha_lr: Option<f64>,
-    /// Initial α [sac 1.0 with autotune].
+    /// Initial α [1.0].
     #[arg(long)]
     alpha: Option<f64>,
     /// Keep α fixed at --alpha instead of tuning it.
     #[arg(long)]
     no_autotune: bool,
-    /// Target entropy H̄ = −scale·d [1.0].
+    /// Target entropy H̄ = −scale·d [sac 1.0; flame 3.0].
     #[arg(long)]
     target_entropy_scale: Option<f64>,
     /// Policy (and α) updated every N updates, N times [2].
@@ -247,7 +247,7 @@ struct TrainArgs {
     /// FLAME: std σ_z of the base noise [0.5].
     #[arg(long)]
     noise_std: Option<f64>,
-    /// FLAME: exploration noise std α·scale [0.1].
+    /// FLAME: exploration noise std α·scale [1.0].
     #[arg(long)]
     noise_scale: Option<f64>,
     /// FLAME: weight λ of the Q-gradient term through the sampler [flame-m 1; flame-r 0].
@@ -268,9 +268,36 @@ struct TrainArgs {
     /// FLAME: sinusoidal features per time input [16].
     #[arg(long)]
     time_dim: Option<usize>,
-    /// FLAME: MeanFlow adaptive loss weight power p [flame-m 1; flame-r 0].
+    /// FLAME: MeanFlow adaptive loss weight power p, 0 for none [0].
     #[arg(long)]
     adaptive_loss_power: Option<f64>,
+    /// FLAME: how the flow times become features [scaled].
+    #[arg(long, value_enum)]
+    time_embedding: Option<sim::float_policy::TimeEmbedding>,
+    /// FLAME: α's Adam steps every N updates, a multiple of --policy-frequency [100].
+    #[arg(long)]
+    alpha_every: Option<u64>,
+    /// FLAME: temperature of the Q-weights softmax(Q/T) [flame-m exp-alpha; flame-r alpha].
+    #[arg(long, value_enum)]
+    weight_temperature: Option<trainer::agents::flame::WeightTemperature>,
+    /// FLAME: the TD target's next action [online-best].
+    #[arg(long, value_enum)]
+    td_action: Option<trainer::agents::flame::TdAction>,
+    /// FLAME: flow loss over action dimensions [mean].
+    #[arg(long, value_enum)]
+    flow_loss_reduction: Option<trainer::agents::flame::FlowLossReduction>,
+    /// FLAME: Adam steps per critic per update with one gradient [flame-m 2; flame-r 1].
+    #[arg(long)]
+    critic_steps: Option<u32>,
+    /// FLAME-M: how the flow-time pairs r ≤ t are drawn [sorted].
+    #[arg(long, value_enum)]
+    time_pairs: Option<trainer::agents::flame::TimePairs>,
+    /// FLAME-M: fraction of training pairs with r = t [0].
+    #[arg(long)]
+    equal_time_fraction: Option<f64>,
+    /// FLAME: the policy learning-rate decay [updates].
+    #[arg(long, value_enum)]
+    lr_decay: Option<trainer::agents::flame::LrDecay>,
     /// Testing aid: make update N's loss NaN (exercises the NaN guard).
     #[arg(long, hide = true)]
     inject_nan_at_update: Option<u64>,
@@ -303,7 +330,12 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             candidates <- candidates, particles <- particles, noise_std <- noise_std,
             noise_scale <- noise_scale, q_grad_weight <- q_grad_weight,
             entropy_steps <- entropy_steps, log_det <- log_det, entropy_states <- entropy_states,
-            time_dim <- time_dim, adaptive_loss_power <- adaptive_loss_power);
+            time_dim <- time_dim, adaptive_loss_power <- adaptive_loss_power,
+            alpha_every <- alpha_every, weight_temperature <- weight_temperature,
+            td_action <- td_action, flow_loss_reduction <- flow_loss_reduction,
+            critic_steps <- critic_steps, time_pairs <- time_pairs,
+            equal_time_fraction <- equal_time_fraction, lr_decay <- lr_decay,
+            time_embedding <- time_embedding);
         f.critic_lr = a.q_lr.or(f.critic_lr);
         f.entropy_in_td |= a.entropy_in_td;
         if a.no_autotune {
@@ -340,7 +372,7 @@ fn sac_only_flags(a: &TrainArgs) -> [(&'static str, bool); 3] {
 }
 
 /// The flags only FLAME-M / FLAME-R have, and whether each was given.
-fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 14] {
+fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 23] {
     [
         ("--lr", a.lr.is_some()),
         ("--final-policy-lr", a.final_policy_lr.is_some()),
@@ -356,6 +388,15 @@ fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 14] {
         ("--entropy-states", a.entropy_states.is_some()),
         ("--time-dim", a.time_dim.is_some()),
         ("--adaptive-loss-power", a.adaptive_loss_power.is_some()),
+        ("--alpha-every", a.alpha_every.is_some()),
+        ("--weight-temperature", a.weight_temperature.is_some()),
+        ("--td-action", a.td_action.is_some()),
+        ("--flow-loss-reduction", a.flow_loss_reduction.is_some()),
+        ("--critic-steps", a.critic_steps.is_some()),
+        ("--time-pairs", a.time_pairs.is_some()),
+        ("--equal-time-fraction", a.equal_time_fraction.is_some()),
+        ("--lr-decay", a.lr_decay.is_some()),
+        ("--time-embedding", a.time_embedding.is_some()),
     ]
 }
 

@@ -5,34 +5,42 @@
 //! evaluation at `(r, t) = (0, 1)`. Its weights, saved under the names this module gives
 //! them, are what `sim::float_policy::FloatPolicy` reads for export, with the time inputs
 //! of each flow step folded into the first layer's bias; the time features here are the
-//! tensor form of `sim::float_policy::time_features`.
+//! tensor form of `sim::float_policy::TimeEmbedding::features`.
 
-use sim::float_policy::{time_frequency, PolicyShape};
+use sim::float_policy::{PolicyShape, TimeEmbedding};
 use tch::{nn, nn::Module, Tensor};
 
 /// `[1, dim/2]` tensor of the ω_j on `t`'s device.
-fn frequencies(t: &Tensor, dim: usize) -> Tensor {
-    let freqs: Vec<f32> = (0..dim / 2).map(|j| time_frequency(j) as f32).collect();
+fn frequencies(t: &Tensor, dim: usize, embedding: TimeEmbedding) -> Tensor {
+    let freqs: Vec<f32> = (0..dim / 2)
+        .map(|j| embedding.frequency(j, dim) as f32)
+        .collect();
     Tensor::from_slice(&freqs)
         .to_device(t.device())
         .view([1, -1])
 }
 
-/// The same features for a batch `[B, 1]` of times, in tch.
-pub fn time_features_tensor(t: &Tensor, dim: usize) -> Tensor {
-    let w = t * frequencies(t, dim);
+/// [`TimeEmbedding::features`] for a batch `[B, 1]` of times, in tch.
+pub fn time_features_tensor(t: &Tensor, dim: usize, embedding: TimeEmbedding) -> Tensor {
+    let w = t * frequencies(t, dim, embedding);
     Tensor::cat(&[w.sin(), w.cos()], 1)
         .view([-1, 2, (dim / 2) as i64])
         .transpose(1, 2)
         .reshape([-1, dim as i64])
+        * embedding.amplitude(dim)
 }
 
 /// d/dt of [`time_features_tensor`] along a tangent `t_dot` ([B, 1]):
-/// `[ω cos(ωt), −ω sin(ωt)] · ṫ` in the same interleaved order.
-pub fn time_features_derivative(t: &Tensor, t_dot: &Tensor, dim: usize) -> Tensor {
-    let omega = frequencies(t, dim);
+/// `a·[ω cos(ωt), −ω sin(ωt)] · ṫ` in the same interleaved order.
+pub fn time_features_derivative(
+    t: &Tensor,
+    t_dot: &Tensor,
+    dim: usize,
+    embedding: TimeEmbedding,
+) -> Tensor {
+    let omega = frequencies(t, dim, embedding);
     let w = t * &omega;
-    let scale = &omega * t_dot;
+    let scale = &omega * t_dot * embedding.amplitude(dim);
     Tensor::cat(&[w.cos() * &scale, -(w.sin() * &scale)], 1)
         .view([-1, 2, (dim / 2) as i64])
         .transpose(1, 2)
@@ -73,13 +81,13 @@ impl FlowPolicyNet {
 
     /// `u(z, r, t | s)` for a batch: `obs_norm [B, obs]`, `z [B, act]`, `r, t [B, 1]`.
     pub fn forward(&self, obs_norm: &Tensor, z: &Tensor, r: &Tensor, t: &Tensor) -> Tensor {
-        let d = self.shape.time_dim;
+        let (d, embedding) = (self.shape.time_dim, self.shape.time_embedding);
         let mut x = Tensor::cat(
             &[
                 obs_norm,
                 z,
-                &time_features_tensor(r, d),
-                &time_features_tensor(t, d),
+                &time_features_tensor(r, d, embedding),
+                &time_features_tensor(t, d, embedding),
             ],
             1,
         );
@@ -99,6 +107,12 @@ mod tests {
 
     #[test]
     fn folded_float_policy_matches_tch_forward() {
+        for embedding in [TimeEmbedding::Raw, TimeEmbedding::Scaled] {
+            folded_float_policy_matches_tch_forward_with(embedding);
+        }
+    }
+
+    fn folded_float_policy_matches_tch_forward_with(time_embedding: TimeEmbedding) {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let shape = PolicyShape {
@@ -106,6 +120,7 @@ mod tests {
             act_dim: 3,
             hidden: vec![16, 16],
             time_dim: 8,
+            time_embedding,
         };
         let net = FlowPolicyNet::new(&vs.root(), shape.clone());
         let meta = PolicyMeta {
@@ -135,7 +150,12 @@ mod tests {
         let a = fp.act(&obs, &z);
         for c in 0..3 {
             let expect = (z[c] - u[c]).clamp(-1.0, 1.0);
-            assert!((a[c] - expect).abs() < 1e-5, "{c}: {} vs {}", a[c], expect);
+            assert!(
+                (a[c] - expect).abs() < 1e-5,
+                "{time_embedding:?} {c}: {} vs {}",
+                a[c],
+                expect
+            );
         }
     }
 }

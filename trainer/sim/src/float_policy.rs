@@ -22,23 +22,58 @@ use crate::env::{self, EnvSpec};
 use crate::rollout::to_f32;
 use crate::run_dir::{Normalizer, RunConfig, RunDir};
 
-/// Angular frequency of the j-th sinusoidal time feature: ω_j = (j + 1)·π/2.
-///
-/// Low and linearly spaced on purpose: the MeanFlow target contains ∂u/∂t, which
-/// carries each ω_j as a factor, so geometric (2^j·π) frequencies make targets and their
-/// gradients explode.
-pub fn time_frequency(j: usize) -> f64 {
-    (j + 1) as f64 * std::f64::consts::FRAC_PI_2
+/// The sinusoidal features each time input (r and t) enters the policy network with:
+/// `a·[sin(ω_j t), cos(ω_j t)]` for j < dim/2, interleaved.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeEmbedding {
+    /// ω_j = (j + 1)·π/2, a = 1: up to 4π rad at dim 16. Linearly spaced so ∂u/∂t (a
+    /// factor ω_j in the MeanFlow target) stays bounded, but still large at init.
+    #[default]
+    Raw,
+    /// The official code's encoding: ω_j = 10000^(−j/(dim/2)) (at most 1 rad),
+    /// a = 1/√dim (¼ at dim 16), so ∂u/∂t starts small. (The official code follows it
+    /// with a learned 2-layer MLP per time input; not here — see docs/ablations.md.)
+    Scaled,
 }
 
-/// Sinusoidal features of a time value: `[sin(ω_j t), cos(ω_j t)]` for j < dim/2.
-pub fn time_features(t: f64, dim: usize) -> Vec<f64> {
-    (0..dim / 2)
-        .flat_map(|j| {
-            let w = time_frequency(j) * t;
-            [w.sin(), w.cos()]
-        })
-        .collect()
+impl TimeEmbedding {
+    /// Angular frequency ω_j of the j-th feature pair.
+    pub fn frequency(self, j: usize, dim: usize) -> f64 {
+        match self {
+            TimeEmbedding::Raw => (j + 1) as f64 * std::f64::consts::FRAC_PI_2,
+            TimeEmbedding::Scaled => 10_000f64.powf(-(j as f64) / (dim / 2) as f64),
+        }
+    }
+
+    /// The amplitude a of every feature.
+    pub fn amplitude(self, dim: usize) -> f64 {
+        match self {
+            TimeEmbedding::Raw => 1.0,
+            TimeEmbedding::Scaled => 1.0 / (dim as f64).sqrt(),
+        }
+    }
+
+    /// The features of a time value: `a·[sin(ω_j t), cos(ω_j t)]` for j < dim/2.
+    pub fn features(self, t: f64, dim: usize) -> Vec<f64> {
+        let a = self.amplitude(dim);
+        (0..dim / 2)
+            .flat_map(|j| {
+                let w = self.frequency(j, dim) * t;
+                [a * w.sin(), a * w.cos()]
+            })
+            .collect()
+    }
 }
 
 /// The `(r, t)` pairs of each network evaluation; each step is `z ← z − u(z, r, t)/N`
@@ -65,6 +100,9 @@ pub struct PolicyShape {
     pub hidden: Vec<usize>,
     /// Features per time input (r and t each get this many).
     pub time_dim: usize,
+    /// How the times become features (runs before it existed used [`TimeEmbedding::Raw`]).
+    #[serde(default)]
+    pub time_embedding: TimeEmbedding,
 }
 
 /// Largest width a policy network may declare: far above any task's (Humanoid observes
@@ -446,10 +484,8 @@ fn fold_time_inputs(
     let step_biases = steps
         .iter()
         .map(|&(r, t)| {
-            let feats: Vec<f64> = time_features(r, shape.time_dim)
-                .into_iter()
-                .chain(time_features(t, shape.time_dim))
-                .collect();
+            let embed = |x| shape.time_embedding.features(x, shape.time_dim);
+            let feats: Vec<f64> = embed(r).into_iter().chain(embed(t)).collect();
             (0..first.out_dim)
                 .map(|c| {
                     let time_columns = &row(c)[direct..];
@@ -503,6 +539,7 @@ mod tests {
             act_dim: 2,
             hidden: vec![4, 4],
             time_dim: 2,
+            time_embedding: TimeEmbedding::Raw,
         }
     }
 
@@ -575,8 +612,8 @@ mod tests {
         for (r, time) in flow_steps(Algorithm::FlameR, 3) {
             let x: Vec<f64> = (obs.iter().map(|&o| o as f64))
                 .chain(z.iter().copied())
-                .chain(time_features(r, 2))
-                .chain(time_features(time, 2))
+                .chain(TimeEmbedding::Raw.features(r, 2))
+                .chain(TimeEmbedding::Raw.features(time, 2))
                 .collect();
             for (zi, u) in z.iter_mut().zip(unfolded_velocity(&t, &x)) {
                 *zi -= u / 3.0;

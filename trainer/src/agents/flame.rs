@@ -49,7 +49,7 @@ use crate::mlp::{
 };
 use crate::policy_net::{time_features_derivative, time_features_tensor};
 use crate::replay::Batch;
-use sim::float_policy::flow_steps;
+use sim::float_policy::{flow_steps, TimeEmbedding};
 use sim::run_dir::Normalizer;
 
 /// Every FLAME hyperparameter, with the official code's default where it has one (loop
@@ -120,6 +120,108 @@ pub struct FlameConfig {
     pub critic_hidden: Vec<usize>,
     /// Sinusoidal features per time input.
     pub time_dim: usize,
+    /// How r and t become features: the official scaled low-frequency encoding, or the
+    /// raw one of runs before it existed.
+    #[serde(default)]
+    pub time_embedding: TimeEmbedding,
+    /// α's Adam steps every this many updates (the official code: 100; before: every
+    /// policy update, 2). A multiple of `policy_frequency`: α steps with the policy.
+    #[serde(default = "default_policy_frequency")]
+    pub alpha_every: u64,
+    /// Temperature of the Q-weights softmax(Q/T): α, or e^α as the official code.
+    #[serde(default)]
+    pub weight_temperature: WeightTemperature,
+    /// Which next action the TD target values (the official code: the online policy's
+    /// best-of-N_p plus exploration noise).
+    #[serde(default)]
+    pub td_action: TdAction,
+    /// How the flow loss reduces over action dimensions: sum, or mean (official).
+    #[serde(default)]
+    pub flow_loss_reduction: FlowLossReduction,
+    /// Adam steps per critic per update with the same gradient (the official code: 2).
+    #[serde(default = "one_u32")]
+    pub critic_steps: u32,
+    /// How the flow times (r, t) are drawn: `nested` (t uniform, r uniform below it) or
+    /// `sorted` (two uniforms, t the larger, as the official code).
+    #[serde(default)]
+    pub time_pairs: TimePairs,
+    /// Fraction of FLAME-M's training pairs with r = t (MeanFlow papers 25–75%; the
+    /// official code 0).
+    #[serde(default)]
+    pub equal_time_fraction: f64,
+    /// The policy learning-rate decay: over the run's env steps, or the official
+    /// schedule in policy updates (constant for 25k, then linear over 50k).
+    #[serde(default)]
+    pub lr_decay: LrDecay,
+}
+
+/// Temperature of the Q-weights over the K candidates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightTemperature {
+    /// softmax(Q/α): the max-entropy reading of the posterior weights.
+    #[default]
+    Alpha,
+    /// softmax(Q/e^α): the official code (`1/exp(exp(log α))`); ≈ softmax(Q) for small α.
+    ExpAlpha,
+}
+
+/// The next action a′ at which the TD target evaluates min Q̄(s′, a′).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TdAction {
+    /// One sample of the EMA policy, no noise.
+    #[default]
+    EmaSample,
+    /// The online policy's best of N_p by the online min Q, plus α·noise_scale noise:
+    /// the policy that acts (official).
+    OnlineBest,
+}
+
+/// How the per-sample flow loss reduces over action dimensions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowLossReduction {
+    /// Σ over dimensions: the flow gradient grows with d against the Q-gradient term.
+    #[default]
+    Sum,
+    /// Mean over dimensions (official).
+    Mean,
+}
+
+/// How the flow-time pairs r ≤ t are drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimePairs {
+    /// t ~ U(t_min, t_max), r ~ U(t_min, t).
+    #[default]
+    Nested,
+    /// Two draws of U(t_min, t_max): t the larger, r the smaller (official).
+    Sorted,
+}
+
+/// The policy learning-rate schedule from `lr` to `final_policy_lr`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrDecay {
+    /// Linear over the run's env steps (a short run decays fully).
+    #[default]
+    Run,
+    /// Constant for the first 25,000 policy updates, then linear over 50,000 (the
+    /// official optax schedule; independent of the run's length).
+    Updates,
+}
+
+/// The official schedule's policy updates at constant rate, then of linear decay.
+const LR_DECAY_BEGIN: f64 = 25_000.0;
+const LR_DECAY_SPAN: f64 = 50_000.0;
+
+fn one_u32() -> u32 {
+    1
+}
+
+fn default_policy_frequency() -> u64 {
+    2
 }
 
 fn one() -> usize {
@@ -140,27 +242,36 @@ impl FlameConfig {
             lr: 3e-4,
             final_policy_lr: default_final_policy_lr(),
             critic_lr: None,
-            alpha_lr: 3e-4,
+            alpha_lr: 5e-3,
             policy_frequency: 2,
             reward_scale: 0.2,
             candidates: 100,
             particles: 32,
             noise_std: 0.5,
-            noise_scale: 0.1,
+            noise_scale: 1.0,
             t_min: 1e-3,
             t_max: 0.995,
-            adaptive_loss_power: 1.0,
+            adaptive_loss_power: 0.0,
             q_grad_weight: 1.0,
             entropy_in_td: false,
             autotune: true,
-            init_alpha: 0.2,
-            target_entropy_scale: 1.0,
+            init_alpha: 1.0,
+            target_entropy_scale: 3.0,
             entropy_steps: 3,
             log_det: LogDet::Exact,
             entropy_states: 64,
             policy_hidden: vec![256, 256, 256],
             critic_hidden: vec![256, 256, 256],
             time_dim: 16,
+            time_embedding: TimeEmbedding::Scaled,
+            alpha_every: 100,
+            weight_temperature: WeightTemperature::ExpAlpha,
+            td_action: TdAction::OnlineBest,
+            flow_loss_reduction: FlowLossReduction::Mean,
+            critic_steps: 2,
+            time_pairs: TimePairs::Sorted,
+            equal_time_fraction: 0.0,
+            lr_decay: LrDecay::Updates,
         };
         match algorithm {
             Algorithm::FlameM => mean_flow,
@@ -170,6 +281,10 @@ impl FlameConfig {
                 q_grad_weight: 0.0,
                 entropy_steps: 20,
                 log_det: LogDet::Trace,
+                // The official rectified-flow agent (rf2_sac_ent): one critic step,
+                // weights softmax(Q/α).
+                critic_steps: 1,
+                weight_temperature: WeightTemperature::Alpha,
                 ..mean_flow
             },
         }
@@ -225,6 +340,22 @@ impl FlameConfig {
                 "{name} must be a non-negative number, got {v}"
             );
         }
+        ensure!(
+            self.alpha_every >= 1 && self.alpha_every.is_multiple_of(self.policy_frequency),
+            "--alpha-every must be a positive multiple of --policy-frequency ({}), got {}",
+            self.policy_frequency,
+            self.alpha_every
+        );
+        ensure!(
+            (1..=8).contains(&self.critic_steps),
+            "--critic-steps must be 1 to 8, got {}",
+            self.critic_steps
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.equal_time_fraction),
+            "--equal-time-fraction must be in [0, 1], got {}",
+            self.equal_time_fraction
+        );
         ensure!(
             self.time_dim >= 2 && self.time_dim.is_multiple_of(2),
             "--time-dim must be even and at least 2"
@@ -349,20 +480,33 @@ impl Flame {
         self.log_alpha.exp()
     }
 
-    /// The policy's learning rate: linear from `lr` to `final_policy_lr` over the run.
+    /// The policy's learning rate: linear from `lr` to `final_policy_lr`, over the run
+    /// or over the official schedule's policy updates ([`LrDecay`]).
     fn policy_lr(&self) -> f64 {
         let c = &self.config;
-        c.lr + (c.final_policy_lr - c.lr) * self.progress.clamp(0.0, 1.0)
+        let fraction = match c.lr_decay {
+            LrDecay::Run => self.progress,
+            LrDecay::Updates => (self.policy_adam.steps as f64 - LR_DECAY_BEGIN) / LR_DECAY_SPAN,
+        };
+        c.lr + (c.final_policy_lr - c.lr) * fraction.clamp(0.0, 1.0)
+    }
+
+    /// The temperature T of the Q-weights softmax(Q/T).
+    fn weight_temperature(&self) -> f64 {
+        match self.config.weight_temperature {
+            WeightTemperature::Alpha => self.alpha_value(),
+            WeightTemperature::ExpAlpha => self.alpha_value().exp(),
+        }
     }
 
     fn policy_input(&self, obs: &Tensor, z: &Tensor, r: &Tensor, t: &Tensor) -> Tensor {
-        let d = self.config.time_dim;
+        let (d, embedding) = (self.config.time_dim, self.config.time_embedding);
         Tensor::cat(
             &[
                 obs,
                 z,
-                &time_features_tensor(r, d),
-                &time_features_tensor(t, d),
+                &time_features_tensor(r, d, embedding),
+                &time_features_tensor(t, d, embedding),
             ],
             1,
         )
@@ -420,14 +564,17 @@ impl Flame {
         -log_prob.mean(Kind::Float).double_value(&[])
     }
 
-    /// The Q-reweighted regression target for anchors `x_t` at times `(r, t)` (no grad).
-    fn flow_target(&self, obs: &Tensor, x_t: &Tensor, r: &Tensor, t: &Tensor) -> Tensor {
+    /// The Q-reweighted regression target for anchors `x_t` at times `(r, t)` (no grad),
+    /// and the Q-weights' mean effective sample size.
+    fn flow_target(&self, obs: &Tensor, x_t: &Tensor, r: &Tensor, t: &Tensor) -> (Tensor, f64) {
         let candidates = sample_candidates(x_t, t, self.config.candidates);
         self.flow_target_for(obs, x_t, r, t, &candidates)
     }
 
     /// [`Flame::flow_target`] for given posterior candidates `[B, K, d]`: FLAME-R the
-    /// weighted velocity `v̄`, FLAME-M the MeanFlow target `v̄ − (t − r)·du/dt`.
+    /// weighted velocity `v̄`, FLAME-M the MeanFlow target `v̄ − (t − r)·du/dt`; with the
+    /// weights' effective sample size `1/Σ_k w_k²` averaged over states (K for uniform
+    /// weights, 1 when one candidate takes all: the collapse to an argmax shows here).
     fn flow_target_for(
         &self,
         obs: &Tensor,
@@ -435,7 +582,7 @@ impl Flame {
         r: &Tensor,
         t: &Tensor,
         candidates: &Tensor,
-    ) -> Tensor {
+    ) -> (Tensor, f64) {
         let (b, d) = x_t.size2().expect("x_t is [B, d]");
         let k = candidates.size()[1];
         let velocities = candidate_velocities(x_t, t, candidates);
@@ -444,10 +591,16 @@ impl Flame {
             .critic
             .min_q_no_grad(&obs_k, &candidates.view([b * k, d]))
             .view([b, k]);
-        let weights = (q / self.alpha_value()).softmax(1, Kind::Float);
+        let weights = (q / self.weight_temperature()).softmax(1, Kind::Float);
+        let ess = weights
+            .square()
+            .sum_dim_intlist(1, false, Kind::Float)
+            .reciprocal()
+            .mean(Kind::Float)
+            .double_value(&[]);
         let v_bar = (weights.unsqueeze(-1) * velocities).sum_dim_intlist(1, false, Kind::Float);
         if self.algorithm == Algorithm::FlameR {
-            return v_bar;
+            return (v_bar, ess);
         }
         // d/dt u(x_t, r, t) along (ẋ, ṙ, ṫ) = (v̄, 0, 1): one JVP for all K candidates.
         let input = self.policy_input(obs, x_t, r, t);
@@ -458,35 +611,76 @@ impl Flame {
                 &zeros(self.obs_dim),
                 &v_bar,
                 &zeros(time),
-                &time_features_derivative(t, &self.column(b, 1.0), time),
+                &time_features_derivative(
+                    t,
+                    &self.column(b, 1.0),
+                    time,
+                    self.config.time_embedding,
+                ),
             ],
             1,
         );
         let (_, du_dt) = self
             .policy
             .forward_with_tangent(&self.policy.params, &input, &input_dot);
-        v_bar - (t - r) * du_dt
+        (v_bar - (t - r) * du_dt, ess)
+    }
+
+    /// Best of N_p samples by the online min Q, with `explore_std` Gaussian noise added
+    /// (0: none), clipped to the action box: training-time acting, and the official TD
+    /// target's next action ([`TdAction::OnlineBest`]).
+    fn best_of_particles(&self, weights: Weights<'_>, obs: &Tensor, explore_std: f64) -> Tensor {
+        tch::no_grad(|| {
+            let (n, p, d) = (obs.size()[0], self.config.particles, self.act_dim as i64);
+            let obs_p = obs.repeat_interleave_self_int(p, 0, None);
+            let actions = self.sample(weights, &obs_p, &self.base_noise(n * p));
+            let q = self.critic.min_q_no_grad(&obs_p, &actions).view([n, p]);
+            let best = q.argmax(1, true).view([n, 1, 1]).expand([n, 1, d], false);
+            let chosen = actions.view([n, p, d]).gather(1, &best, false).view([n, d]);
+            if explore_std > 0.0 {
+                (&chosen + chosen.randn_like() * explore_std).clamp(-1.0, 1.0)
+            } else {
+                chosen
+            }
+        })
+    }
+
+    /// The flow times `(r, t)` of a policy update, `[B, 1]` each, r ≤ t ([`TimePairs`];
+    /// FLAME-R r = t; FLAME-M r = t with probability `equal_time_fraction`).
+    fn flow_times(&self, b: i64) -> (Tensor, Tensor) {
+        let c = &self.config;
+        let opts = (Kind::Float, self.device);
+        let uniform = || Tensor::rand([b, 1], opts) * (c.t_max - c.t_min) + c.t_min;
+        let t = uniform();
+        if self.algorithm == Algorithm::FlameR {
+            return (t.shallow_clone(), t);
+        }
+        let (r, t) = match c.time_pairs {
+            TimePairs::Nested => ((&t - c.t_min) * Tensor::rand([b, 1], opts) + c.t_min, t),
+            TimePairs::Sorted => {
+                let other = uniform();
+                (t.minimum(&other), t.maximum(&other))
+            }
+        };
+        let r = if c.equal_time_fraction > 0.0 {
+            let equal = Tensor::rand([b, 1], opts).lt(c.equal_time_fraction);
+            t.where_self(&equal, &r)
+        } else {
+            r
+        };
+        (r, t)
     }
 }
 
 impl Agent for Flame {
     fn act(&self, obs: &Tensor, explore: bool) -> Tensor {
-        tch::no_grad(|| {
-            let obs = obs.to_device(self.device).to_kind(Kind::Float);
-            let (n, p, d) = (obs.size()[0], self.config.particles, self.act_dim as i64);
-            // Best of N_p samples by min Q.
-            let obs_p = obs.repeat_interleave_self_int(p, 0, None);
-            let actions = self.sample(Weights::Copy(&self.ema), &obs_p, &self.base_noise(n * p));
-            let q = self.critic.min_q_no_grad(&obs_p, &actions).view([n, p]);
-            let best = q.argmax(1, true).view([n, 1, 1]).expand([n, 1, d], false);
-            let chosen = actions.view([n, p, d]).gather(1, &best, false).view([n, d]);
-            if explore {
-                let noise = chosen.randn_like() * (self.alpha_value() * self.config.noise_scale);
-                (chosen + noise).clamp(-1.0, 1.0)
-            } else {
-                chosen
-            }
-        })
+        let obs = obs.to_device(self.device).to_kind(Kind::Float);
+        let explore_std = if explore {
+            self.alpha_value() * self.config.noise_scale
+        } else {
+            0.0
+        };
+        self.best_of_particles(Weights::Copy(&self.ema), &obs, explore_std)
     }
 
     fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats {
@@ -494,20 +688,27 @@ impl Agent for Flame {
         let b = batch.obs.size()[0];
         let alpha = self.alpha_value();
 
-        // 1. Critic: one Adam step towards the TD target.
+        // 1. Critic: `critic_steps` Adam steps towards the TD target.
         let y = tch::no_grad(|| {
-            let next_action = self.sample(
-                Weights::Copy(&self.ema),
-                &batch.next_obs,
-                &self.base_noise(b),
-            );
+            let next_action = match c.td_action {
+                TdAction::EmaSample => self.sample(
+                    Weights::Copy(&self.ema),
+                    &batch.next_obs,
+                    &self.base_noise(b),
+                ),
+                TdAction::OnlineBest => {
+                    self.best_of_particles(Weights::Online, &batch.next_obs, alpha * c.noise_scale)
+                }
+            };
             let mut bootstrap = self.critic.target_min_q(&batch.next_obs, &next_action);
             if c.entropy_in_td {
                 bootstrap += alpha * self.entropy(&self.ema, &batch.next_obs);
             }
             &batch.rew * c.reward_scale + (1.0 - &batch.term) * c.gamma * bootstrap
         });
-        let (q_loss, q_mean) = self.critic.train_step(&batch.obs, &batch.act, &y);
+        let (q_loss, q_mean) =
+            self.critic
+                .train_step(&batch.obs, &batch.act, &y, c.critic_steps as usize);
         let mut stats = vec![
             ("q_loss", q_loss.double_value(&[])),
             ("q_mean", q_mean.double_value(&[])),
@@ -518,28 +719,32 @@ impl Agent for Flame {
         }
 
         // 2. Policy: Q-reweighted flow matching plus the Q-gradient term.
-        let opts = (Kind::Float, self.device);
-        let t = Tensor::rand([b, 1], opts) * (c.t_max - c.t_min) + c.t_min;
-        let r = match self.algorithm {
-            Algorithm::FlameM => (&t - c.t_min) * Tensor::rand([b, 1], opts) + c.t_min,
-            Algorithm::FlameR => t.shallow_clone(),
-        };
+        let (r, t) = self.flow_times(b);
         let noise = Tensor::randn_like(&batch.act);
         let x_t = (1.0 - &t) * &batch.act + &t * noise;
-        let target = tch::no_grad(|| self.flow_target(&batch.obs, &x_t, &r, &t));
+        let (target, ess) = tch::no_grad(|| self.flow_target(&batch.obs, &x_t, &r, &t));
         let u = self
             .policy
             .forward(&self.policy_input(&batch.obs, &x_t, &r, &t));
-        let per_sample = (u - target).square().sum_dim_intlist(1, false, Kind::Float);
-        let adaptive = (per_sample.detach() + 1e-3).pow_tensor_scalar(-c.adaptive_loss_power);
-        let flow_loss = per_sample.mean(Kind::Float);
-        let weighted_flow_loss = (adaptive * &per_sample).mean(Kind::Float);
+        // ‖u − target‖² per state; logged as `flow_loss` whatever the reduction, so runs
+        // compare.
+        let squared_norm = (u - target).square().sum_dim_intlist(1, false, Kind::Float);
+        let per_sample = match c.flow_loss_reduction {
+            FlowLossReduction::Sum => squared_norm.shallow_clone(),
+            FlowLossReduction::Mean => &squared_norm / self.act_dim as f64,
+        };
+        let flow_term = if c.adaptive_loss_power == 0.0 {
+            per_sample.mean(Kind::Float)
+        } else {
+            let adaptive = (per_sample.detach() + 1e-3).pow_tensor_scalar(-c.adaptive_loss_power);
+            (adaptive * &per_sample).mean(Kind::Float)
+        };
         // λ·(−min Q̄(s, a_θ(s))) through the sampler (skipped when λ = 0).
         let q_term =
             (c.q_grad_weight != 0.0).then(|| self.q_gradient_term(&batch.obs, &self.base_noise(b)));
         let loss = match &q_term {
-            Some(q) => weighted_flow_loss + c.q_grad_weight * q,
-            None => weighted_flow_loss,
+            Some(q) => flow_term + c.q_grad_weight * q,
+            None => flow_term,
         };
         self.policy_adam.config.lr = self.policy_lr();
         let grad = self.policy.grad(&loss);
@@ -549,20 +754,27 @@ impl Agent for Flame {
                 .copy_(&(&self.ema * (1.0 - c.tau) + &self.policy.params * c.tau));
         });
         self.critic.polyak();
-
-        // 3. Temperature from the entropy estimate.
-        let states = batch.obs.narrow(0, 0, c.entropy_states.min(b));
-        let entropy = tch::no_grad(|| self.entropy(&self.policy.params, &states));
-        if c.autotune {
-            let grad = entropy - self.target_entropy;
-            self.alpha_adam
-                .step(&mut self.log_alpha, grad, AdamConfig::with_lr(c.alpha_lr));
-        }
         stats.extend([
-            ("flow_loss", flow_loss.double_value(&[])),
-            ("entropy", entropy),
+            (
+                "flow_loss",
+                squared_norm.mean(Kind::Float).double_value(&[]),
+            ),
+            ("q_weight_ess", ess),
         ]);
         stats.extend(q_term.map(|q| ("q_pi", -q.double_value(&[]))));
+
+        // 3. Temperature from the entropy estimate, every `alpha_every` updates (the
+        // estimate is the costliest part of a policy update: it is made only then).
+        if update.is_multiple_of(c.alpha_every) {
+            let states = batch.obs.narrow(0, 0, c.entropy_states.min(b));
+            let entropy = tch::no_grad(|| self.entropy(&self.policy.params, &states));
+            if c.autotune {
+                let grad = entropy - self.target_entropy;
+                self.alpha_adam
+                    .step(&mut self.log_alpha, grad, AdamConfig::with_lr(c.alpha_lr));
+            }
+            stats.push(("entropy", entropy));
+        }
         stats
     }
 
@@ -727,7 +939,7 @@ mod tests {
         // and give both computations the same ones.
         let k = agent.config.candidates;
         let candidates = sample_candidates(&x_t, &t, k);
-        let single = tch::no_grad(|| agent.flow_target_for(&obs, &x_t, &r, &t, &candidates));
+        let (single, _) = tch::no_grad(|| agent.flow_target_for(&obs, &x_t, &r, &t, &candidates));
         let velocities = candidate_velocities(&x_t, &t, &candidates);
         let q = agent
             .critic
@@ -736,10 +948,13 @@ mod tests {
                 &candidates.view([b * k, d]),
             )
             .view([b, k]);
-        let w = (q / agent.alpha_value()).softmax(1, Kind::Float).detach();
+        let w = (q / agent.weight_temperature())
+            .softmax(1, Kind::Float)
+            .detach();
         let input = agent.policy_input(&obs, &x_t, &r, &t);
         let time = agent.config.time_dim;
-        let dt = time_features_derivative(&t, &agent.column(b, 1.0), time);
+        let dt =
+            time_features_derivative(&t, &agent.column(b, 1.0), time, agent.config.time_embedding);
         let mut weighted = Tensor::zeros([b, d], opts);
         for j in 0..k {
             let v = velocities.select(1, j);
@@ -830,6 +1045,7 @@ mod tests {
                 act_dim: 3,
                 hidden: vec![32, 32],
                 time_dim: 8,
+                time_embedding: agent.config.time_embedding,
             },
         );
         let path =
@@ -863,6 +1079,121 @@ mod tests {
             let norm = grad.abs().sum(Kind::Float).double_value(&[]);
             assert!(norm > 0.0, "{algorithm:?}: Q term gradient is zero");
         }
+    }
+
+    /// A config.json written before the official behaviours became flags reads as what
+    /// those runs did: `trainer results` and `--resume` see their real settings.
+    #[test]
+    fn configs_without_the_new_fields_keep_the_old_behaviour() {
+        let mut json = serde_json::to_value(FlameConfig::for_algorithm(Algorithm::FlameM)).unwrap();
+        let fields = [
+            "alpha_every",
+            "weight_temperature",
+            "td_action",
+            "flow_loss_reduction",
+            "critic_steps",
+            "time_pairs",
+            "equal_time_fraction",
+            "lr_decay",
+            "time_embedding",
+        ];
+        for field in fields {
+            assert!(
+                json.as_object_mut().unwrap().remove(field).is_some(),
+                "{field}"
+            );
+        }
+        let old: FlameConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old.alpha_every, 2);
+        assert_eq!(old.weight_temperature, WeightTemperature::Alpha);
+        assert_eq!(old.td_action, TdAction::EmaSample);
+        assert_eq!(old.flow_loss_reduction, FlowLossReduction::Sum);
+        assert_eq!(old.critic_steps, 1);
+        assert_eq!(old.time_pairs, TimePairs::Nested);
+        assert_eq!(old.equal_time_fraction, 0.0);
+        assert_eq!(old.lr_decay, LrDecay::Run);
+        assert_eq!(old.time_embedding, TimeEmbedding::Raw);
+    }
+
+    /// Flow times: r ≤ t inside [t_min, t_max] for both pair rules, r = t where asked
+    /// (FLAME-R always).
+    #[test]
+    fn flow_time_pairs_are_ordered_and_in_range() {
+        for (pairs, equal) in [
+            (TimePairs::Nested, 0.0),
+            (TimePairs::Sorted, 0.0),
+            (TimePairs::Sorted, 1.0),
+        ] {
+            let mut agent = small(3, 2);
+            agent.config.time_pairs = pairs;
+            agent.config.equal_time_fraction = equal;
+            let (r, t) = agent.flow_times(4096);
+            let (c, tol) = (&agent.config, 1e-6);
+            assert!(t.max().double_value(&[]) <= c.t_max + tol);
+            assert!(r.min().double_value(&[]) >= c.t_min - tol);
+            assert!((&t - &r).min().double_value(&[]) >= 0.0, "{pairs:?}");
+            let gap = (&t - &r).max().double_value(&[]);
+            if equal == 1.0 {
+                assert_eq!(gap, 0.0);
+            } else {
+                assert!(gap > 0.5, "{pairs:?}: pairs span too little ({gap})");
+            }
+        }
+        let (r, t) = small_with(Algorithm::FlameR, 3, 2).flow_times(64);
+        assert!(r.equal(&t));
+    }
+
+    /// The official schedule holds `lr` for 25k policy updates, then falls linearly to
+    /// `final_policy_lr` over 50k, whatever the run's length.
+    #[test]
+    fn official_learning_rate_schedule_counts_policy_updates() {
+        let mut agent = small(3, 2);
+        agent.config.lr_decay = LrDecay::Updates;
+        agent.set_progress(0.9);
+        let (lr, end) = (agent.config.lr, agent.config.final_policy_lr);
+        for (steps, expect) in [
+            (0, lr),
+            (25_000, lr),
+            (50_000, (lr + end) / 2.0),
+            (75_000, end),
+            (200_000, end),
+        ] {
+            agent.policy_adam.steps = steps;
+            assert!((agent.policy_lr() - expect).abs() < 1e-12, "{steps}");
+        }
+        agent.config.lr_decay = LrDecay::Run;
+        assert!((agent.policy_lr() - (lr + 0.9 * (end - lr))).abs() < 1e-12);
+    }
+
+    /// α (and the entropy estimate behind it) moves only every `alpha_every` updates;
+    /// the Q-weights' temperature is e^α where asked.
+    #[test]
+    fn alpha_steps_every_alpha_every_updates() {
+        let mut agent = small(6, 2);
+        agent.config.alpha_every = 4;
+        assert_eq!(agent.config.policy_frequency, 2);
+        let mut alphas = vec![agent.alpha()];
+        for update in 0..6 {
+            let stats = agent.update(&batch(32, 6, 2), update);
+            let logged = stats.iter().any(|(k, _)| *k == "entropy");
+            assert_eq!(logged, update % 4 == 0, "update {update}");
+            let ess = stats
+                .iter()
+                .find(|(k, _)| *k == "q_weight_ess")
+                .map(|s| s.1);
+            if update % 2 == 0 {
+                let k = agent.config.candidates as f64;
+                assert!(
+                    ess.is_some_and(|e| (1.0..=k + 1e-3).contains(&e)),
+                    "{ess:?}"
+                );
+            }
+            alphas.push(agent.alpha());
+        }
+        let moved: Vec<bool> = alphas.windows(2).map(|w| w[0] != w[1]).collect();
+        assert_eq!(moved, [true, false, false, false, true, false]);
+        agent.config.weight_temperature = WeightTemperature::ExpAlpha;
+        assert_eq!(agent.weight_temperature(), agent.alpha().exp());
     }
 
     /// A separate critic learning rate reaches the critics' Adam, survives config.json,
@@ -901,6 +1232,7 @@ mod tests {
                 act_dim,
                 hidden: vec![32, 32],
                 time_dim: 8,
+                time_embedding: agent.config.time_embedding,
             };
             let path = std::env::temp_dir().join(format!(
                 "flame-deployed-{}-{:?}.safetensors",

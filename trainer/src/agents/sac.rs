@@ -343,7 +343,7 @@ impl Agent for Sac {
             let next_v = self.critic.target_min_q(&batch.next_obs, &next_a) - next_log_pi * alpha;
             &batch.rew * c.reward_scale + (1.0 - &batch.term) * c.gamma * next_v
         });
-        let (q_loss, q_mean) = self.critic.train_step(&batch.obs, &batch.act, &y);
+        let (q_loss, q_mean) = self.critic.train_step(&batch.obs, &batch.act, &y, 1);
         let mut stats = vec![
             ("q_loss", q_loss.double_value(&[])),
             ("q_mean", q_mean.double_value(&[])),

@@ -26,26 +26,11 @@ pub(super) fn panels(runs: &[Run]) -> Vec<Panel> {
             let mut series: Vec<Series> = rows
                 .iter()
                 .filter(|r| !r.evals.is_empty())
-                .map(|r| {
-                    let seed = r.seed.map_or(String::new(), |s| format!(" s{s}"));
-                    let mut label = format!("{}{seed}", r.algo);
-                    let same = rows
-                        .iter()
-                        .filter(|o| o.algo == r.algo && o.seed == r.seed && !o.evals.is_empty())
-                        .count();
-                    if same > 1 {
-                        let dir = r.dir.file_name().map_or_else(
-                            || r.dir.display().to_string(),
-                            |n| n.to_string_lossy().into_owned(),
-                        );
-                        label += &format!(" {dir}");
-                    }
-                    Series {
-                        label,
-                        color: algo_color(&r.algo),
-                        style: SeriesStyle::Measured,
-                        points: r.evals.iter().map(|e| (e.step as f64, e.ret)).collect(),
-                    }
+                .map(|r| Series {
+                    label: run_label(r, &rows),
+                    color: run_color(r, &rows),
+                    style: SeriesStyle::Measured,
+                    points: r.evals.iter().map(|e| (e.step as f64, e.ret)).collect(),
                 })
                 .collect();
             let reached = rows
@@ -74,4 +59,87 @@ pub(super) fn panels(runs: &[Run]) -> Vec<Panel> {
             }
         })
         .collect()
+}
+
+/// A run's legend label: algorithm and seed, and its directory where another run of the
+/// task has the same two.
+fn run_label(r: &Run, rows: &[&Run]) -> String {
+    let seed = r.seed.map_or(String::new(), |s| format!(" s{s}"));
+    let mut label = format!("{}{seed}", r.algo);
+    let same = rows
+        .iter()
+        .filter(|o| o.algo == r.algo && o.seed == r.seed && !o.evals.is_empty())
+        .count();
+    if same > 1 {
+        let dir = r.dir.file_name().map_or_else(
+            || r.dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        label += &format!(" {dir}");
+    }
+    label
+}
+
+/// The algorithm's colour, darker for each further run of it on the task (seeds and
+/// ablations stay apart).
+fn run_color(r: &Run, rows: &[&Run]) -> (u8, u8, u8) {
+    let (red, green, blue) = algo_color(&r.algo);
+    let nth = rows
+        .iter()
+        .filter(|o| o.algo == r.algo)
+        .position(|o| std::ptr::eq(*o, r))
+        .unwrap_or(0);
+    let shade = |c: u8| (c as f64 * 0.8f64.powi(nth as i32 % 6)) as u8;
+    (shade(red), shade(green), shade(blue))
+}
+
+/// A plotted diagnostic: its name in the metrics, the panel title, the transform of
+/// its values.
+type Diagnostic = (&'static str, &'static str, fn(f64) -> f64);
+
+/// The learning diagnostics `diagnostics.png` shows per task, in order: (name in the
+/// metrics, panel title, transform). A collapse shows here before it shows in the return:
+/// α falling by decades, entropy diving, the Q-weights' effective sample size dropping
+/// to 1 (an argmax over the K candidates), the flow loss growing.
+const DIAGNOSTICS: [Diagnostic; 4] = [
+    ("alpha", "log10 alpha", f64::log10),
+    ("entropy", "policy entropy estimate", identity),
+    ("q_weight_ess", "Q-weight ESS 1/sum w^2 (of K)", identity),
+    ("flow_loss", "flow loss |u - target|^2", identity),
+];
+
+fn identity(x: f64) -> f64 {
+    x
+}
+
+/// One panel per (task, diagnostic) that some run logged: a line per run.
+pub(super) fn diagnostic_panels(runs: &[Run]) -> Vec<Panel> {
+    let mut panels = Vec::new();
+    for env in env_order(runs) {
+        let rows = runs_of(runs, &env);
+        for (name, title, transform) in DIAGNOSTICS {
+            let series: Vec<Series> = rows
+                .iter()
+                .map(|r| Series {
+                    label: run_label(r, &rows),
+                    color: run_color(r, &rows),
+                    style: SeriesStyle::Measured,
+                    points: r
+                        .evals
+                        .iter()
+                        .filter_map(|e| Some((e.step as f64, transform(e.diagnostic(name)?))))
+                        .filter(|p| p.1.is_finite())
+                        .collect(),
+                })
+                .filter(|s| !s.points.is_empty())
+                .collect();
+            if !series.is_empty() {
+                panels.push(Panel {
+                    title: format!("{env}: {title}"),
+                    series,
+                });
+            }
+        }
+    }
+    panels
 }

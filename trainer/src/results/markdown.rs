@@ -71,10 +71,76 @@ pub fn render_markdown(runs: &[Run], milestones: &[u64], tolerance: f64) -> Stri
     let _ = writeln!(md, "![learning curves](learning_curves.png)\n");
     for env in env_order(runs) {
         render_env(&mut md, runs, &env, milestones, tolerance);
+        render_diagnostics(&mut md, runs, &env, milestones, tolerance);
     }
     render_fidelity(&mut md, runs);
     render_deployment(&mut md, runs);
     md
+}
+
+/// Per run and milestone: the return beside α, the entropy estimate, the Q-weights'
+/// effective sample size and the flow loss (their means over the updates before the
+/// evaluation), for runs that logged any of them.
+fn render_diagnostics(
+    md: &mut String,
+    runs: &[Run],
+    env: &str,
+    milestones: &[u64],
+    tolerance: f64,
+) {
+    let rows: Vec<&Run> = runs_of(runs, env)
+        .into_iter()
+        .filter(|r| r.evals.iter().any(|e| !e.diagnostics.is_empty()))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### {env}: learning diagnostics
+"
+    );
+    let _ = writeln!(
+        md,
+        "α at the evaluation; entropy, ESS (1/Σw² of the K Q-weights: K uniform, 1 an \
+         argmax) and flow loss (‖u − target‖² per state) averaged over the updates since \
+         the previous evaluation. ![diagnostics](diagnostics.png)\n"
+    );
+    let header = [
+        "run",
+        "step",
+        "return",
+        "single (z=0)",
+        "α",
+        "entropy",
+        "ESS",
+        "flow loss",
+    ];
+    md.push_str(&table_row(&header.map(String::from)));
+    md.push_str(&table_row(&header.map(|_| "---".to_string())));
+    let num = |v: Option<f64>, digits: usize| v.map_or(DASH.into(), |x| format!("{x:.digits$}"));
+    for r in rows {
+        let name = r.dir.file_name().map_or_else(
+            || r.dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        for &m in milestones {
+            let Some(e) = run_eval_at(r, m, tolerance) else {
+                continue;
+            };
+            md.push_str(&table_row(&[
+                cell(&name),
+                fmt_steps(e.step as f64),
+                fmt_ret(e.ret, e.std),
+                num(e.single, 1),
+                e.alpha.map_or(DASH.into(), |a| format!("{a:.3e}")),
+                num(e.diagnostic("entropy"), 2),
+                num(e.diagnostic("q_weight_ess"), 1),
+                num(e.diagnostic("flow_loss"), 3),
+            ]));
+        }
+    }
+    md.push('\n');
 }
 
 /// A column of the last evaluation's other returns, shown where some run has them.

@@ -8,9 +8,11 @@
 //! `--blob RUN=BLOB`). Everything is read as generic JSON, so rows with fields this
 //! module does not know (or lacks, like `eval_return_single`) parse all the same.
 //!
-//! It writes `results.md` (one table per task, the paper's numbers beside, and an int8
-//! fidelity table) and `learning_curves.png` (one panel per task, one line per run,
-//! colour per algorithm, the paper's reference points dashed).
+//! It writes `results.md` (one table per task, the paper's numbers beside, the learning
+//! diagnostics at each milestone, and an int8 fidelity table), `learning_curves.png` (one
+//! panel per task, one line per run, colour per algorithm, the paper's reference points
+//! dashed) and `diagnostics.png` (per task: α, entropy, Q-weight ESS and flow loss over
+//! env steps, where runs logged them).
 //!
 //! Reading the runs is `runs`, the markdown `markdown`, the PNG's panels `curves`,
 //! and the numbers they are measured against `paper`.
@@ -59,8 +61,8 @@ impl ResultsOptions {
     }
 }
 
-/// Reads the runs, writes `out/results.md` and `out/learning_curves.png`, and returns
-/// the markdown.
+/// Reads the runs, writes `out/results.md`, `out/learning_curves.png` and (when runs
+/// logged diagnostics) `out/diagnostics.png`, and returns the markdown.
 pub fn results(runs: &[PathBuf], opts: &ResultsOptions) -> Result<String> {
     ensure!(!runs.is_empty(), "no run directories given");
     ensure!(
@@ -91,6 +93,10 @@ pub fn results(runs: &[PathBuf], opts: &ResultsOptions) -> Result<String> {
         &opts.out.join("learning_curves.png"),
         &curves::panels(&loaded),
     )?;
+    let diagnostics = curves::diagnostic_panels(&loaded);
+    if !diagnostics.is_empty() {
+        learning_curves(&opts.out.join("diagnostics.png"), &diagnostics)?;
+    }
     Ok(md)
 }
 

@@ -1,6 +1,7 @@
 //! Reading run directories: `config.json`, `metrics.jsonl`, `summary.json`, fidelity
 //! reports and the lab bench's HIL and size reports, as generic JSON.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -20,6 +21,22 @@ pub struct Eval {
     pub int8: Option<f64>,
     pub wall_s: Option<f64>,
     pub updates: Option<u64>,
+    /// α at the evaluation.
+    pub alpha: Option<f64>,
+    /// The agent's update statistics (entropy, flow_loss, q_weight_ess, …): their means
+    /// since the previous row (`stats_mean`), else the last update's (`stats`, rows
+    /// written before the means were).
+    pub diagnostics: BTreeMap<String, f64>,
+}
+
+impl Eval {
+    /// One diagnostic: `alpha`, or an update statistic by name.
+    pub fn diagnostic(&self, name: &str) -> Option<f64> {
+        match name {
+            "alpha" => self.alpha,
+            _ => self.diagnostics.get(name).copied(),
+        }
+    }
 }
 
 /// What a `trainer export` fidelity report (`<blob>.report.json`) says.
@@ -266,6 +283,16 @@ pub fn parse_metrics(text: &str, path: &Path) -> Result<Vec<Eval>> {
             int8: get_f64(&v, "eval_return_int8"),
             wall_s: get_f64(&v, "wall_s"),
             updates: get_u64(&v, "updates"),
+            alpha: get_f64(&v, "alpha"),
+            diagnostics: ["stats_mean", "stats"]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(Value::as_object))
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         });
     }
     out.sort_by_key(|e| e.step);

@@ -102,6 +102,8 @@ fn ev(step: u64, ret: f64) -> Eval {
         int8: None,
         wall_s: None,
         updates: None,
+        alpha: None,
+        diagnostics: Default::default(),
     }
 }
 

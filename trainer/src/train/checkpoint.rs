@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use sim::env::VecEnv;
-use sim::float_policy::PolicyShape;
+use sim::float_policy::{PolicyShape, TimeEmbedding};
 use sim::run_dir::{git_revision, read_json, write_json, RunConfig, RunDir};
 use tch::{Device, Tensor};
 
@@ -94,16 +94,19 @@ impl Trainer {
     }
 
     pub(super) fn run_config(&self) -> Result<RunConfig> {
-        let (hidden, time_dim, noise_std, nfe) = match (&self.config.sac, &self.config.flame) {
-            (_, Some(f)) => (
-                f.policy_hidden.clone(),
-                f.time_dim,
-                f.noise_std as f32,
-                f.nfe,
-            ),
-            (Some(s), None) => (s.policy_hidden.clone(), 0, 0.5, 1),
-            (None, None) => (Vec::new(), 0, 0.5, 1),
-        };
+        let raw = TimeEmbedding::Raw;
+        let (hidden, time_dim, time_embedding, noise_std, nfe) =
+            match (&self.config.sac, &self.config.flame) {
+                (_, Some(f)) => (
+                    f.policy_hidden.clone(),
+                    f.time_dim,
+                    f.time_embedding,
+                    f.noise_std as f32,
+                    f.nfe,
+                ),
+                (Some(s), None) => (s.policy_hidden.clone(), 0, raw, 0.5, 1),
+                (None, None) => (Vec::new(), 0, raw, 0.5, 1),
+            };
         Ok(RunConfig {
             algo: self.config.algo,
             env_id: self.config.env_id.clone(),
@@ -113,6 +116,7 @@ impl Trainer {
                 act_dim: self.spec.act_dim,
                 hidden,
                 time_dim,
+                time_embedding,
             },
             nfe,
             noise_std,

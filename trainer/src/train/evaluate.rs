@@ -40,6 +40,10 @@ pub struct EvalRow {
     pub env_steps_per_s: f64,
     /// The last value of each of the agent's update statistics.
     pub stats: BTreeMap<String, f64>,
+    /// Each statistic's mean over the updates since the previous row (`trainer results`
+    /// plots these: α, entropy, Q-weight ESS, flow loss).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stats_mean: BTreeMap<String, f64>,
 }
 
 impl Trainer {
@@ -137,6 +141,10 @@ impl Trainer {
             updates_per_s: rates.0,
             env_steps_per_s: rates.1,
             stats: self.state.last_stats.clone(),
+            stats_mean: std::mem::take(&mut self.state.window_stats)
+                .into_iter()
+                .map(|(k, (sum, count))| (k, sum / count as f64))
+                .collect(),
         });
         if self.config.progress_secs > 0.0 {
             let single = single.map_or(String::new(), |r| format!("; deployed (z = 0) {r:.1}"));

@@ -67,6 +67,10 @@ pub struct LoopState {
     pub next_checkpoint: u64,
     pub recent_returns: VecDeque<f64>,
     pub last_stats: BTreeMap<String, f64>,
+    /// Per statistic, (sum, count) over the updates since the last evaluation row: the
+    /// row's `stats_mean` (a single update's α, entropy or Q-weight ESS is noisy).
+    #[serde(default)]
+    pub window_stats: BTreeMap<String, (f64, u64)>,
     pub evals: Vec<EvalRow>,
     pub envs: VecEnvSnapshot,
 }
@@ -203,6 +207,7 @@ impl Trainer {
             next_checkpoint: config.checkpoint_every,
             recent_returns: VecDeque::new(),
             last_stats: BTreeMap::new(),
+            window_stats: BTreeMap::new(),
             evals: Vec::new(),
             envs: venv.snapshot(),
         };
@@ -394,6 +399,9 @@ impl Trainer {
         }
         for (k, v) in stats {
             self.state.last_stats.insert(k.to_string(), v);
+            let (sum, count) = self.state.window_stats.entry(k.to_string()).or_default();
+            *sum += v;
+            *count += 1;
         }
         self.state.updates += 1;
         Ok(())
