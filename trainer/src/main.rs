@@ -177,7 +177,8 @@ struct TrainArgs {
     #[arg(long)]
     device: Option<String>,
     /// libtorch intra-op threads: `auto` (the fastest of all cores and halvings down to
-    /// one, measured while training) or a count [auto].
+    /// one, measured while training) or a count [auto]. May change with --resume (the
+    /// count does not change what the run computes).
     #[arg(long)]
     threads: Option<Threads>,
     /// Seconds between progress lines on stderr, 0 for none [10].
@@ -431,7 +432,6 @@ fn refuse_flags_with_resume(a: &TrainArgs) -> Result<()> {
         ("--eval-episodes", a.eval_episodes.is_some()),
         ("--checkpoint-every", a.checkpoint_every.is_some()),
         ("--device", a.device.is_some()),
-        ("--threads", a.threads.is_some()),
         ("--progress-every", a.progress_every.is_some()),
         ("--gamma", a.gamma.is_some()),
         ("--tau", a.tau.is_some()),
@@ -450,7 +450,7 @@ fn refuse_flags_with_resume(a: &TrainArgs) -> Result<()> {
     let mut all = given.iter().chain(&sac_only).chain(&flame_only);
     if let Some((flag, _)) = all.find(|(_, g)| *g) {
         anyhow::bail!(
-            "{flag} cannot be combined with --resume: a resumed run keeps its own configuration (only --steps and --max-wall may change)"
+            "{flag} cannot be combined with --resume: a resumed run keeps its own configuration (only --steps, --max-wall and --threads may change)"
         );
     }
     Ok(())
@@ -460,7 +460,7 @@ fn train(a: &TrainArgs) -> Result<()> {
     let mut t = match &a.resume {
         Some(dir) => {
             refuse_flags_with_resume(a)?;
-            let t = Trainer::resume(dir, a.steps, a.max_wall)?;
+            let t = Trainer::resume(dir, a.steps, a.max_wall, a.threads)?;
             eprintln!(
                 "resuming {} at env step {} of {}",
                 dir.display(),

@@ -204,8 +204,9 @@ fn sac_run_has_its_outputs_resumes_and_is_refused_by_export() {
         !ok && err.contains("--seed cannot be combined with --resume"),
         "{err}"
     );
-    // Extending the budget continues the run.
-    let (ok, stdout, err) = trainer(&["train", "--resume", out, "--steps", "450"]);
+    // Extending the budget continues the run, on another thread count if asked.
+    let (ok, stdout, err) =
+        trainer(&["train", "--resume", out, "--steps", "450", "--threads", "1"]);
     assert!(ok, "{err}");
     assert!(stdout.contains("450 env steps"), "{stdout}");
 

@@ -75,7 +75,7 @@ fn resumed_run_continues_the_same_curve() {
     first.run_until(450, true).unwrap();
     assert_eq!(first.state.evals.len(), 1);
     drop(first);
-    let mut resumed = Trainer::resume(&b, None, None).unwrap();
+    let mut resumed = Trainer::resume(&b, None, None, None).unwrap();
     assert_eq!(
         resumed.state.env_steps, 300,
         "resumes from the last checkpoint"
@@ -146,7 +146,7 @@ fn nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint() {
     assert_eq!(state["env_steps"], 300);
     // The kept checkpoint resumes (the injected fault is part of the saved config, so it
     // fires again at the same update).
-    let mut resumed = Trainer::resume(&dir, None, None).unwrap();
+    let mut resumed = Trainer::resume(&dir, None, None, None).unwrap();
     assert_eq!(resumed.state.env_steps, 300);
     let err = format!("{:#}", resumed.run().unwrap_err());
     assert!(err.contains("env step 350"), "{err}");
@@ -158,11 +158,14 @@ fn resume_refuses_what_is_not_a_training_run() {
     let _rng = serial();
     let dir = scratch("notrun");
     std::fs::create_dir_all(&dir).unwrap();
-    let err = format!("{:#}", Trainer::resume(&dir, None, None).err().unwrap());
+    let err = format!(
+        "{:#}",
+        Trainer::resume(&dir, None, None, None).err().unwrap()
+    );
     assert!(err.contains("not a training run"), "{err}");
     let err = format!(
         "{:#}",
-        Trainer::resume(&dir.join("nope"), None, None)
+        Trainer::resume(&dir.join("nope"), None, None, None)
             .err()
             .unwrap()
     );
@@ -182,7 +185,7 @@ fn a_crash_between_the_checkpoint_renames_still_resumes() {
     std::fs::rename(dir.join("checkpoint"), dir.join("checkpoint.old")).unwrap();
     std::fs::create_dir_all(dir.join("checkpoint.tmp")).unwrap();
     std::fs::write(dir.join("checkpoint.tmp/state.json"), "{ half").unwrap();
-    let mut t = Trainer::resume(&dir, Some(400), None).unwrap();
+    let mut t = Trainer::resume(&dir, Some(400), None, None).unwrap();
     assert_eq!(t.state.env_steps, 300);
     t.run().unwrap();
     assert!(dir.join("checkpoint/state.json").is_file());

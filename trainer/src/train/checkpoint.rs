@@ -14,11 +14,19 @@ use super::config::{make_agent, parse_device, TrainConfig};
 use super::{start_threads, LoopState, Trainer};
 use crate::plot::{learning_curve, CurvePoint};
 use crate::replay::ReplayBuffer;
+use crate::threads::Threads;
 
 impl Trainer {
     /// Reopens a run from its last checkpoint; `steps` and `max_wall_s` optionally
-    /// replace the budgets.
-    pub fn resume(dir: &Path, steps: Option<u64>, max_wall_s: Option<f64>) -> Result<Self> {
+    /// replace the budgets, `threads` the libtorch thread count (which does not move a
+    /// run off its trajectory: one and two threads train bit-identical agents, see
+    /// `tests/train_loop.rs`), e.g. to share the cores with another run.
+    pub fn resume(
+        dir: &Path,
+        steps: Option<u64>,
+        max_wall_s: Option<f64>,
+        threads: Option<Threads>,
+    ) -> Result<Self> {
         ensure!(
             dir.is_dir(),
             "--resume {}: no such directory",
@@ -55,6 +63,9 @@ impl Trainer {
         }
         if max_wall_s.is_some() {
             config.max_wall_s = max_wall_s;
+        }
+        if let Some(threads) = threads {
+            config.threads = threads;
         }
         config.validate()?;
         let device = parse_device(&config.device)?;
