@@ -61,36 +61,48 @@ pub(super) fn panels(runs: &[Run]) -> Vec<Panel> {
         .collect()
 }
 
-/// A run's legend label: algorithm and seed, and its directory where another run of the
-/// task has the same two.
+/// A run's legend label: algorithm and seed, or its directory's name where another run
+/// of the task has the same two (seeds of an ablation).
 fn run_label(r: &Run, rows: &[&Run]) -> String {
-    let seed = r.seed.map_or(String::new(), |s| format!(" s{s}"));
-    let mut label = format!("{}{seed}", r.algo);
     let same = rows
         .iter()
         .filter(|o| o.algo == r.algo && o.seed == r.seed && !o.evals.is_empty())
         .count();
     if same > 1 {
-        let dir = r.dir.file_name().map_or_else(
+        return r.dir.file_name().map_or_else(
             || r.dir.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        label += &format!(" {dir}");
     }
-    label
+    let seed = r.seed.map_or(String::new(), |s| format!(" s{s}"));
+    format!("{}{seed}", r.algo)
 }
 
-/// The algorithm's colour, darker for each further run of it on the task (seeds and
-/// ablations stay apart).
+/// Colours for the second and further runs of an algorithm on a task, apart from each
+/// other and from the algorithms' own.
+const FURTHER_RUNS: [(u8, u8, u8); 8] = [
+    (0, 160, 160),
+    (200, 40, 150),
+    (20, 40, 120),
+    (150, 140, 0),
+    (140, 80, 40),
+    (210, 40, 40),
+    (40, 40, 40),
+    (110, 160, 240),
+];
+
+/// The algorithm's colour for its first run on the task, a distinct one for each further
+/// run (seeds and ablations stay apart).
 fn run_color(r: &Run, rows: &[&Run]) -> (u8, u8, u8) {
-    let (red, green, blue) = algo_color(&r.algo);
     let nth = rows
         .iter()
         .filter(|o| o.algo == r.algo)
         .position(|o| std::ptr::eq(*o, r))
         .unwrap_or(0);
-    let shade = |c: u8| (c as f64 * 0.8f64.powi(nth as i32 % 6)) as u8;
-    (shade(red), shade(green), shade(blue))
+    match nth {
+        0 => algo_color(&r.algo),
+        n => FURTHER_RUNS[(n - 1) % FURTHER_RUNS.len()],
+    }
 }
 
 /// A plotted diagnostic: its name in the metrics, the panel title, the transform of
