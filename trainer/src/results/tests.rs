@@ -466,3 +466,54 @@ fn step_counts_parse() {
         Path::new("r/p.report.json")
     );
 }
+
+/// The learning diagnostics: the window means (`stats_mean`) win over the last update's
+/// values, α comes from the row, a run without them is left out, and the figure is
+/// written.
+#[test]
+fn diagnostics_table_uses_the_window_means() {
+    let root = scratch("diagnostics");
+    let run = write_run(
+        &root,
+        "fm",
+        "flame-m",
+        "HalfCheetah-v5",
+        0,
+        &[(50_000, 10.0)],
+        false,
+    );
+    let row = serde_json::json!({
+        "step": 50_000, "eval_return": 10.0, "eval_return_std": 1.0,
+        "eval_return_single": 8.0, "alpha": 0.5,
+        "stats": {"entropy": 9.0, "q_weight_ess": 1.0, "flow_loss": 9.0},
+        "stats_mean": {"entropy": -1.5, "q_weight_ess": 42.0, "flow_loss": 0.25}
+    });
+    std::fs::write(run.join("metrics.jsonl"), format!("{row}\n")).unwrap();
+    let bare = write_run(
+        &root,
+        "sac",
+        "sac",
+        "HalfCheetah-v5",
+        0,
+        &[(50_000, 20.0)],
+        false,
+    );
+    let row = serde_json::json!({"step": 50_000, "eval_return": 20.0});
+    std::fs::write(bare.join("metrics.jsonl"), format!("{row}\n")).unwrap();
+    let opts = ResultsOptions {
+        milestones: vec![50_000],
+        ..ResultsOptions::new(root.join("out"))
+    };
+    let md = results(&[run, bare], &opts).unwrap();
+    let rows = table(&md, "HalfCheetah-v5: learning diagnostics");
+    assert_eq!(rows.len(), 1, "{md}");
+    let r = &rows[0];
+    assert_eq!(r["run"], "fm");
+    assert_eq!(r["return"], "10.0 ± 1.0");
+    assert_eq!(r["single (z=0)"], "8.0");
+    assert_eq!(r["α"], "5.000e-1");
+    assert_eq!(r["entropy"], "-1.50");
+    assert_eq!(r["ESS"], "42.0");
+    assert_eq!(r["flow loss"], "0.250");
+    assert!(root.join("out").join("diagnostics.png").is_file());
+}
