@@ -275,6 +275,11 @@ struct TrainArgs {
     /// FLAME: how the flow times become features [scaled].
     #[arg(long, value_enum)]
     time_embedding: Option<sim::float_policy::TimeEmbedding>,
+    /// FLAME-M: where the training anchors put the noise; `official` is the official
+    /// MeanFlow code's t = 1-clean anchors beside a sampler that starts from noise at
+    /// (0, 1) [consistent].
+    #[arg(long, value_enum)]
+    time_convention: Option<trainer::agents::flame::TimeConvention>,
     /// FLAME: α's Adam steps every N updates, a multiple of --policy-frequency [100].
     #[arg(long)]
     alpha_every: Option<u64>,
@@ -336,7 +341,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             td_action <- td_action, flow_loss_reduction <- flow_loss_reduction,
             critic_steps <- critic_steps, time_pairs <- time_pairs,
             equal_time_fraction <- equal_time_fraction, lr_decay <- lr_decay,
-            time_embedding <- time_embedding);
+            time_embedding <- time_embedding, time_convention <- time_convention);
         f.critic_lr = a.q_lr.or(f.critic_lr);
         f.entropy_in_td |= a.entropy_in_td;
         if a.no_autotune {
@@ -373,7 +378,7 @@ fn sac_only_flags(a: &TrainArgs) -> [(&'static str, bool); 3] {
 }
 
 /// The flags only FLAME-M / FLAME-R have, and whether each was given.
-fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 23] {
+fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 24] {
     [
         ("--lr", a.lr.is_some()),
         ("--final-policy-lr", a.final_policy_lr.is_some()),
@@ -398,6 +403,7 @@ fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 23] {
         ("--equal-time-fraction", a.equal_time_fraction.is_some()),
         ("--lr-decay", a.lr_decay.is_some()),
         ("--time-embedding", a.time_embedding.is_some()),
+        ("--time-convention", a.time_convention.is_some()),
     ]
 }
 

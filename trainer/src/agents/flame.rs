@@ -153,6 +153,26 @@ pub struct FlameConfig {
     /// schedule in policy updates (constant for 25k, then linear over 50k).
     #[serde(default)]
     pub lr_decay: LrDecay,
+    /// FLAME-M: which end of the training interpolation the network's time t = 1 is
+    /// ([`TimeConvention`]).
+    #[serde(default)]
+    pub time_convention: TimeConvention,
+}
+
+/// Where FLAME-M's training anchors put the noise. The sampler always starts from noise
+/// at the network's (r, t) = (0, 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeConvention {
+    /// t = 1 is noise in training too: `x_t = (1 − t)·a + t·ε`, so the flow loss
+    /// trains the network at the inputs the sampler gives it.
+    #[default]
+    Consistent,
+    /// The official MeanFlow code's mix: anchors `x_t = t·a + (1 − t)·ε` (t = 1 clean)
+    /// with the velocity ε − a and the JVP along (v̄, 0, 1), while the sampler feeds noise
+    /// at (0, 1). The flow loss then regularizes the one-step map mostly away from the
+    /// sampler's inputs, which the Q-gradient term shapes.
+    Official,
 }
 
 /// Temperature of the Q-weights over the K candidates.
@@ -272,6 +292,7 @@ impl FlameConfig {
             time_pairs: TimePairs::Sorted,
             equal_time_fraction: 0.0,
             lr_decay: LrDecay::Updates,
+            time_convention: TimeConvention::Consistent,
         };
         match algorithm {
             Algorithm::FlameM => mean_flow,
@@ -565,10 +586,17 @@ impl Flame {
     }
 
     /// The Q-reweighted regression target for anchors `x_t` at times `(r, t)` (no grad),
-    /// and the Q-weights' mean effective sample size.
-    fn flow_target(&self, obs: &Tensor, x_t: &Tensor, r: &Tensor, t: &Tensor) -> (Tensor, f64) {
-        let candidates = sample_candidates(x_t, t, self.config.candidates);
-        self.flow_target_for(obs, x_t, r, t, &candidates)
+    /// and the Q-weights' mean effective sample size. `s` is the anchor's interpolation
+    /// time (`x_t = (1 − s)·a + s·ε`): `t` itself, or `1 − t` under
+    /// [`TimeConvention::Official`].
+    fn flow_target(
+        &self,
+        obs: &Tensor,
+        x_t: &Tensor,
+        (r, t, s): (&Tensor, &Tensor, &Tensor),
+    ) -> (Tensor, f64) {
+        let candidates = sample_candidates(x_t, s, self.config.candidates);
+        self.flow_target_for(obs, x_t, (r, t, s), &candidates)
     }
 
     /// [`Flame::flow_target`] for given posterior candidates `[B, K, d]`: FLAME-R the
@@ -579,13 +607,12 @@ impl Flame {
         &self,
         obs: &Tensor,
         x_t: &Tensor,
-        r: &Tensor,
-        t: &Tensor,
+        (r, t, s): (&Tensor, &Tensor, &Tensor),
         candidates: &Tensor,
     ) -> (Tensor, f64) {
         let (b, d) = x_t.size2().expect("x_t is [B, d]");
         let k = candidates.size()[1];
-        let velocities = candidate_velocities(x_t, t, candidates);
+        let velocities = candidate_velocities(x_t, s, candidates);
         let obs_k = obs.repeat_interleave_self_int(k, 0, None);
         let q = self
             .critic
@@ -720,9 +747,13 @@ impl Agent for Flame {
 
         // 2. Policy: Q-reweighted flow matching plus the Q-gradient term.
         let (r, t) = self.flow_times(b);
+        let s = match (self.algorithm, c.time_convention) {
+            (Algorithm::FlameM, TimeConvention::Official) => 1.0 - &t,
+            _ => t.shallow_clone(),
+        };
         let noise = Tensor::randn_like(&batch.act);
-        let x_t = (1.0 - &t) * &batch.act + &t * noise;
-        let (target, ess) = tch::no_grad(|| self.flow_target(&batch.obs, &x_t, &r, &t));
+        let x_t = (1.0 - &s) * &batch.act + &s * noise;
+        let (target, ess) = tch::no_grad(|| self.flow_target(&batch.obs, &x_t, (&r, &t, &s)));
         let u = self
             .policy
             .forward(&self.policy_input(&batch.obs, &x_t, &r, &t));
@@ -939,7 +970,8 @@ mod tests {
         // and give both computations the same ones.
         let k = agent.config.candidates;
         let candidates = sample_candidates(&x_t, &t, k);
-        let (single, _) = tch::no_grad(|| agent.flow_target_for(&obs, &x_t, &r, &t, &candidates));
+        let (single, _) =
+            tch::no_grad(|| agent.flow_target_for(&obs, &x_t, (&r, &t, &t), &candidates));
         let velocities = candidate_velocities(&x_t, &t, &candidates);
         let q = agent
             .critic
@@ -983,13 +1015,18 @@ mod tests {
 
     #[test]
     fn updates_are_finite_and_move_policy_critic_and_alpha() {
-        for algorithm in [Algorithm::FlameM, Algorithm::FlameR] {
-            updates_move_policy_critic_and_alpha(algorithm);
+        for (algorithm, convention) in [
+            (Algorithm::FlameM, TimeConvention::Consistent),
+            (Algorithm::FlameM, TimeConvention::Official),
+            (Algorithm::FlameR, TimeConvention::Consistent),
+        ] {
+            updates_move_policy_critic_and_alpha(algorithm, convention);
         }
     }
 
-    fn updates_move_policy_critic_and_alpha(algorithm: Algorithm) {
+    fn updates_move_policy_critic_and_alpha(algorithm: Algorithm, convention: TimeConvention) {
         let mut agent = small_with(algorithm, 6, 2);
+        agent.config.time_convention = convention;
         let before = agent.policy.params.copy();
         let alpha = agent.alpha();
         for update in 0..4 {
@@ -1096,6 +1133,7 @@ mod tests {
             "equal_time_fraction",
             "lr_decay",
             "time_embedding",
+            "time_convention",
         ];
         for field in fields {
             assert!(
@@ -1113,6 +1151,7 @@ mod tests {
         assert_eq!(old.equal_time_fraction, 0.0);
         assert_eq!(old.lr_decay, LrDecay::Run);
         assert_eq!(old.time_embedding, TimeEmbedding::Raw);
+        assert_eq!(old.time_convention, TimeConvention::Consistent);
     }
 
     /// Flow times: r ≤ t inside [t_min, t_max] for both pair rules, r = t where asked
