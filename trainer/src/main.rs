@@ -294,7 +294,7 @@ struct TrainArgs {
     flow_loss_reduction: Option<trainer::agents::flame::FlowLossReduction>,
     /// FLAME: Adam steps per critic per update with one gradient [flame-m 2; flame-r 1].
     #[arg(long)]
-    critic_steps: Option<u32>,
+    critic_steps: Option<usize>,
     /// FLAME-M: how the flow-time pairs r ≤ t are drawn [sorted].
     #[arg(long, value_enum)]
     time_pairs: Option<trainer::agents::flame::TimePairs>,

@@ -1,5 +1,7 @@
 //! FLAME-M and FLAME-R: max-entropy RL with a flow policy trained by Q-reweighted flow
-//! matching (DESIGN §5). One agent, two flows, readable top to bottom:
+//! matching (DESIGN §5). One agent, two flows, readable top to bottom. The defaults are
+//! the official code's behaviours; each is a [`FlameConfig`] field and a `trainer
+//! train` flag, and `docs/ablations.md` has the runs that decided them.
 //!
 //! - **Policy** `u_θ(z, r, t | s)`: an MLP on `[s, z, emb(r), emb(t)]` (3×256 mish) with
 //!   `z_t = (1 − t)·a + t·ε` (t = 1 is noise). FLAME-M (MeanFlow) learns the mean velocity
@@ -8,26 +10,30 @@
 //!   network on the diagonal r = t, so both export to the same blob layout — and acts
 //!   with N Euler steps `z ← z − u(z, t_k, t_k)/N` from t = 1 to 0. The steps are
 //!   [`flow_steps`], the same list the exporter folds into the blob. `z ~ σ_z·N(0, I)`.
-//!   An EMA copy acts and computes TD targets.
+//!   An EMA copy acts (best of N_p samples by min Q, plus α·noise_scale noise).
 //! - **Critic** ([`Flame::update`] step 1): twin Q with Polyak targets,
-//!   `y = c·r + γ(1 − term)·[min Q̄(s′, a′) + β·α·Ĥ(s′)]`, a′ from the EMA policy. β = 0 by
-//!   default (the official ablation found the entropy term hurts on HalfCheetah/Ant);
-//!   when on, it is *added*, as in SAC (the official code subtracts it: a defect).
-//! - **Policy update** (step 2, every `policy_frequency` updates): anchor
-//!   `x_t = (1 − t)·a + t·ε` from a replay action; K candidates from the interpolation
-//!   posterior ([`crate::flame::posterior`]); weights `softmax_k(min Q(s, a_k) / α)` (α,
-//!   not e^α as in the official code); the weighted velocity `v̄ = Σ w_k v_k`.
+//!   `y = c·r + γ(1 − term)·[min Q̄(s′, a′) + β·α·Ĥ(s′)]`; a′ the online policy's best of
+//!   N_p plus exploration noise ([`TdAction`]), `critic_steps` Adam steps with the one
+//!   gradient (FLAME-M 2, as the official code). β = 0 by default; when on, the term is
+//!   *added*, as in SAC (see docs/ablations.md for the official code's sign).
+//! - **Policy update** (step 2, every `policy_frequency` updates): times `r ≤ t`
+//!   ([`TimePairs`]), anchor `x_t = (1 − t)·a + t·ε` from a replay action
+//!   ([`TimeConvention`] for the official code's mirrored anchors); K candidates from the
+//!   interpolation posterior ([`crate::flame::posterior`]); weights
+//!   `softmax_k(min Q(s, a_k) / T)`, T = e^α for FLAME-M and α for FLAME-R
+//!   ([`WeightTemperature`]); the weighted velocity `v̄ = Σ w_k v_k`.
 //!   FLAME-R regresses `u(x_t, t, t)` on `v̄`. FLAME-M regresses `u(x_t, r, t)` on the
 //!   MeanFlow target `v̄ − (t − r)·(∂_z u·v̄ + ∂_t u)` from **one** exact JVP with tangent
 //!   `(v̄, 0, 1)` (the loss is quadratic with stop-grad targets, so the weighted single
-//!   target has the per-candidate loss's gradient), with MeanFlow's adaptive loss weight.
-//!   Both add `λ·(−min Q̄(s, a_θ(s)))` through the sampler (`q_grad_weight`; the official
-//!   code's 1 for FLAME-M, 0 for FLAME-R). One time convention (t = 1 noise) everywhere.
-//! - **Temperature** (step 3): `Ĥ` from a flow chain started from the acting base noise
-//!   σ_z·N(0, I) ([`crate::flame::entropy`]): FLAME-M the decoupled M = 3 step chain with
-//!   exact log-dets; FLAME-R its own N-step chain with the instantaneous change of
-//!   variables (`Δ·tr ∂v/∂z` per step, exact trace). Minimize `log α·(Ĥ − H̄)`, `H̄ = −scale·d`.
-//! - One Adam step per critic per update (the official code takes two: a defect).
+//!   target has the per-candidate loss's gradient); the squared error is a mean over
+//!   action dimensions ([`FlowLossReduction`]), optionally with MeanFlow's adaptive
+//!   weight. Both add `λ·(−min Q̄(s, a_θ(s)))` through the sampler (`q_grad_weight`; the
+//!   official code's 1 for FLAME-M, 0 for FLAME-R).
+//! - **Temperature** (step 3, every `alpha_every` updates): `Ĥ` from a flow chain started
+//!   from the acting base noise σ_z·N(0, I) ([`crate::flame::entropy`]): FLAME-M the
+//!   decoupled M = 3 step chain with exact log-dets; FLAME-R its own N-step chain with
+//!   the instantaneous change of variables (`Δ·tr ∂v/∂z` per step, exact trace). One
+//!   Adam step on `log α·(Ĥ − H̄)`, `H̄ = −scale·d`.
 //!
 //! Randomness comes from torch's global generator, which the training loop reseeds
 //! before every call (see [`super`]), so resumed runs draw the same numbers.
@@ -76,7 +82,7 @@ pub struct FlameConfig {
     /// runs of the same setup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub critic_lr: Option<f64>,
-    /// Temperature Adam learning rate (3e-4).
+    /// Temperature Adam learning rate (5e-3, applied every `alpha_every` updates).
     pub alpha_lr: f64,
     /// Policy, EMA and critic targets are updated every this many updates (2).
     pub policy_frequency: u64,
@@ -88,14 +94,13 @@ pub struct FlameConfig {
     pub particles: i64,
     /// Std of the base noise z, for acting and for the entropy chain (σ_z = 0.5).
     pub noise_std: f64,
-    /// Exploration noise added to the chosen action: std α·noise_scale (0.1).
+    /// Exploration noise added to the chosen action: std α·noise_scale (1.0).
     pub noise_scale: f64,
     /// Sampling range of the flow times t (and r < t): (t_min, t_max) = (1e-3, 0.995).
     pub t_min: f64,
     pub t_max: f64,
     /// MeanFlow's adaptive loss weighting: each sample's squared error ℓ is weighted by
-    /// sg(1/(ℓ + 1e-3)^p), p = 1 for FLAME-M (0 disables; FLAME-R: 0, plain MSE). Keeps
-    /// the bootstrapped JVP target from running away early in training.
+    /// sg(1/(ℓ + 1e-3)^p); 0 (the official code, plain MSE) disables it.
     pub adaptive_loss_power: f64,
     /// Weight λ of the deterministic-policy-gradient term −λ·min Q̄(s, a_θ(s))
     /// (FLAME-M 1.0, FLAME-R 0).
@@ -104,9 +109,9 @@ pub struct FlameConfig {
     pub entropy_in_td: bool,
     /// Tune α (true); else it stays at `init_alpha`.
     pub autotune: bool,
-    /// α at the start (our choice: 0.2; the official code's e^α parameterization differs).
+    /// α at the start (1.0).
     pub init_alpha: f64,
-    /// Target entropy H̄ = −scale·d (1.0).
+    /// Target entropy H̄ = −scale·d (3.0).
     pub target_entropy_scale: f64,
     /// Steps of the entropy chain (FLAME-M: M = 3; FLAME-R: its N).
     pub entropy_steps: usize,
@@ -139,8 +144,8 @@ pub struct FlameConfig {
     #[serde(default)]
     pub flow_loss_reduction: FlowLossReduction,
     /// Adam steps per critic per update with the same gradient (the official code: 2).
-    #[serde(default = "one_u32")]
-    pub critic_steps: u32,
+    #[serde(default = "one")]
+    pub critic_steps: usize,
     /// How the flow times (r, t) are drawn: `nested` (t uniform, r uniform below it) or
     /// `sorted` (two uniforms, t the larger, as the official code).
     #[serde(default)]
@@ -235,10 +240,6 @@ pub enum LrDecay {
 /// The official schedule's policy updates at constant rate, then of linear decay.
 const LR_DECAY_BEGIN: f64 = 25_000.0;
 const LR_DECAY_SPAN: f64 = 50_000.0;
-
-fn one_u32() -> u32 {
-    1
-}
 
 fn default_policy_frequency() -> u64 {
     2
@@ -733,9 +734,9 @@ impl Agent for Flame {
             }
             &batch.rew * c.reward_scale + (1.0 - &batch.term) * c.gamma * bootstrap
         });
-        let (q_loss, q_mean) =
-            self.critic
-                .train_step(&batch.obs, &batch.act, &y, c.critic_steps as usize);
+        let (q_loss, q_mean) = self
+            .critic
+            .train_step(&batch.obs, &batch.act, &y, c.critic_steps);
         let mut stats = vec![
             ("q_loss", q_loss.double_value(&[])),
             ("q_mean", q_mean.double_value(&[])),
