@@ -765,12 +765,8 @@ impl Agent for Flame {
             FlowLossReduction::Sum => squared_norm.shallow_clone(),
             FlowLossReduction::Mean => &squared_norm / self.act_dim as f64,
         };
-        let flow_term = if c.adaptive_loss_power == 0.0 {
-            per_sample.mean(Kind::Float)
-        } else {
-            let adaptive = (per_sample.detach() + 1e-3).pow_tensor_scalar(-c.adaptive_loss_power);
-            (adaptive * &per_sample).mean(Kind::Float)
-        };
+        let adaptive = (per_sample.detach() + 1e-3).pow_tensor_scalar(-c.adaptive_loss_power);
+        let flow_term = (adaptive * &per_sample).mean(Kind::Float);
         // λ·(−min Q̄(s, a_θ(s))) through the sampler (skipped when λ = 0).
         let q_term =
             (c.q_grad_weight != 0.0).then(|| self.q_gradient_term(&batch.obs, &self.base_noise(b)));
@@ -828,12 +824,20 @@ impl Agent for Flame {
         let policy = |rows: usize| self.policy.shape.matmul_flops(rows);
         let critic = |rows: usize| self.critic.net.shape.matmul_flops(rows);
         let nfe = c.nfe as f64;
-        // Every update: the TD target's sampler and target critics, the critic step.
-        let every = nfe * policy(batch) + critic(batch) + 3.0 * critic(batch);
+        // Every update: the TD target's next action (one EMA sample, or N_p online samples
+        // ranked by the online critics), the target critics, the critic step.
+        let next_action = match c.td_action {
+            TdAction::EmaSample => nfe * policy(batch),
+            TdAction::OnlineBest => {
+                let rows = batch * c.particles as usize;
+                nfe * policy(rows) + critic(rows)
+            }
+        };
+        let every = next_action + critic(batch) + 3.0 * critic(batch);
         // Every policy_frequency updates: K candidates through the critics, the MeanFlow
-        // JVP (value + tangent), the policy's forward + backward, the Q-gradient term
-        // through the sampler, and the entropy chain (d tangents + one value pass per
-        // step, each with its tangent).
+        // JVP (value + tangent), the policy's forward + backward and the Q-gradient term
+        // through the sampler; every alpha_every updates the entropy chain (d tangents +
+        // one value pass per step, each with its tangent).
         let k = c.candidates as usize;
         let jvp = match self.algorithm {
             Algorithm::FlameM => 2.0 * policy(batch),
@@ -847,8 +851,8 @@ impl Agent for Flame {
         let states = (c.entropy_states as usize).min(batch);
         let entropy =
             c.entropy_steps as f64 * 2.0 * (policy(self.act_dim * states) + policy(states));
-        let delayed = critic(batch * k) + jvp + 3.0 * policy(batch) + q_grad + entropy;
-        every + delayed / c.policy_frequency as f64
+        let delayed = critic(batch * k) + jvp + 3.0 * policy(batch) + q_grad;
+        every + delayed / c.policy_frequency as f64 + entropy / c.alpha_every as f64
     }
 
     fn set_progress(&mut self, fraction: f64) {
