@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use crate::{quant, MAX_ACT, MAX_HIDDEN_LAYERS, MAX_NFE, MAX_OBS, MAX_WIDTH};
 
 pub const MAGIC: [u8; 4] = *b"FLMB";
-pub const FORMAT_VERSION: u16 = 1;
+/// Version 2: int16 activations, int8 per-channel weights, interpolated int16 activation
+/// tables. Version 1 (int8 activations with zero points) is refused with
+/// [`BlobError::UnsupportedVersion`]; its runs re-export with `trainer export`.
+pub const FORMAT_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 16;
 
 /// Largest output dequantization scale a blob may store. With |acc| ≤ 2^31 the velocity
@@ -75,10 +78,10 @@ pub struct Metadata<'a> {
 
 /// Observation normalization and input quantization:
 /// `n_i = clamp((obs_i − mean_i) · inv_std_i, −clip, clip)`,
-/// `q_i = sat8(round(n_i · inv_scale_i) + zero_point)`, and for the flow state
-/// `q_{obs+j} = sat8(round(z_j · inv_scale_{obs+j}) + zero_point)`.
+/// `q_i = clamp(round(n_i · inv_scale_i), −32767, 32767)`, and for the flow state
+/// `q_{obs+j} = clamp(round(z_j · inv_scale_{obs+j}), −32767, 32767)` (int16, symmetric).
 /// Each input element has its own scale (the exporter folds it into the first layer's
-/// weight columns), so every observation dimension uses the full int8 range.
+/// weight columns), so every observation dimension uses the full int16 range.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct InputStage<'a> {
     /// f32 LE × obs_dim.
@@ -88,16 +91,15 @@ pub struct InputStage<'a> {
     pub obs_clip: f32,
     /// f32 LE × (obs_dim + act_dim): 1 / (scale of each input element).
     pub inv_scales: &'a [u8],
-    pub zero_point: i8,
 }
 
-/// A hidden layer: int8 dense, requantize per channel, then the activation as a
-/// 256-entry table from the pre-activation int8 code to the output int8 code.
+/// A hidden layer: int8 weights × int16 inputs, requantized per channel to an int16
+/// pre-activation code, then the activation as an interpolated int16 table from the
+/// pre-activation code to the output code (see [`quant::interpolate`]).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct HiddenLayer<'a> {
     pub in_dim: u16,
     pub out_dim: u16,
-    pub input_zero_point: i8,
     /// int8 × out_dim × in_dim, row-major (one row per output channel).
     pub weights: &'a [u8],
     /// int32 LE × out_dim (scale s_in·s_w). The first layer stores nfe sets, one per flow
@@ -107,18 +109,17 @@ pub struct HiddenLayer<'a> {
     pub multipliers: &'a [u8],
     /// int8 × out_dim, in [`quant::SHIFT_RANGE`].
     pub shifts: &'a [u8],
-    /// Zero point of the requantized pre-activation.
-    pub preact_zero_point: i8,
-    /// 256 int8: `activation[pre + 128]` is the output code.
+    /// [`quant::TABLE_ENTRIES`] int16 LE, each within ±[`quant::ACTIVATION_MAX`]: entry k
+    /// is the output code at the pre-activation code −32768 + 128·k.
     pub activation: &'a [u8],
 }
 
-/// The output layer: int8 dense, then dequantized per channel in f32 to the mean velocity u.
+/// The output layer: int8 weights × int16 inputs, then dequantized per channel in f32 to
+/// the mean velocity u.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct OutputLayer<'a> {
     pub in_dim: u16,
     pub out_dim: u16,
-    pub input_zero_point: i8,
     /// int8 × out_dim × in_dim, row-major.
     pub weights: &'a [u8],
     /// int32 LE × out_dim.
@@ -163,8 +164,12 @@ pub enum BlobError {
     ArrayLength,
     /// A dimension above the runtime's fixed capacity (`MAX_*` constants).
     CapacityExceeded,
-    /// NaN/Inf or out-of-range numbers (shift range, multiplier sign, bounds order, nfe 0).
+    /// NaN/Inf or out-of-range numbers (shift range, multiplier sign, bounds order, nfe 0,
+    /// a weight of −128, a table entry of −32768).
     InvalidValue,
+    /// A row whose worst-case sum `Σ|w| · 32767 + |bias|` does not fit an int32
+    /// accumulator (the exporter refuses to write such a layer).
+    AccumulatorRange,
 }
 
 impl core::fmt::Display for BlobError {
@@ -173,9 +178,17 @@ impl core::fmt::Display for BlobError {
             BlobError::Truncated => write!(f, "blob is truncated"),
             BlobError::TrailingBytes => write!(f, "blob has trailing bytes after the payload"),
             BlobError::BadMagic => write!(f, "not a policy blob (bad magic)"),
-            BlobError::UnsupportedVersion(v) => {
-                write!(f, "blob format version {v} is not supported (this runtime reads {FORMAT_VERSION})")
-            }
+            BlobError::UnsupportedVersion(v) if *v < FORMAT_VERSION => write!(
+                f,
+                "blob format version {v} is no longer supported (this runtime reads version \
+                 {FORMAT_VERSION}, int16 activations); re-export the policy from its run \
+                 directory with `trainer export RUN_DIR --out BLOB`"
+            ),
+            BlobError::UnsupportedVersion(v) => write!(
+                f,
+                "blob format version {v} is newer than this runtime (it reads version \
+                 {FORMAT_VERSION}); update the runtime or firmware"
+            ),
             BlobError::ReservedNotZero => write!(f, "blob header reserved field is not zero"),
             BlobError::BadCrc { stored, computed } => {
                 write!(
@@ -190,6 +203,9 @@ impl core::fmt::Display for BlobError {
                 write!(f, "blob dimensions exceed the runtime's capacity")
             }
             BlobError::InvalidValue => write!(f, "blob contains an invalid number"),
+            BlobError::AccumulatorRange => {
+                write!(f, "blob layer could overflow its int32 accumulator")
+            }
         }
     }
 }
@@ -319,14 +335,22 @@ impl<'a> PolicyBlob<'a> {
             check_len(layer.biases, 4 * o * bias_sets)?;
             check_len(layer.multipliers, 4 * o)?;
             check_len(layer.shifts, o)?;
-            check_len(layer.activation, 256)?;
+            check_len(layer.activation, quant::TABLE_BYTES)?;
             for c in 0..o {
                 let shift = layer.shifts[c] as i8 as i32;
                 if i32_at(layer.multipliers, c) < 0 || !quant::SHIFT_RANGE.contains(&shift) {
                     return Err(BlobError::InvalidValue);
                 }
             }
+            if layer
+                .activation
+                .chunks_exact(2)
+                .any(|e| e == i16::MIN.to_le_bytes())
+            {
+                return Err(BlobError::InvalidValue);
+            }
             check_weights(layer.weights)?;
+            check_accumulators(layer.weights, i, layer.biases)?;
             width = o;
         }
 
@@ -342,6 +366,7 @@ impl<'a> PolicyBlob<'a> {
         check_len(out.biases, 4 * o)?;
         check_len(out.scales, 4 * o)?;
         check_weights(out.weights)?;
+        check_accumulators(out.weights, i, out.biases)?;
         for c in 0..o {
             // NaN fails `contains`, ±Inf is out of range.
             if !(0.0..=MAX_OUTPUT_SCALE).contains(&f32_at(out.scales, c).abs()) {
@@ -367,6 +392,30 @@ fn check_weights(weights: &[u8]) -> Result<(), BlobError> {
     } else {
         Ok(())
     }
+}
+
+/// Every row's accumulator stays within int32: for row `c` (`width` weights) and every bias
+/// set `b` (the biases hold whole sets of `rows` values), `Σ_i |w_ci| · 32767 + |b_c| ≤
+/// i32::MAX`. Activations are within ±32767, so every partial sum, in any order, fits.
+/// A width-0 layer has no rows to check.
+fn check_accumulators(weights: &[u8], width: usize, biases: &[u8]) -> Result<(), BlobError> {
+    if width == 0 {
+        return Ok(());
+    }
+    let rows = weights.len() / width;
+    let largest_bias = |c: usize| {
+        (0..biases.len() / (4 * rows))
+            .map(|set| (i32_at(biases, set * rows + c) as i64).abs())
+            .max()
+            .unwrap_or(0)
+    };
+    for (c, row) in weights.chunks_exact(width).enumerate() {
+        let weight_sum: i64 = row.iter().map(|&w| (w as i8 as i64).abs()).sum();
+        if weight_sum * quant::ACTIVATION_MAX as i64 + largest_bias(c) > i32::MAX as i64 {
+            return Err(BlobError::AccumulatorRange);
+        }
+    }
+    Ok(())
 }
 
 /// Encode a blob: header plus postcard payload. Host side (trainer export, tests).

@@ -1,69 +1,62 @@
 //! Integer kernels.
 //!
-//! The one kernel the policy needs is the int8 dot product with an input offset:
-//! `Σ_i w[i] · (x[i] − zero_point)` with int8 `w` and `x` and an int32 result, for every
-//! row of a layer's weight matrix.
+//! The one kernel the policy needs is the int8 × int16 dot product: `Σ_i w[i] · x[i]`
+//! with int8 weights `w`, int16 activations `x` and an int32 result, for every row of a
+//! layer's weight matrix (the "16x8" scheme of TFLite Micro and CMSIS-NN).
 //!
 //! Two implementations, one result:
 //! - [`dot_reference`] / [`dense_reference`] state the arithmetic: a plain scalar loop.
-//! - [`dot`] / [`dense`] are what the policy calls. On the host they widen `x − zp` to
-//!   int16 once per layer; on x86-64 an SSE2 loop (`pmaddwd`) runs four output rows per
-//!   pass, elsewhere a loop the compiler vectorizes. On Arm
-//!   (`cfg(target_arch = "arm")`, the Cortex-M4 firmware) they run the CMSIS-NN scheme:
-//!   `x − zp` is widened once per layer into int16 lane pairs (`SXTB16`, `SXTB16 ROR #8`,
-//!   `SADD16`), and the weights, read four at a time, are sign-extended the same way and
-//!   multiplied with dual 16-bit MACs (`SMLAD`), four output rows per pass so each input
-//!   word is loaded once per four rows.
+//! - [`dot`] / [`dense`] are what the policy calls. On x86-64 an SSE2 loop (`pmaddwd`)
+//!   runs four output rows per pass (AVX2 and AVX-512 VNNI where the CPU has them),
+//!   elsewhere a loop the compiler vectorizes. On Arm (`cfg(target_arch = "arm")`, the
+//!   Cortex-M4 firmware) they run the CMSIS-NN scheme: the int16 input is repacked once
+//!   per layer into lane pairs (`PKHBT`/`PKHTB`), and the weights, read four at a time,
+//!   are sign-extended into int16 lanes (`SXTB16`, `SXTB16 ROR #8`) and multiplied with
+//!   dual 16-bit MACs (`SMLAD`), four output rows per pass so each input word is loaded
+//!   once per four rows.
 //!
 //! A hidden layer is [`dense_requantize`] (spec: [`dense_requantize_reference`]): the sums
-//! plus the per-channel bias, requantization and activation table of [`OutputStage`]. On
-//! the Cortex-M4 its whole blocks of four rows run in one assembly loop that keeps the
-//! bias, the requantization (`quant::requantize`, `SMLAL`-based) and the table lookup in
-//! registers; elsewhere it is [`dense_chunks`] + `quant::requantize_into`.
+//! plus the per-channel bias, requantization to an int16 pre-activation and the
+//! interpolated activation table of [`OutputStage`]. On the Cortex-M4 its whole blocks of
+//! four rows run in one assembly loop that keeps the bias, the requantization
+//! (`quant::requantize`, `SMLAL`-based) and the table interpolation in registers;
+//! elsewhere it is [`dense_chunks`] + `quant::requantize_into`.
 //!
 //! Both are exact integer arithmetic, so they equal the reference bit for bit: host
 //! property tests compare them on random inputs, and the firmware in QEMU runs the Arm
 //! path against the host's answers (`tests/tests/firmware_qemu.rs`).
 //!
-//! No overflow is possible for blobs the parser accepts: widths ≤ [`crate::MAX_WIDTH`],
-//! |w| ≤ 128 and |x − zp| ≤ 255 bound the sum by 512 · 128 · 255 < 2^24; the int16 lanes
-//! hold `x − zp` exactly for zero points in the int8 range (other zero points take the
-//! reference path).
+//! The sums are exact in int32 for every blob the parser accepts: it refuses a row whose
+//! `Σ|w| · 32767 + |bias|` exceeds `i32::MAX` (activations stay within ±32767), and every
+//! partial sum of the SIMD paths is bounded by the same total. For other inputs the
+//! kernels wrap (two's complement) the same way, so they still agree with the reference.
 
-/// The specification: a plain loop over int8 weights (stored as bytes) and int8 inputs.
-pub fn dot_reference(weights: &[u8], inputs: &[i8], zero_point: i32) -> i32 {
+/// The specification: a plain loop over int8 weights (stored as bytes) and int16 inputs,
+/// two's-complement (wrapping) int32 sums.
+pub fn dot_reference(weights: &[u8], inputs: &[i16]) -> i32 {
     debug_assert_eq!(weights.len(), inputs.len());
     let mut acc: i32 = 0;
     for (&w, &x) in weights.iter().zip(inputs) {
-        acc += (w as i8 as i32) * (x as i32 - zero_point);
+        acc = acc.wrapping_add((w as i8 as i32) * (x as i32));
     }
     acc
 }
 
-/// The specification of a dense layer: `emit(c, dot_reference(row_c, x, zero_point))` for
-/// each of the `rows` rows of the row-major `weights` (`rows × x.len()` bytes).
-pub fn dense_reference(
-    weights: &[u8],
-    rows: usize,
-    x: &[i8],
-    zero_point: i32,
-    mut emit: impl FnMut(usize, i32),
-) {
+/// The specification of a dense layer: `emit(c, dot_reference(row_c, x))` for each of the
+/// `rows` rows of the row-major `weights` (`rows × x.len()` bytes).
+pub fn dense_reference(weights: &[u8], rows: usize, x: &[i16], mut emit: impl FnMut(usize, i32)) {
     let width = x.len();
     assert_eq!(weights.len(), rows * width, "weights must be rows × inputs");
     for c in 0..rows {
-        emit(
-            c,
-            dot_reference(&weights[c * width..(c + 1) * width], x, zero_point),
-        );
+        emit(c, dot_reference(&weights[c * width..(c + 1) * width], x));
     }
 }
 
 /// The dot product on the optimized path; equals [`dot_reference`].
 #[inline]
-pub fn dot(weights: &[u8], inputs: &[i8], zero_point: i32) -> i32 {
+pub fn dot(weights: &[u8], inputs: &[i16]) -> i32 {
     let mut out = 0;
-    dense(weights, 1, inputs, zero_point, |_, acc| out = acc);
+    dense(weights, 1, inputs, |_, acc| out = acc);
     out
 }
 
@@ -73,14 +66,8 @@ pub const CHUNK: usize = 32;
 /// The dense layer the policy calls; emits exactly what [`dense_reference`] emits, in
 /// the same order.
 #[inline]
-pub fn dense(
-    weights: &[u8],
-    rows: usize,
-    x: &[i8],
-    zero_point: i32,
-    mut emit: impl FnMut(usize, i32),
-) {
-    dense_chunks(weights, rows, x, zero_point, |c0, accs| {
+pub fn dense(weights: &[u8], rows: usize, x: &[i16], mut emit: impl FnMut(usize, i32)) {
+    dense_chunks(weights, rows, x, |c0, accs| {
         for (r, &acc) in accs.iter().enumerate() {
             emit(c0 + r, acc);
         }
@@ -91,72 +78,65 @@ pub fn dense(
 /// `c0 .. c0 + accs.len()` (1 to [`CHUNK`] of them), in order, covering `0..rows`. The
 /// caller's per-channel code then runs as its own tight loop.
 #[inline]
-pub fn dense_chunks(
-    weights: &[u8],
-    rows: usize,
-    x: &[i8],
-    zero_point: i32,
-    mut emit: impl FnMut(usize, &[i32]),
-) {
+pub fn dense_chunks(weights: &[u8], rows: usize, x: &[i16], emit: impl FnMut(usize, &[i32])) {
     assert_eq!(
         weights.len(),
         rows * x.len(),
         "weights must be rows × inputs"
     );
-    if x.len() > crate::MAX_WIDTH || !(-128..=127).contains(&zero_point) {
-        // Outside what the widened int16 buffers hold: the policy never gets here.
-        return dense_reference(weights, rows, x, zero_point, |c, acc| emit(c, &[acc]));
+    if x.len() > crate::MAX_WIDTH {
+        // Wider than the kernels' buffers: the policy never gets here.
+        let mut emit = emit;
+        return dense_reference(weights, rows, x, |c, acc| emit(c, &[acc]));
     }
-    imp::dense_chunks(weights, rows, x, zero_point, emit)
+    imp::dense_chunks(weights, rows, x, emit)
 }
 
-/// A hidden layer's per-channel output stage (docs/blob.md §5.3): for channel `c`,
-/// `y[c] = table[sat8(requantize(acc[c] +wrap bias[c], m[c], shift[c]) +sat zp) + 128]`.
+/// A hidden layer's per-channel output stage (docs/blob.md): for channel `c`,
+/// `y[c] = interpolate(table, sat16(requantize(acc[c] +wrap bias[c], m[c], shift[c])))`.
 /// The byte arrays are the blob's (no alignment): `biases` and `multipliers` hold an i32 LE
-/// per channel, `shifts` an i8. What the parser accepts is assumed: `m ≥ 0` and `shift`
-/// in [`crate::quant::SHIFT_RANGE`] (other values give unspecified codes, never unsafety).
+/// per channel, `shifts` an i8, `table` the 513 int16 LE entries. What the parser accepts
+/// is assumed: `m ≥ 0` and `shift` in [`crate::quant::SHIFT_RANGE`] (other values give
+/// unspecified codes, never unsafety).
 #[derive(Clone, Copy, Debug)]
 pub struct OutputStage<'a> {
     pub biases: &'a [u8],
     pub multipliers: &'a [u8],
     pub shifts: &'a [u8],
-    pub preact_zero_point: i8,
-    pub table: &'a [u8; 256],
+    pub table: &'a [u8; crate::quant::TABLE_BYTES],
 }
 
-/// The specification of a hidden layer: [`dense_reference`], then per channel the bias,
-/// `multiply_by_quantized_multiplier`, the zero point, int8 saturation and the table.
+/// The specification of a hidden layer: [`dense_reference`], then per channel the bias
+/// (wrapping add), `multiply_by_quantized_multiplier`, int16 saturation and the
+/// interpolated table.
 pub fn dense_requantize_reference(
     weights: &[u8],
     rows: usize,
-    x: &[i8],
-    zero_point: i32,
+    x: &[i16],
     stage: &OutputStage<'_>,
-    y: &mut [i8],
+    y: &mut [i16],
 ) {
     use crate::blob::i32_at;
-    use crate::quant::{multiply_by_quantized_multiplier, saturate_i8};
-    dense_reference(weights, rows, x, zero_point, |c, acc| {
+    use crate::quant::{interpolate, multiply_by_quantized_multiplier, saturate_i16};
+    dense_reference(weights, rows, x, |c, acc| {
         let acc = acc.wrapping_add(i32_at(stage.biases, c));
         let shift = stage.shifts[c] as i8 as i32;
         let pre = multiply_by_quantized_multiplier(acc, i32_at(stage.multipliers, c), shift);
-        let code = saturate_i8(pre.saturating_add(stage.preact_zero_point as i32));
-        y[c] = stage.table[(code as i32 + 128) as usize] as i8;
+        y[c] = interpolate(stage.table, saturate_i16(pre));
     });
 }
 
 /// The hidden layer the policy calls: `y[..rows]` exactly as
 /// [`dense_requantize_reference`] writes it. On the Cortex-M4 whole blocks of four rows
-/// run in one assembly loop (sums, bias, requantization and table lookup in registers);
-/// elsewhere [`dense_chunks`] and [`crate::quant::requantize_into`].
+/// run in one assembly loop (sums, bias, requantization and table interpolation in
+/// registers); elsewhere [`dense_chunks`] and [`crate::quant::requantize_into`].
 #[inline]
 pub fn dense_requantize(
     weights: &[u8],
     rows: usize,
-    x: &[i8],
-    zero_point: i32,
+    x: &[i16],
     stage: &OutputStage<'_>,
-    y: &mut [i8],
+    y: &mut [i16],
 ) {
     assert_eq!(
         weights.len(),
@@ -170,29 +150,28 @@ pub fn dense_requantize(
             && y.len() >= rows,
         "output stage shorter than the layer"
     );
-    if x.len() > crate::MAX_WIDTH || !(-128..=127).contains(&zero_point) {
-        // Outside what the widened int16 buffers hold: the policy never gets here.
-        return dense_requantize_reference(weights, rows, x, zero_point, stage, y);
+    if x.len() > crate::MAX_WIDTH {
+        // Wider than the kernels' buffers: the policy never gets here.
+        return dense_requantize_reference(weights, rows, x, stage, y);
     }
-    imp::dense_requantize(weights, rows, x, zero_point, stage, y)
+    imp::dense_requantize(weights, rows, x, stage, y)
 }
 
 /// [`crate::quant::requantize_into`] for the rows `c0 .. c0 + accs.len()` of `stage`.
 #[inline(always)]
-fn requantize_rows(stage: &OutputStage<'_>, c0: usize, accs: &[i32], y: &mut [i8]) {
+fn requantize_rows(stage: &OutputStage<'_>, c0: usize, accs: &[i32], y: &mut [i16]) {
     crate::quant::requantize_into(
         accs,
         &stage.biases[4 * c0..],
         &stage.multipliers[4 * c0..],
         &stage.shifts[c0..],
-        stage.preact_zero_point as i32,
         stage.table,
         &mut y[c0..],
     );
 }
 
-/// Host (and any non-Arm target): widen `x − zp` to int16 once per layer, then the rows in
-/// chunks of up to [`CHUNK`]. On x86-64, four rows per pass share each load of the widened
+/// Host (and any non-Arm target): copy `x` into a zero-padded int16 buffer once per layer,
+/// then the rows in chunks of up to [`CHUNK`]. On x86-64, four rows per pass share each load of the widened
 /// input: `pmaddwd` (SSE2, always), `vpmovsxbw` + `vpmaddwd` (AVX2) or `vpmovsxbw` +
 /// `vpdpwssd` (AVX-512 VNNI), the latter two detected at run time in `std` builds.
 /// Elsewhere one wrapping reduction per row that the compiler vectorizes. Wrapping
@@ -276,26 +255,19 @@ mod imp {
     }
 
     #[inline]
-    pub fn dense_chunks(
-        weights: &[u8],
-        rows: usize,
-        x: &[i8],
-        zero_point: i32,
-        emit: impl FnMut(usize, &[i32]),
-    ) {
-        dense_chunks_with(weights, rows, x, zero_point, emit, best())
+    pub fn dense_chunks(weights: &[u8], rows: usize, x: &[i16], emit: impl FnMut(usize, &[i32])) {
+        dense_chunks_with(weights, rows, x, emit, best())
     }
 
     #[inline]
     pub fn dense_requantize(
         weights: &[u8],
         rows: usize,
-        x: &[i8],
-        zero_point: i32,
+        x: &[i16],
         stage: &super::OutputStage<'_>,
-        y: &mut [i8],
+        y: &mut [i16],
     ) {
-        dense_requantize_with(weights, rows, x, zero_point, stage, y, best())
+        dense_requantize_with(weights, rows, x, stage, y, best())
     }
 
     /// [`dense_requantize`] with the kernel chosen by the caller (tests run all of them).
@@ -303,14 +275,13 @@ mod imp {
     pub(super) fn dense_requantize_with(
         weights: &[u8],
         rows: usize,
-        x: &[i8],
-        zero_point: i32,
+        x: &[i16],
         stage: &super::OutputStage<'_>,
-        y: &mut [i8],
+        y: &mut [i16],
         level: Level,
     ) {
         let emit = |c0, accs: &[i32]| super::requantize_rows(stage, c0, accs, y);
-        dense_chunks_with(weights, rows, x, zero_point, emit, level)
+        dense_chunks_with(weights, rows, x, emit, level)
     }
 
     /// [`dense_chunks`] with the kernel chosen by the caller (tests run all of them).
@@ -318,8 +289,7 @@ mod imp {
     pub(super) fn dense_chunks_with(
         weights: &[u8],
         rows: usize,
-        x: &[i8],
-        zero_point: i32,
+        x: &[i16],
         mut emit: impl FnMut(usize, &[i32]),
         level: Level,
     ) {
@@ -327,9 +297,7 @@ mod imp {
         let width = x.len();
         // Zero past `width`: the AVX-512 kernel reads whole 32-input blocks of it.
         let mut xw = [0i16; MAX_WIDTH];
-        for (o, &v) in xw.iter_mut().zip(x) {
-            *o = (v as i32 - zero_point) as i16;
-        }
+        xw[..width].copy_from_slice(x);
         let mut accs = [0i32; CHUNK];
         let mut c = 0;
         while c < rows {
@@ -357,7 +325,7 @@ mod imp {
 
     /// x86-64 with AVX-512 F/BW/VL/VNNI (detected at run time): 32 int8 weights
     /// sign-extended in one `vpmovsxbw`, 32 products added into 16 int32 lanes per
-    /// `vpdpwssd` (exact: each pair sum is at most 2 · 128 · 255, no saturation in this
+    /// `vpdpwssd` (exact: each pair sum is at most 2 · 128 · 32768, no saturation in this
     /// form). The last partial block of a row is a masked load (nothing past the row is
     /// read); the widened input is zero there.
     #[cfg(all(target_arch = "x86_64", any(test, feature = "std")))]
@@ -479,7 +447,7 @@ mod imp {
     /// share each load of the widened input; the weights are sign-extended to int16 by
     /// unpacking each byte with itself and shifting right by 8, and `pmaddwd` multiplies
     /// eight int16 pairs and adds adjacent products into int32 lanes (exact: each pair
-    /// sum is at most 2 · 128 · 255).
+    /// sum is at most 2 · 128 · 32768).
     #[cfg(target_arch = "x86_64")]
     mod sse2 {
         use core::arch::x86_64::*;
@@ -575,14 +543,13 @@ mod imp {
 }
 
 /// Cortex-M4 (ARMv7E-M DSP extension): SXTB16 / SADD16 / SMLAD, as CMSIS-NN's
-/// `arm_nn_vec_mat_mult_t_s8` with `read_and_pad`.
+/// `arm_nn_vec_mat_mult_t_s16` with `read_and_pad`.
 ///
-/// Layout of the widened input, per group of four inputs `x0..x3` (`xi' = xi − zp`):
-/// word `2g` holds the int16 lanes `[x0', x2']` (low, high), word `2g + 1` holds
-/// `[x1', x3']`. A little-endian weight word `w = [w0, w1, w2, w3]` gives
-/// `SXTB16(w) = [w0, w2]` and `SXTB16(w, ROR #8) = [w1, w3]`, so two `SMLAD`s add
-/// `w0·x0' + w2·x2' + w1·x1' + w3·x3'`. The last group of a width that is not a multiple
-/// of four is padded with zero lanes.
+/// Layout of the repacked input, per group of four inputs `x0..x3` (int16): word `2g`
+/// holds the lanes `[x0, x2]` (low, high), word `2g + 1` holds `[x1, x3]`. A
+/// little-endian weight word `w = [w0, w1, w2, w3]` gives `SXTB16(w) = [w0, w2]` and
+/// `SXTB16(w, ROR #8) = [w1, w3]`, so two `SMLAD`s add `w0·x0 + w2·x2 + w1·x1 + w3·x3`.
+/// The last group of a width that is not a multiple of four is padded with zero lanes.
 ///
 /// Four output rows per pass share each load of the widened input: one group of four
 /// inputs for four rows (16 MACs) is `LDRD` + 4 `LDR` + 8 `SXTB16` + 8 `SMLAD`. The pass is
@@ -798,18 +765,6 @@ mod imp {
         r
     }
 
-    /// Lane-wise 16-bit add (sets only the GE flags).
-    #[inline(always)]
-    fn sadd16(a: u32, b: u32) -> u32 {
-        let r: u32;
-        // SAFETY: register-only instruction of ARMv7E-M.
-        unsafe {
-            asm!("sadd16 {r}, {a}, {b}", r = lateout(reg) r, a = in(reg) a, b = in(reg) b,
-                 options(pure, nomem, nostack));
-        }
-        r
-    }
-
     /// `acc + a.lo·b.lo + a.hi·b.hi` (signed 16×16; sets only the Q flag on overflow).
     #[inline(always)]
     fn smlad(a: u32, b: u32, acc: i32) -> i32 {
@@ -822,40 +777,53 @@ mod imp {
         r
     }
 
-    /// Widen `x − zp` into `xw` (layout in the module docs); returns the number of groups
-    /// of four inputs, the lanes past `x.len()` being zero.
+    /// `[a.lo, b.lo]` (`PKHBT`).
     #[inline(always)]
-    fn widen(x: &[i8], zero_point: i32, xw: &mut [MaybeUninit<u32>; WIDE_WORDS]) -> usize {
+    fn pack_low(a: u32, b: u32) -> u32 {
+        let r: u32;
+        // SAFETY: register-only instruction of ARMv7E-M.
+        unsafe {
+            asm!("pkhbt {r}, {a}, {b}, lsl #16", r = lateout(reg) r, a = in(reg) a,
+                 b = in(reg) b, options(pure, nomem, nostack, preserves_flags));
+        }
+        r
+    }
+
+    /// `[a.hi, b.hi]` (`PKHTB`).
+    #[inline(always)]
+    fn pack_high(a: u32, b: u32) -> u32 {
+        let r: u32;
+        // SAFETY: register-only instruction of ARMv7E-M.
+        unsafe {
+            asm!("pkhtb {r}, {b}, {a}, asr #16", r = lateout(reg) r, a = in(reg) a,
+                 b = in(reg) b, options(pure, nomem, nostack, preserves_flags));
+        }
+        r
+    }
+
+    /// Repack `x` into `xw` (layout in the module docs); returns the number of groups of
+    /// four inputs, the lanes past `x.len()` being zero.
+    #[inline(always)]
+    fn widen(x: &[i16], xw: &mut [MaybeUninit<u32>; WIDE_WORDS]) -> usize {
         let width = x.len().min(MAX_WIDTH);
-        let offset = ((-zero_point) as u32 & 0xFFFF).wrapping_mul(0x0001_0001);
         let full = width / 4;
         let src = x.as_ptr() as *const u32;
-        // Two groups per iteration (fewer loop instructions), then the odd one.
-        for (g, quad) in xw.chunks_exact_mut(4).take(full / 2).enumerate() {
-            // SAFETY: bytes 8g..8g+8 of `x` (2g + 1 < width / 4); two unaligned LDRs.
+        for (g, pair) in xw.chunks_exact_mut(2).take(full).enumerate() {
+            // SAFETY: inputs 4g..4g+4 of `x` (g < width / 4); two unaligned LDRs.
             let (a, b) = unsafe {
                 (
                     src.add(2 * g).read_unaligned(),
                     src.add(2 * g + 1).read_unaligned(),
                 )
             };
-            quad[0].write(sadd16(sxtb16(a), offset));
-            quad[1].write(sadd16(sxtb16_ror8(a), offset));
-            quad[2].write(sadd16(sxtb16(b), offset));
-            quad[3].write(sadd16(sxtb16_ror8(b), offset));
-        }
-        if full % 2 == 1 {
-            let g = full - 1;
-            // SAFETY: bytes 4g..4g+4 of `x` (g < width / 4); one unaligned LDR.
-            let w = unsafe { src.add(g).read_unaligned() };
-            xw[2 * g].write(sadd16(sxtb16(w), offset));
-            xw[2 * g + 1].write(sadd16(sxtb16_ror8(w), offset));
+            pair[0].write(pack_low(a, b));
+            pair[1].write(pack_high(a, b));
         }
         let groups = width.div_ceil(4);
         if groups > full {
             let lane = |i: usize| -> u32 {
                 if i < width {
-                    (x[i] as i32 - zero_point) as u16 as u32
+                    x[i] as u16 as u32
                 } else {
                     0
                 }
@@ -869,7 +837,7 @@ mod imp {
 
     /// One row exactly: SMLAD over whole groups of four, then scalar.
     #[inline(always)]
-    fn dot_row(row: &[u8], xw: &[u32], x: &[i8], zero_point: i32) -> i32 {
+    fn dot_row(row: &[u8], xw: &[u32], x: &[i16]) -> i32 {
         let mut acc = 0i32;
         for (w, pair) in row.chunks_exact(4).zip(xw.chunks_exact(2)) {
             let w = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
@@ -877,25 +845,19 @@ mod imp {
             acc = smlad(sxtb16_ror8(w), pair[1], acc);
         }
         for i in row.len() / 4 * 4..row.len() {
-            acc += (row[i] as i8 as i32) * (x[i] as i32 - zero_point);
+            acc = acc.wrapping_add((row[i] as i8 as i32) * (x[i] as i32));
         }
         acc
     }
 
     #[inline(always)]
-    pub fn dense_chunks(
-        weights: &[u8],
-        rows: usize,
-        x: &[i8],
-        zero_point: i32,
-        emit: impl FnMut(usize, &[i32]),
-    ) {
+    pub fn dense_chunks(weights: &[u8], rows: usize, x: &[i16], emit: impl FnMut(usize, &[i32])) {
         let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
-        let groups = widen(x, zero_point, &mut buffer);
+        let groups = widen(x, &mut buffer);
         // SAFETY: `widen` initialized the first 2·groups words.
         let xw: &[u32] =
             unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
-        chunks_from(weights, rows, x, zero_point, xw, 0, emit);
+        chunks_from(weights, rows, x, xw, 0, emit);
     }
 
     /// The rows `start..rows` in chunks (see [`super::dense_chunks`]) against the widened
@@ -904,8 +866,7 @@ mod imp {
     fn chunks_from(
         weights: &[u8],
         rows: usize,
-        x: &[i8],
-        zero_point: i32,
+        x: &[i16],
         xw: &[u32],
         start: usize,
         mut emit: impl FnMut(usize, &[i32]),
@@ -943,7 +904,7 @@ mod imp {
                         // SAFETY: bounds checked just above; `xw` has 2·groups words.
                         unsafe { rows1(weights.as_ptr().add(r * width), xw.as_ptr(), entry1) }
                     } else {
-                        dot_row(&weights[r * width..(r + 1) * width], xw, x, zero_point)
+                        dot_row(&weights[r * width..(r + 1) * width], xw, x)
                     };
                     n += 1;
                 }
@@ -960,10 +921,10 @@ mod imp {
     struct Layer4 {
         multipliers: *const u8,
         shifts: *const u8,
-        out: *mut i8,
+        out: *mut i16,
         table: *const u8,
-        /// `preact_zero_point + 128`.
-        zero_point_128: i32,
+        /// 64, the interpolation's rounding term.
+        half: i32,
         one: u32,
         xw: *const u32,
         row: *const u8,
@@ -971,12 +932,34 @@ mod imp {
         width: usize,
         width3: usize,
         entry: usize,
-        end: *mut i8,
+        end: *mut i16,
     }
 
-    // Requantize accumulator `$x` (bias included) into the next output byte (see
-    // `quant::requantize`; the fast path is its `shift < 0` branch). Registers: r0
-    // multipliers, r1 shifts, r2 output, r3 table, r6 zero point + 128, r7 = 1 (all
+    // The pre-activation in `$x` (an i32) to the next output int16: saturate to int16,
+    // then interpolate the table (`quant::interpolate`): u = pre + 32768, k = u >> 7,
+    // f = u & 127, one unaligned LDR for T[k] and T[k+1], y = T[k] + (slope·f + 64) >> 7.
+    // Registers: r2 output (advanced), r3 table, r6 = 64; r10, r12 and lr scratch.
+    #[rustfmt::skip]
+    macro_rules! lut {
+        ($x:literal) => {
+            concat!(
+                "ssat ", $x, ", #16, ", $x, "\n",        // sat16(pre)
+                "add r12, ", $x, ", #32768\n",           // u
+                "lsr r10, r12, #7\n",                    // k
+                "and r12, r12, #127\n",                  // f
+                "ldr lr, [r3, r10, lsl #1]\n",           // T[k] | T[k+1] << 16
+                "sxth r10, lr\n",                        // T[k]
+                "rsb lr, r10, lr, asr #16\n",            // slope = T[k+1] − T[k]
+                "mla lr, lr, r12, r6\n",                 // slope·f + 64
+                "add ", $x, ", r10, lr, asr #7\n",       // y
+                "strh ", $x, ", [r2], #2\n",
+            )
+        };
+    }
+
+    // Requantize accumulator `$x` (bias included) into the next output int16 (see
+    // `quant::requantize`; the fast path is its `shift < 0` branch), then `lut!`.
+    // Registers: r0 multipliers, r1 shifts, r2 output, r3 table, r6 = 64, r7 = 1 (all
     // advanced per channel); r10–r12 and lr scratch. A shift ≥ 0 branches to the
     // out-of-line `requant_slow!` at label `$slow`, which comes back to `$cont`.
     #[rustfmt::skip]
@@ -995,10 +978,7 @@ mod imp {
                 "smlal lr, r12, ", $x, ", r10\n",        // x·m + nudge
                 "asr ", $x, ", r12, r11\n",              // pre = high >> (e − 1)
                 $cont, ":\n",
-                "qadd ", $x, ", ", $x, ", r6\n",         // pre +sat (zp + 128)
-                "usat ", $x, ", #8, ", $x, "\n",         // sat8(pre +sat zp) + 128
-                "ldrb ", $x, ", [r3, ", $x, "]\n",
-                "strb ", $x, ", [r2], #1\n",
+                lut!($x),
             )
         };
     }
@@ -1017,10 +997,7 @@ mod imp {
                 "asr r12, r12, #1\n",
                 "smlal lr, r12, ", $x, ", r10\n",
                 "asr ", $x, ", r12, r11\n",
-                "qadd ", $x, ", ", $x, ", r6\n",
-                "usat ", $x, ", #8, ", $x, "\n",
-                "ldrb ", $x, ", [r3, ", $x, "]\n",
-                "strb ", $x, ", [r2], #1\n",
+                lut!($x),
             )
         };
     }
@@ -1124,14 +1101,13 @@ mod imp {
     pub fn dense_requantize(
         weights: &[u8],
         rows: usize,
-        x: &[i8],
-        zero_point: i32,
+        x: &[i16],
         stage: &super::OutputStage<'_>,
-        y: &mut [i8],
+        y: &mut [i16],
     ) {
         let width = x.len();
         let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
-        let groups = widen(x, zero_point, &mut buffer);
+        let groups = widen(x, &mut buffer);
         // SAFETY: `widen` initialized the first 2·groups words.
         let xw: &[u32] =
             unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
@@ -1147,7 +1123,7 @@ mod imp {
                 shifts: stage.shifts.as_ptr(),
                 out: y.as_mut_ptr(),
                 table: stage.table.as_ptr(),
-                zero_point_128: stage.preact_zero_point as i32 + 128,
+                half: 64,
                 one: 1,
                 xw: xw.as_ptr(),
                 row: weights.as_ptr(),
@@ -1159,11 +1135,12 @@ mod imp {
             };
             // SAFETY: the reads of the four-row pass are in bounds (checked above; `xw`
             // has 2·groups words); `dense_requantize` checked that the stage's arrays hold
-            // `rows ≥ 4·blocks` channels and `y` as many bytes; table indices are 0..=255.
+            // `rows ≥ 4·blocks` channels and `y` as many values; the table reads at
+            // `2·k` and `2·k + 2` with k ≤ 511 stay within its 1026 bytes.
             unsafe { __flame_runtime_layer4(&args) };
         }
         let emit = |c0, accs: &[i32]| super::requantize_rows(stage, c0, accs, y);
-        chunks_from(weights, rows, x, zero_point, xw, 4 * blocks, emit);
+        chunks_from(weights, rows, x, xw, 4 * blocks, emit);
     }
 }
 
@@ -1172,49 +1149,79 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Random int8 weights in [−127, 127], or only ±127 when `extreme`.
+    fn random_weights(rng: &mut crate::noise::SplitMix64, n: usize, extreme: bool) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                let r = rng.next_u64();
+                if extreme {
+                    if r & 1 == 0 {
+                        127
+                    } else {
+                        (-127i8) as u8
+                    }
+                } else {
+                    ((r % 255) as i32 - 127) as i8 as u8
+                }
+            })
+            .collect()
+    }
+
+    /// Random int16 activations, or only ±32767 when `extreme` (the largest sums a blob
+    /// may produce); occasionally −32768, which only an unvalidated caller passes.
+    fn random_inputs(rng: &mut crate::noise::SplitMix64, n: usize, extreme: bool) -> Vec<i16> {
+        (0..n)
+            .map(|_| {
+                let r = rng.next_u64();
+                if extreme {
+                    if r & 1 == 0 {
+                        32767
+                    } else {
+                        -32767
+                    }
+                } else if r % 97 == 0 {
+                    i16::MIN
+                } else {
+                    (r >> 8) as i16 >> ((r >> 40) % 12)
+                }
+            })
+            .collect()
+    }
+
     proptest! {
         #[test]
         fn dot_matches_wide_arithmetic(
-            pairs in proptest::collection::vec((any::<i8>(), any::<i8>()), 0..crate::MAX_WIDTH),
-            zero_point in -128i32..=127,
+            pairs in proptest::collection::vec((any::<i8>(), any::<i16>()), 0..crate::MAX_WIDTH),
         ) {
             let weights: Vec<u8> = pairs.iter().map(|p| p.0.max(-127) as u8).collect();
-            let inputs: Vec<i8> = pairs.iter().map(|p| p.1).collect();
+            let inputs: Vec<i16> = pairs.iter().map(|p| p.1).collect();
             let wide: i64 = weights.iter().zip(&inputs)
-                .map(|(&w, &x)| (w as i8 as i64) * (x as i64 - zero_point as i64)).sum();
-            prop_assert_eq!(dot(&weights, &inputs, zero_point) as i64, wide);
-            prop_assert_eq!(dot_reference(&weights, &inputs, zero_point) as i64, wide);
+                .map(|(&w, &x)| (w as i8 as i64) * (x as i64)).sum();
+            // |Σ| < 512 · 127 · 32768 < 2^31: no wrap, so both equal the wide sum.
+            prop_assert_eq!(dot(&weights, &inputs) as i64, wide);
+            prop_assert_eq!(dot_reference(&weights, &inputs) as i64, wide);
         }
 
         #[test]
         fn dense_matches_reference(
             width in 0usize..=crate::MAX_WIDTH,
             rows in 1usize..12,
-            zero_point in -128i32..=127,
             seed in any::<u64>(),
             extreme in any::<bool>(),
         ) {
             let mut rng = crate::noise::SplitMix64::new(seed);
-            // `extreme`: only ±127 weights and ±128/127 inputs, the largest sums.
-            let weights: Vec<u8> = (0..rows * width).map(|_| {
-                let r = rng.next_u64();
-                if extreme { if r & 1 == 0 { 127 } else { (-127i8) as u8 } }
-                else { ((r % 255) as i32 - 127) as i8 as u8 }
-            }).collect();
-            let x: Vec<i8> = (0..width).map(|_| {
-                let r = rng.next_u64();
-                if extreme { if r & 1 == 0 { 127 } else { -128 } } else { r as i8 }
-            }).collect();
+            let weights = random_weights(&mut rng, rows * width, extreme);
+            let x = random_inputs(&mut rng, width, extreme);
             let mut expect = Vec::new();
-            dense_reference(&weights, rows, &x, zero_point, |c, a| expect.push((c, a)));
+            dense_reference(&weights, rows, &x, |c, a| expect.push((c, a)));
             let mut got = Vec::new();
-            dense(&weights, rows, &x, zero_point, |c, a| got.push((c, a)));
+            dense(&weights, rows, &x, |c, a| got.push((c, a)));
             prop_assert_eq!(&got, &expect);
             // Every x86-64 kernel this CPU has, whichever `dense` picked.
             #[cfg(target_arch = "x86_64")]
             for level in imp::Level::available() {
                 let mut got = Vec::new();
-                imp::dense_chunks_with(&weights, rows, &x, zero_point, |c0, accs| {
+                imp::dense_chunks_with(&weights, rows, &x, |c0, accs| {
                     got.extend(accs.iter().enumerate().map(|(r, &a)| (c0 + r, a)))
                 }, level);
                 prop_assert_eq!(&got, &expect, "{:?}", level);
@@ -1225,11 +1232,11 @@ mod tests {
     /// Output-stage parameters over everything the parser accepts: per channel a shift
     /// anywhere in the range (left shifts included), a multiplier with the edges 0, 1 and
     /// `i32::MAX` or small enough that left shifts do not always saturate, biases up to the
-    /// i32 extremes (wrapping sums, saturating shifts), a random table and zero point.
+    /// i32 extremes (wrapping sums, saturating shifts), and a random table within ±32767.
     fn random_stage(
         rng: &mut crate::noise::SplitMix64,
         rows: usize,
-    ) -> (Vec<u8>, Vec<u8>, Vec<u8>, [u8; 256], i8) {
+    ) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
         let (mut biases, mut multipliers, mut shifts) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rows {
             let r = rng.next_u64();
@@ -1252,9 +1259,10 @@ mod tests {
             multipliers.extend_from_slice(&m.to_le_bytes());
             shifts.push(shift as i8 as u8);
         }
-        let mut table = [0u8; 256];
-        table.iter_mut().for_each(|t| *t = rng.next_u64() as u8);
-        (biases, multipliers, shifts, table, rng.next_u64() as i8)
+        let table = (0..crate::quant::TABLE_ENTRIES)
+            .flat_map(|_| (rng.next_u64() as i16).max(-32767).to_le_bytes())
+            .collect();
+        (biases, multipliers, shifts, table)
     }
 
     proptest! {
@@ -1262,45 +1270,31 @@ mod tests {
         fn dense_requantize_matches_reference(
             width in 0usize..=crate::MAX_WIDTH,
             rows in 1usize..40,
-            zero_point in -128i32..=127,
             seed in any::<u64>(),
+            extreme in any::<bool>(),
         ) {
             let mut rng = crate::noise::SplitMix64::new(seed);
-            let weights: Vec<u8> = (0..rows * width)
-                .map(|_| ((rng.next_u64() % 255) as i32 - 127) as i8 as u8)
-                .collect();
-            let x: Vec<i8> = (0..width).map(|_| rng.next_u64() as i8).collect();
-            let (biases, multipliers, shifts, table, preact_zero_point) =
-                random_stage(&mut rng, rows);
+            let weights = random_weights(&mut rng, rows * width, extreme);
+            let x = random_inputs(&mut rng, width, extreme);
+            let (biases, multipliers, shifts, table) = random_stage(&mut rng, rows);
             let stage = OutputStage {
                 biases: &biases,
                 multipliers: &multipliers,
                 shifts: &shifts,
-                preact_zero_point,
-                table: &table,
+                table: table.as_slice().try_into().unwrap(),
             };
-            let mut expect = vec![0i8; rows];
-            dense_requantize_reference(&weights, rows, &x, zero_point, &stage, &mut expect);
-            let mut got = vec![0i8; rows + 1];
-            dense_requantize(&weights, rows, &x, zero_point, &stage, &mut got);
+            let mut expect = vec![0i16; rows];
+            dense_requantize_reference(&weights, rows, &x, &stage, &mut expect);
+            let mut got = vec![0i16; rows + 1];
+            dense_requantize(&weights, rows, &x, &stage, &mut got);
             prop_assert_eq!(&got[..rows], &expect[..]);
             prop_assert_eq!(got[rows], 0, "wrote past the layer");
             #[cfg(target_arch = "x86_64")]
             for level in imp::Level::available() {
-                let mut got = vec![0i8; rows];
-                imp::dense_requantize_with(
-                    &weights, rows, &x, zero_point, &stage, &mut got, level,
-                );
+                let mut got = vec![0i16; rows];
+                imp::dense_requantize_with(&weights, rows, &x, &stage, &mut got, level);
                 prop_assert_eq!(&got, &expect, "{:?}", level);
             }
-        }
-    }
-
-    #[test]
-    fn out_of_range_zero_points_take_the_reference_path() {
-        let (w, x) = ([100u8, 200, 3], [-128i8, 127, 5]);
-        for zp in [-70_000, 40_000, i32::MIN / 1024] {
-            assert_eq!(dot(&w, &x, zp), dot_reference(&w, &x, zp));
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The one-step (or N-step) flow policy on int8 kernels.
+//! The one-step (or N-step) flow policy on int8-weight, int16-activation kernels.
 //!
 //! For each action: quantize the normalized observation once; start from the base sample
 //! z (zero in deterministic mode, σ_z·N(0,I) from [`crate::noise`] in stochastic mode);
@@ -10,7 +10,7 @@
 use crate::blob::{f32_at, i32_at, HiddenLayer, PolicyBlob};
 use crate::kernels::{dense, dense_requantize, OutputStage};
 use crate::noise::SplitMix64;
-use crate::quant::{round_half_away_f32, saturate_i8};
+use crate::quant::{round_half_away_f32, saturate_activation};
 use crate::{BlobError, MAX_ACT, MAX_WIDTH};
 use serde::{Deserialize, Serialize};
 
@@ -47,9 +47,9 @@ impl core::fmt::Display for ActError {
 
 /// Working memory for one evaluation, kept by the caller (a static on the MCU).
 pub struct Scratch {
-    input: [i8; MAX_WIDTH],
-    ping: [i8; MAX_WIDTH],
-    pong: [i8; MAX_WIDTH],
+    input: [i16; MAX_WIDTH],
+    ping: [i16; MAX_WIDTH],
+    pong: [i16; MAX_WIDTH],
     z: [f32; MAX_ACT],
 }
 
@@ -137,7 +137,7 @@ impl<'a> Policy<'a> {
         for (i, (&o, q)) in obs.iter().zip(input.iter_mut()).enumerate() {
             let n = ((o - f32_at(inp.obs_mean, i)) * f32_at(inp.obs_inv_std, i))
                 .clamp(-inp.obs_clip, inp.obs_clip);
-            *q = quantize_input(n, f32_at(inp.inv_scales, i), inp.zero_point);
+            *q = quantize_input(n, f32_at(inp.inv_scales, i));
         }
         let z = &mut z[..act_dim];
         match mode {
@@ -158,13 +158,13 @@ impl<'a> Policy<'a> {
                 .zip(z.iter())
                 .enumerate()
             {
-                *q = quantize_input(zi, f32_at(inp.inv_scales, obs_dim + j), inp.zero_point);
+                *q = quantize_input(zi, f32_at(inp.inv_scales, obs_dim + j));
             }
             let mut width = obs_dim + act_dim;
             for (index, layer) in self.blob.hidden.iter().enumerate() {
                 // Layer 0 reads `input` (kept for the next flow step); later layers
                 // ping-pong between the two activation buffers.
-                let (x, y): (&[i8], &mut [i8]) = match index {
+                let (x, y): (&[i16], &mut [i16]) = match index {
                     0 => (&input[..width], &mut ping[..]),
                     i if i % 2 == 1 => (&ping[..width], &mut pong[..]),
                     _ => (&pong[..width], &mut ping[..]),
@@ -173,14 +173,13 @@ impl<'a> Policy<'a> {
                 hidden_layer(layer, bias_set, x, y);
                 width = layer.out_dim as usize;
             }
-            let x: &[i8] = if self.blob.hidden.len() % 2 == 1 {
+            let x: &[i16] = if self.blob.hidden.len() % 2 == 1 {
                 &ping[..width]
             } else {
                 &pong[..width]
             };
             let out = &self.blob.output;
-            let zp = out.input_zero_point as i32;
-            dense(out.weights, act_dim, x, zp, |c, acc| {
+            dense(out.weights, act_dim, x, |c, acc| {
                 let acc = acc.wrapping_add(i32_at(out.biases, c));
                 let u = acc as f32 * f32_at(out.scales, c);
                 z[c] -= step * u;
@@ -198,26 +197,27 @@ impl<'a> Policy<'a> {
     }
 }
 
-/// One hidden layer: dense int8, per-channel requantization, activation table.
-fn hidden_layer(layer: &HiddenLayer<'_>, bias_set: usize, x: &[i8], y: &mut [i8]) {
+/// One hidden layer: int8 × int16 dense, per-channel requantization, interpolated
+/// activation table.
+fn hidden_layer(layer: &HiddenLayer<'_>, bias_set: usize, x: &[i16], y: &mut [i16]) {
     let out_dim = layer.out_dim as usize;
     let stage = OutputStage {
         biases: &layer.biases[4 * bias_set * out_dim..4 * (bias_set + 1) * out_dim],
         multipliers: &layer.multipliers[..4 * out_dim],
         shifts: &layer.shifts[..out_dim],
-        preact_zero_point: layer.preact_zero_point,
         table: layer
             .activation
             .try_into()
-            .expect("validated: 256-entry activation table"),
+            .expect("validated: 513-entry activation table"),
     };
     // The parser accepts only m ≥ 0 and shifts in range, what the kernel's requantization
     // assumes.
-    let zp = layer.input_zero_point as i32;
-    dense_requantize(layer.weights, out_dim, x, zp, &stage, &mut y[..out_dim]);
+    dense_requantize(layer.weights, out_dim, x, &stage, &mut y[..out_dim]);
 }
 
+/// `clamp(round(x · inv_scale), −32767, 32767)`: one f32 multiply (no FMA), rounding half
+/// away from zero.
 #[inline]
-fn quantize_input(x: f32, inv_scale: f32, zero_point: i8) -> i8 {
-    saturate_i8(round_half_away_f32(x * inv_scale).saturating_add(zero_point as i32))
+fn quantize_input(x: f32, inv_scale: f32) -> i16 {
+    saturate_activation(round_half_away_f32(x * inv_scale))
 }

@@ -83,8 +83,34 @@ pub fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
     }
 }
 
+/// Largest magnitude of an int16 activation that a dense layer reads (inputs and table
+/// outputs). Symmetric: −32768 is never an activation, so `|x| ≤ ACTIVATION_MAX` bounds
+/// every product in the accumulator bound ([`crate::blob`]).
+pub const ACTIVATION_MAX: i32 = 32767;
+/// Entries of an activation table: 512 intervals of 128 pre-activation codes, plus the
+/// right end of the last one.
+pub const TABLE_ENTRIES: usize = 513;
+/// Bytes of an activation table (int16 LE entries).
+pub const TABLE_BYTES: usize = 2 * TABLE_ENTRIES;
+
+/// The activation function as an interpolated int16 table (the TFLite int16 LUT scheme).
+/// `table` holds [`TABLE_ENTRIES`] int16 LE values, entry `k` being the output code at the
+/// pre-activation code `−32768 + 128·k`. For a pre-activation code `p` (int16):
+/// `u = p + 32768` (0..=65535), `k = u >> 7`, `f = u & 127`, and
+/// `y = T[k] + ((T[k+1] − T[k]) · f + 64) >> 7` with an arithmetic (flooring) shift.
+/// `y` lies between `T[k]` and `T[k+1]`, so a table inside ±[`ACTIVATION_MAX`] gives
+/// activations inside it too.
+#[inline(always)]
+pub fn interpolate(table: &[u8], pre: i16) -> i16 {
+    let u = (pre as i32 + 32768) as usize;
+    let (k, f) = (u >> 7, (u & 127) as i32);
+    let base = i16::from_le_bytes([table[2 * k], table[2 * k + 1]]) as i32;
+    let next = i16::from_le_bytes([table[2 * k + 2], table[2 * k + 3]]) as i32;
+    (base + (((next - base) * f + 64) >> 7)) as i16
+}
+
 /// A hidden layer's per-channel output stage on a run of `n = accs.len()` channels:
-/// `out[c] = table[sat8(requantize(acc[c] +wrap bias[c], m[c], shift[c]) +sat zp) + 128]`
+/// `out[c] = interpolate(table, sat16(requantize(acc[c] +wrap bias[c], m[c], shift[c])))`
 /// with `bias`, `m` (i32 LE) and `shift` (i8) read from the blob's byte arrays, which hold
 /// at least `n` entries from these channels on; `m ≥ 0` and `shift` in [`SHIFT_RANGE`]
 /// (what the parser accepts). A function of its own (not inlined into the kernel's loop),
@@ -95,9 +121,8 @@ pub fn requantize_into(
     biases: &[u8],
     multipliers: &[u8],
     shifts: &[u8],
-    preact_zero_point: i32,
-    table: &[u8; 256],
-    out: &mut [i8],
+    table: &[u8; TABLE_BYTES],
+    out: &mut [i16],
 ) {
     let n = accs.len();
     let (biases, multipliers) = (&biases[..4 * n], &multipliers[..4 * n]);
@@ -107,9 +132,7 @@ pub fn requantize_into(
         let bias = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         let m = i32::from_le_bytes([m[0], m[1], m[2], m[3]]);
         let pre = requantize(acc.wrapping_add(bias), m, s as i8 as i32);
-        let code = saturate_i8(pre.saturating_add(preact_zero_point));
-        // `code + 128` is in 0..256: no bounds check.
-        *o = table[(code as i32 + 128) as usize] as i8;
+        *o = interpolate(table, saturate_i16(pre));
     }
 }
 
@@ -160,10 +183,16 @@ pub fn round_half_away_f32(x: f32) -> i32 {
     }
 }
 
-/// Saturate an i32 to the int8 range.
+/// Saturate an i32 to the int16 range (a pre-activation code).
 #[inline]
-pub fn saturate_i8(x: i32) -> i8 {
-    x.clamp(i8::MIN as i32, i8::MAX as i32) as i8
+pub fn saturate_i16(x: i32) -> i16 {
+    x.clamp(i16::MIN as i32, i16::MAX as i32) as i16
+}
+
+/// Saturate an i32 to the symmetric activation range ±[`ACTIVATION_MAX`].
+#[inline]
+pub fn saturate_activation(x: i32) -> i16 {
+    x.clamp(-ACTIVATION_MAX, ACTIVATION_MAX) as i16
 }
 
 #[cfg(test)]
@@ -398,7 +427,43 @@ mod tests {
         assert_eq!(round_half_away_f32(-0.4), 0);
         assert_eq!(round_half_away_f32(f32::NAN), 0);
         assert_eq!(round_half_away_f32(1e20), i32::MAX);
-        assert_eq!(saturate_i8(300), 127);
-        assert_eq!(saturate_i8(-300), -128);
+        assert_eq!(saturate_i16(40_000), 32767);
+        assert_eq!(saturate_i16(-40_000), -32768);
+        assert_eq!(saturate_activation(-40_000), -32767);
+        assert_eq!(saturate_activation(-32768), -32767);
+        assert_eq!(saturate_activation(123), 123);
+    }
+
+    /// The interpolation hits every table entry exactly at its knot, rounds the
+    /// fraction half up, stays between neighbouring entries and never indexes past the
+    /// table, including at both ends of the int16 range.
+    #[test]
+    fn interpolation_is_exact_at_knots_and_bounded_between() {
+        let mut rng = crate::noise::SplitMix64::new(3);
+        let entries: Vec<i16> = (0..TABLE_ENTRIES)
+            .map(|k| match k % 7 {
+                0 => ACTIVATION_MAX as i16,
+                1 => -ACTIVATION_MAX as i16,
+                _ => (rng.next_u64() as i16).max(-ACTIVATION_MAX as i16),
+            })
+            .collect();
+        let table: Vec<u8> = entries.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for k in 0..512 {
+            let knot = (-32768 + 128 * k as i32) as i16;
+            assert_eq!(interpolate(&table, knot), entries[k]);
+        }
+        for pre in i16::MIN..=i16::MAX {
+            let u = pre as i32 + 32768;
+            let (k, f) = ((u >> 7) as usize, (u & 127) as f64);
+            let (a, b) = (entries[k] as f64, entries[k + 1] as f64);
+            let exact = a + (b - a) * f / 128.0;
+            let y = interpolate(&table, pre) as f64;
+            assert!(
+                y >= a.min(b) && y <= a.max(b),
+                "{pre}: {y} outside [{a}, {b}]"
+            );
+            // Floor of (exact + 0.5/1), the stated rounding.
+            assert_eq!(y, (exact + 0.5).floor(), "{pre}");
+        }
     }
 }

@@ -83,27 +83,25 @@ fn i32_bytes(values: impl IntoIterator<Item = i32>) -> Vec<u8> {
     values.into_iter().flat_map(i32::to_le_bytes).collect()
 }
 
-/// Round half away from zero and saturate to int8.
-fn code(x: f64) -> u8 {
-    (x.round().clamp(-128.0, 127.0) as i8) as u8
+/// Round half away from zero and saturate to the symmetric int16 activation range.
+fn code(x: f64) -> [u8; 2] {
+    (x.round().clamp(-32767.0, 32767.0) as i16).to_le_bytes()
 }
 
 /// Scales that keep the fixture's signals in a realistic range: pre-activations use most
-/// of the int8 range without saturating everywhere, so actions vary with the observation.
-const PREACT_SCALE: f64 = 4.0 / 128.0; // pre-activation codes cover [−4, 4)
-const PREACT_STD_CODES: f64 = 40.0;
+/// of the int16 range without saturating everywhere, so actions vary with the observation.
+const PREACT_SCALE: f64 = 4.0 / 32768.0; // pre-activation codes cover [−4, 4)
+const PREACT_STD_CODES: f64 = 10_000.0;
 const INPUT_CLIP: f32 = 5.0;
 
 /// Owned arrays of one hidden layer (the blob borrows them).
 struct Hidden {
     in_dim: usize,
     out_dim: usize,
-    input_zero_point: i8,
     weights: Vec<u8>,
     biases: Vec<u8>,
     multipliers: Vec<u8>,
     shifts: Vec<u8>,
-    preact_zero_point: i8,
     activation: Vec<u8>,
 }
 
@@ -114,30 +112,29 @@ fn weights(rng: &mut SplitMix64, n: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Activation table and its output zero point: tanh for even layers (zero point 0), SiLU
-/// for odd ones (asymmetric output, so the next layer's input zero point is not 0 and the
-/// kernels' offset path is exercised).
-fn activation_table(index: usize, preact_zero_point: i8) -> (Vec<u8>, i8) {
-    let pre = |i: usize| (i as f64 - 128.0 - preact_zero_point as f64) * PREACT_SCALE;
+/// The activation table (513 int16 entries at the pre-activation codes −32768 + 128·k):
+/// tanh for even layers (output ±1 over ±32767), SiLU for odd ones (output range
+/// [−0.28, 4.2] on a symmetric scale, so the codes are lopsided).
+fn activation_table(index: usize) -> Vec<u8> {
+    let pre = |k: usize| (-32768.0 + 128.0 * k as f64) * PREACT_SCALE;
+    let entries = runtime::quant::TABLE_ENTRIES;
     if index.is_multiple_of(2) {
-        let table = (0..256).map(|i| code(pre(i).tanh() * 127.0)).collect();
-        (table, 0)
+        (0..entries)
+            .flat_map(|k| code(pre(k).tanh() * 32767.0))
+            .collect()
     } else {
         let silu = |x: f64| x / (1.0 + (-x).exp());
-        let (lo, hi) = (-0.2785, silu(4.2));
-        let scale = (hi - lo) / 255.0;
-        let zero_point = (-128.0 - lo / scale).round() as i8;
-        let table = (0..256)
-            .map(|i| code(silu(pre(i)) / scale + zero_point as f64))
-            .collect();
-        (table, zero_point)
+        let scale = 4.2 / 32767.0;
+        (0..entries)
+            .flat_map(|k| code(silu(pre(k)) / scale))
+            .collect()
     }
 }
 
 /// A random, valid policy blob with the given shape. Weights are uniform int8, biases and
 /// requantization multipliers are chosen so that each layer's pre-activations spread over
-/// the int8 range, and the output velocity is O(1): the policy behaves like a trained one
-/// numerically (saturation, rounding ties, clamping all occur) without being trained.
+/// the int16 range, and the output velocity is O(1): the policy behaves like a trained
+/// one numerically (saturation, rounding ties, clamping all occur) without being trained.
 pub fn fixture_blob(spec: &FixtureSpec) -> Vec<u8> {
     assert!(!spec.hidden.is_empty() && spec.nfe >= 1);
     let mut rng = SplitMix64::new(spec.seed);
@@ -149,25 +146,24 @@ pub fn fixture_blob(spec: &FixtureSpec) -> Vec<u8> {
     // Observation spreads from 0.1 to 10: inv_std from 10 to 0.1.
     let obs_inv_std = f32_bytes((0..obs).map(|_| 10f64.powf(1.0 - 2.0 * uniform(&mut rng)) as f32));
     // Per-element input scales, as the exporter's per-dimension calibration gives: each
-    // normalized observation uses most of the int8 range over [−clip, clip] (some dims
-    // narrower), and the flow state z (|z| ≤ 6·σ_z) gets its own scale.
+    // normalized observation uses most of the int16 range over [−clip, clip] (some dims
+    // narrower, so the clip saturates them), and the flow state z (|z| ≤ 6·σ_z) gets its
+    // own scale.
     let obs_scales: Vec<f32> = (0..obs)
-        .map(|_| (127.0 / (INPUT_CLIP as f64 * (0.3 + 0.7 * uniform(&mut rng)))) as f32)
+        .map(|_| (32767.0 / (INPUT_CLIP as f64 * (0.3 + 0.7 * uniform(&mut rng)))) as f32)
         .collect();
     let z_scales: Vec<f32> = (0..act)
-        .map(|_| (127.0 / (3.0 + 2.0 * uniform(&mut rng))) as f32)
+        .map(|_| (32767.0 / (3.0 + 2.0 * uniform(&mut rng))) as f32)
         .collect();
     let inv_scales = f32_bytes(obs_scales.into_iter().chain(z_scales));
 
-    // Typical |x − zero point| of a layer's input codes, for choosing multipliers.
-    let mut input_std_codes = 25.0;
-    let mut input_zero_point: i8 = 0;
+    // Typical |x| of a layer's input codes, for choosing multipliers.
+    let mut input_std_codes = 6_000.0;
     let w_std = 127.0 / 3f64.sqrt();
     let mut hidden = Vec::new();
     let mut width = obs + act;
     for (index, &out_dim) in spec.hidden.iter().enumerate() {
         let acc_std = (width as f64).sqrt() * w_std * input_std_codes;
-        let preact_zero_point = ((rng.next_u64() % 21) as i32 - 10) as i8;
         let bias_sets = if index == 0 { spec.nfe } else { 1 };
         let biases = i32_bytes(
             (0..out_dim * bias_sets).map(|_| (rng.next_gaussian() as f64 * 0.5 * acc_std) as i32),
@@ -180,20 +176,16 @@ pub fn fixture_blob(spec: &FixtureSpec) -> Vec<u8> {
             multipliers.extend_from_slice(&m.to_le_bytes());
             shifts.push(s as i8 as u8);
         }
-        let (activation, out_zero_point) = activation_table(index, preact_zero_point);
         hidden.push(Hidden {
             in_dim: width,
             out_dim,
-            input_zero_point,
             weights: weights(&mut rng, width * out_dim),
             biases,
             multipliers,
             shifts,
-            preact_zero_point,
-            activation,
+            activation: activation_table(index),
         });
-        input_zero_point = out_zero_point;
-        input_std_codes = 60.0;
+        input_std_codes = 15_000.0;
         width = out_dim;
     }
     let out_weights = weights(&mut rng, width * act);
@@ -231,26 +223,22 @@ pub fn fixture_blob(spec: &FixtureSpec) -> Vec<u8> {
             obs_inv_std: &obs_inv_std,
             obs_clip: INPUT_CLIP,
             inv_scales: &inv_scales,
-            zero_point: 0,
         },
         hidden: hidden
             .iter()
             .map(|h| HiddenLayer {
                 in_dim: h.in_dim as u16,
                 out_dim: h.out_dim as u16,
-                input_zero_point: h.input_zero_point,
                 weights: &h.weights,
                 biases: &h.biases,
                 multipliers: &h.multipliers,
                 shifts: &h.shifts,
-                preact_zero_point: h.preact_zero_point,
                 activation: &h.activation,
             })
             .collect::<heapless::Vec<_, { runtime::MAX_HIDDEN_LAYERS }>>(),
         output: OutputLayer {
             in_dim: width as u16,
             out_dim: act as u16,
-            input_zero_point,
             weights: &out_weights,
             biases: &out_biases,
             scales: &out_scales,

@@ -488,13 +488,19 @@ fn fixture_asset_is_current() {
     );
 }
 
-/// Copy of `blob` with the input stage's and first layer's zero point set to `zero_point`
-/// (the fixture generator always uses 0 there), so the kernels' offset path runs on the
-/// observation inputs too.
-fn with_input_zero_point(blob: &[u8], zero_point: i8) -> Vec<u8> {
-    let mut parsed = runtime::PolicyBlob::parse(blob).unwrap();
-    parsed.input.zero_point = zero_point;
-    parsed.hidden[0].input_zero_point = zero_point;
+/// Copy of `blob` with every input scale multiplied by `gain`, so that many observation
+/// and flow-state codes saturate at ±32767 and the first layer's sums reach the int16
+/// extremes the accumulator bound allows for.
+fn with_input_gain(blob: &[u8], gain: f32) -> Vec<u8> {
+    let base = runtime::PolicyBlob::parse(blob).unwrap();
+    let scales: Vec<u8> = base
+        .input
+        .inv_scales
+        .chunks_exact(4)
+        .flat_map(|b| (f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * gain).to_le_bytes())
+        .collect();
+    let mut parsed = base.clone();
+    parsed.input.inv_scales = &scales;
     runtime::blob::encode(&parsed).unwrap()
 }
 
@@ -514,8 +520,11 @@ fn with_edge_output_stages(blob: &[u8], seed: u64) -> Vec<u8> {
             layer.multipliers.to_vec(),
             layer.shifts.to_vec(),
         );
-        let out_dim = layer.out_dim as usize;
+        let (in_dim, out_dim) = (layer.in_dim as usize, layer.out_dim as usize);
         for c in 0..out_dim {
+            let row = &layer.weights[c * in_dim..(c + 1) * in_dim];
+            let weight_sum: i64 = row.iter().map(|&w| (w as i8 as i64).abs()).sum();
+            let limit = (i32::MAX as i64 - weight_sum * 32767) as i32;
             let r = rng.next_u64();
             if r & 1 == 0 {
                 continue;
@@ -536,23 +545,27 @@ fn with_edge_output_stages(blob: &[u8], seed: u64) -> Vec<u8> {
             for set in 0..biases.len() / (4 * out_dim) {
                 let at = 4 * (set * out_dim + c);
                 let bias: i32 = match (rng.next_u64() >> 40) % 8 {
-                    0 => [i32::MIN, i32::MAX, i32::MIN + 1, -1, 0, 1 << 30][(r >> 48) as usize % 6],
-                    1 => rng.next_u64() as i32,
+                    0 => [-limit, limit, 1 - limit, -1, 0, limit / 2][(r >> 48) as usize % 6],
+                    1 => {
+                        (rng.next_u64() % (limit as u64 + 1)) as i32
+                            * if r >> 63 == 0 { 1 } else { -1 }
+                    }
                     _ => continue,
                 };
                 biases[at..at + 4].copy_from_slice(&bias.to_le_bytes());
             }
         }
-        let table: Vec<u8> = (0..256).map(|_| rng.next_u64() as u8).collect();
-        stages.push((biases, multipliers, shifts, table, rng.next_u64() as i8));
+        let table: Vec<u8> = (0..runtime::quant::TABLE_ENTRIES)
+            .flat_map(|_| (rng.next_u64() as i16).max(-32767).to_le_bytes())
+            .collect();
+        stages.push((biases, multipliers, shifts, table));
     }
     let mut parsed = base.clone();
-    for (layer, (biases, multipliers, shifts, table, zp)) in parsed.hidden.iter_mut().zip(&stages) {
+    for (layer, (biases, multipliers, shifts, table)) in parsed.hidden.iter_mut().zip(&stages) {
         layer.biases = biases;
         layer.multipliers = multipliers;
         layer.shifts = shifts;
         layer.activation = table;
-        layer.preact_zero_point = *zp;
     }
     let out = runtime::blob::encode(&parsed).unwrap();
     Policy::from_bytes(&out).expect("edge output stages are valid");
@@ -578,7 +591,7 @@ fn shape(obs_dim: usize, act_dim: usize, hidden: &[usize], nfe: usize, seed: u64
 fn output_stages_at_the_edges_are_bit_exact() {
     let blobs = [
         with_edge_output_stages(
-            &with_input_zero_point(&fixture_blob(&shape(13, 3, &[37, 20, 132], 2, 201)), -9),
+            &with_input_gain(&fixture_blob(&shape(13, 3, &[37, 20, 132], 2, 201)), 40.0),
             1,
         ),
         with_edge_output_stages(&fixture_blob(&shape(17, 6, &[256, 64, 256], 1, 202)), 2),
@@ -591,22 +604,22 @@ fn output_stages_at_the_edges_are_bit_exact() {
     }
 }
 
-/// The Cortex-M4 kernels (SXTB16/SADD16/SMLAD, four-row and one-row passes entered at a
-/// computed group, zero padding) against the host runtime on shapes that hit every edge:
-/// widths that are not multiples of 4 (ragged last rows take the exact path), layers
-/// narrower than one group, row counts that are not multiples of 4 or of the 32-row
-/// chunk, a single-row output, the widest layer the runtime accepts, nonzero input zero
-/// points on every layer, several flow steps. The fixtures saturate pre-activations and
-/// clamp actions.
+/// The Cortex-M4 kernels (PKHBT/PKHTB repacking, SXTB16/SMLAD, four-row and one-row
+/// passes entered at a computed group, zero padding, the interpolated tables) against the
+/// host runtime on shapes that hit every edge: widths that are not multiples of 4 (ragged
+/// last rows take the exact path), layers narrower than one group, row counts that are
+/// not multiples of 4 or of the 32-row chunk, a single-row output, the widest layer the
+/// runtime accepts, inputs saturated at ±32767, several flow steps. The fixtures
+/// saturate pre-activations and clamp actions.
 #[test]
 fn optimized_kernels_are_bit_exact_on_odd_shapes() {
     let blobs = [
         fixture_blob(&shape(13, 3, &[37, 5, 130], 2, 101)),
-        with_input_zero_point(&fixture_blob(&shape(30, 1, &[9, 64, 511], 1, 102)), -37),
-        with_input_zero_point(&fixture_blob(&shape(17, 6, &[256, 256, 256], 1, 103)), 11),
+        with_input_gain(&fixture_blob(&shape(30, 1, &[9, 64, 511], 1, 102)), 30.0),
+        fixture_blob(&shape(17, 6, &[256, 256, 256], 1, 103)),
         // Widths below one group of four, a three-row layer (one-row passes only), the
         // widest layer exactly (the whole unrolled body), a two-row output.
-        with_input_zero_point(&fixture_blob(&shape(1, 2, &[3, 512], 1, 104)), 5),
+        with_input_gain(&fixture_blob(&shape(1, 2, &[3, 512], 1, 104)), 100.0),
     ];
     for (i, blob) in blobs.iter().enumerate() {
         let policy = Policy::from_bytes(blob).unwrap();

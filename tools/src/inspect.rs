@@ -40,7 +40,7 @@ pub fn describe(bytes: &[u8]) -> Result<String, runtime::BlobError> {
     let _ = writeln!(s, "action bounds {}", bounds.join(" "));
     let _ = writeln!(
         s,
-        "provenance    trainer {} @ {}, {} env steps, seed {}, return float {} / int8 {}",
+        "provenance    trainer {} @ {}, {} env steps, seed {}, return float {} / quantized {}",
         p.trainer_version,
         p.git_revision,
         p.env_steps,
@@ -50,18 +50,19 @@ pub fn describe(bytes: &[u8]) -> Result<String, runtime::BlobError> {
     );
     let _ = writeln!(
         s,
-        "input         obs clip ±{}, zero point {}",
-        b.input.obs_clip, b.input.zero_point
+        "input         obs clip ±{}, int16 symmetric, one scale per element",
+        b.input.obs_clip
     );
     let mut weight_bytes = 0;
     for (i, l) in b.hidden.iter().enumerate() {
         let bias_sets = l.biases.len() / (4 * l.out_dim as usize);
         let _ = writeln!(
             s,
-            "hidden {i}      {:>4} -> {:<4} int8 weights {:>7} B, bias sets {bias_sets}, LUT 256 B",
+            "hidden {i}      {:>4} -> {:<4} int8 weights {:>7} B, bias sets {bias_sets}, int16 table {} B",
             l.in_dim,
             l.out_dim,
-            l.weights.len()
+            l.weights.len(),
+            l.activation.len()
         );
         weight_bytes += l.weights.len();
     }

@@ -1,8 +1,9 @@
 //! `trainer export`: run directory → int8 blob, golden vectors and a fidelity report.
 //!
 //! Calibrates activation ranges on the run's recorded states, quantizes
-//! ([`crate::quantize`]), then measures the int8 policy against the float one: action
-//! error on held-out states and returns over the same episode seeds. A blob whose action
+//! ([`crate::quantize`]), then measures the quantized policy against the float one:
+//! action error on held-out states, for the whole runtime and for each quantization stage
+//! alone (replayed in float), and returns over the same episode seeds. A blob whose action
 //! error exceeds the stated bound is not written.
 
 use std::path::{Path, PathBuf};
@@ -17,15 +18,15 @@ use sim::rollout::run_episode;
 use sim::run_dir::{write_json, Normalizer, RunConfig, RunDir};
 use tch::{Kind, Tensor};
 
-use crate::quantize::quantize;
+use crate::quantize::{quantize, Plan};
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     pub out: PathBuf,
     /// Episodes (seeds 0..n) over which float and int8 returns are compared; 0 skips.
     pub episodes: usize,
-    /// Largest accepted |a_int8 − a_float| on held-out states, in units of the action's
-    /// half-range (actions live in [−1, 1] before scaling to the env's bounds).
+    /// Largest accepted |a_quantized − a_float| on held-out states, in units of the
+    /// action's half-range (actions live in [−1, 1] before scaling to the env's bounds).
     pub max_action_error: f64,
     /// Golden vectors to write (half deterministic, half stochastic).
     pub golden: usize,
@@ -43,6 +44,8 @@ pub struct FidelityReport {
     pub max_action_error: f64,
     pub mean_action_error: f64,
     pub action_error_bound: f64,
+    /// The held-out action error of each quantization stage alone, then of the runtime.
+    pub stages: Vec<StageError>,
     pub episodes: usize,
     pub float_return: Option<f64>,
     pub int8_return: Option<f64>,
@@ -68,6 +71,18 @@ impl std::fmt::Display for FidelityReport {
             self.held_out_states,
             self.calibration_states
         )?;
+        writeln!(
+            f,
+            "  {:<46} {:>9} {:>9} {:>9} {:>9}",
+            "stage (alone; half-range units)", "max", "p99", "median", "mean"
+        )?;
+        for s in &self.stages {
+            writeln!(
+                f,
+                "  {:<46} {:>9.5} {:>9.5} {:>9.6} {:>9.6}",
+                s.stage, s.max, s.p99, s.median, s.mean
+            )?;
+        }
         match (self.float_return, self.int8_return) {
             (Some(fl), Some(q)) => writeln!(
                 f,
@@ -77,6 +92,36 @@ impl std::fmt::Display for FidelityReport {
             _ => writeln!(f, "return          not evaluated")?,
         }
         write!(f, "golden vectors  {}", self.golden_vectors)
+    }
+}
+
+/// Held-out action error (half-range units) of one quantization stage alone, or of the
+/// whole runtime (`stage` = "runtime (all stages, integer kernels)").
+#[derive(Debug, Clone, Serialize)]
+pub struct StageError {
+    pub stage: String,
+    pub max: f64,
+    pub p99: f64,
+    pub median: f64,
+    pub mean: f64,
+}
+
+impl StageError {
+    fn of(stage: &str, mut errors: Vec<f64>) -> Self {
+        errors.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            errors
+                .get(((errors.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        Self {
+            stage: stage.to_string(),
+            max: errors.last().copied().unwrap_or(0.0),
+            p99: at(0.99),
+            median: at(0.5),
+            mean: errors.iter().sum::<f64>() / errors.len().max(1) as f64,
+        }
     }
 }
 
@@ -118,30 +163,53 @@ pub fn checkpoint_tensors(weights: &[(String, Tensor)]) -> Result<Vec<Checkpoint
         .collect()
 }
 
-/// Largest and mean action error (in half-range units) of the int8 policy on `states`.
-fn action_error(
+/// Every action element's error |a − a_float| (half-range units) over `states`, with `a`
+/// from `act` and the float policy deterministic (z = 0).
+fn action_errors(
     float: &FloatPolicy,
+    states: &[Vec<f32>],
+    mut act: impl FnMut(&[f32]) -> Result<Vec<f32>>,
+) -> Result<Vec<f64>> {
+    let zero = vec![0f32; float.act_dim];
+    let mut errors = Vec::with_capacity(states.len() * float.act_dim);
+    for obs in states {
+        let reference = float.act(obs, &zero);
+        for (c, (q, f)) in act(obs)?.into_iter().zip(reference).enumerate() {
+            let half = 0.5 * (float.meta.action_high[c] - float.meta.action_low[c]) as f64;
+            errors.push((q as f64 - f as f64).abs() / half);
+        }
+    }
+    Ok(errors)
+}
+
+/// The held-out error of each stage alone (replayed in float), then of the runtime.
+fn stage_errors(
+    float: &FloatPolicy,
+    plan: &Plan,
     policy: &Policy<'_>,
     states: &[Vec<f32>],
-) -> Result<(f64, f64)> {
+) -> Result<Vec<StageError>> {
+    let mut out = Vec::new();
+    for stage in plan.stages() {
+        let errors = action_errors(float, states, |obs| {
+            Ok(plan.stage_policy_act(float, stage, obs))
+        })?;
+        out.push(StageError::of(&plan.stage_name(stage), errors));
+    }
     let mut scratch = Scratch::new();
-    let mut action = vec![0f32; float.act_dim];
-    let zero = vec![0f32; float.act_dim];
-    let (mut max, mut sum, mut n) = (0f64, 0f64, 0usize);
-    for obs in states {
+    let errors = action_errors(float, states, |obs| {
+        let mut action = vec![0f32; float.act_dim];
         policy
             .act(obs, NoiseMode::Deterministic, &mut scratch, &mut action)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for (c, (&q, f)) in action.iter().zip(float.act(obs, &zero)).enumerate() {
-            let half = 0.5 * (float.meta.action_high[c] - float.meta.action_low[c]) as f64;
-            let err = (q as f64 - f as f64).abs() / half;
-            max = max.max(err);
-            sum += err;
-            n += 1;
-        }
-    }
-    Ok((max, sum / n.max(1) as f64))
+        Ok(action)
+    })?;
+    out.push(StageError::of(RUNTIME_STAGE, errors));
+    Ok(out)
 }
+
+/// The [`StageError::stage`] of the whole runtime.
+pub const RUNTIME_STAGE: &str = "runtime (all stages, integer kernels)";
 
 /// Mean return over `episodes` seeds of the float and of the int8 policy (deterministic).
 fn compare_returns(
@@ -229,13 +297,20 @@ pub fn export(run: &Path, opts: &ExportOptions) -> Result<FidelityReport> {
     let calibration: Vec<Vec<f32>> = calibration.into_iter().map(|(_, s)| s).collect();
 
     let draft = quantize(&float, &calibration, 0)?;
-    let draft_policy = Policy::from_bytes(&draft)
+    let draft_policy = Policy::from_bytes(&draft.bytes)
         .map_err(|e| anyhow::anyhow!("exported blob does not parse: {e}"))?;
-    let (max_err, mean_err) = action_error(&float, &draft_policy, &held_out)?;
+    let stages = stage_errors(&float, &draft.plan, &draft_policy, &held_out)?;
+    let runtime_error = stages.last().expect("the runtime's row is always there");
+    let (max_err, mean_err) = (runtime_error.max, runtime_error.mean);
     if max_err > opts.max_action_error {
+        let table: Vec<String> = stages
+            .iter()
+            .map(|s| format!("{}: max {:.4}, mean {:.5}", s.stage, s.max, s.mean))
+            .collect();
         bail!(
-            "int8 policy diverges from the float policy: max action error {max_err:.4} > bound {} (half-range units); blob not written",
-            opts.max_action_error
+            "quantized policy diverges from the float policy: max action error {max_err:.4} > bound {} (half-range units); blob not written. Per stage: {}",
+            opts.max_action_error,
+            table.join("; ")
         );
     }
     let returns = if opts.episodes > 0 {
@@ -268,6 +343,7 @@ pub fn export(run: &Path, opts: &ExportOptions) -> Result<FidelityReport> {
         max_action_error: max_err,
         mean_action_error: mean_err,
         action_error_bound: opts.max_action_error,
+        stages,
         episodes: opts.episodes,
         float_return: returns.map(|r| r.0),
         int8_return: returns.map(|r| r.1),

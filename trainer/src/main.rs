@@ -49,7 +49,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Quantize a run's policy to an int8 blob with golden vectors and a fidelity report.
+    /// Quantize a run's policy to a blob (int8 weights, int16 activations) with golden
+    /// vectors and a per-stage fidelity report.
     Export {
         /// Run directory (from `trainer init` or `trainer train`).
         run: PathBuf,

@@ -1,130 +1,120 @@
-//! Post-training int8 quantization of a flow policy into a runtime blob (DESIGN §6).
+//! Post-training quantization of a flow policy into a runtime blob (DESIGN §6): int8
+//! weights, int16 activations (the "16x8" scheme of TFLite Micro and CMSIS-NN).
 //!
 //! Input: the policy as plain f32 arrays ([`FloatPolicy`], read from the run's checkpoint
 //! or the agent's tensors with the time embedding already folded into per-step
-//! first-layer biases) and calibration observations. Output: the blob bytes the `runtime` evaluates.
+//! first-layer biases) and calibration observations. Output: the blob bytes the `runtime`
+//! evaluates, and the [`Plan`] (every scale and code) that the per-stage fidelity report
+//! replays in float.
 //!
-//! The scheme (TFLite / CMSIS-NN):
+//! The scheme:
+//! - inputs: symmetric int16, one scale per element (`s_i = headroom · max|x_i| / 32767`),
+//!   folded into the first layer's weight columns so that layer sees an input scale of 1;
 //! - weights: symmetric per output channel, int8 in [−127, 127], `s_w[c] = max|W[c,:]| / 127`;
-//! - activations: asymmetric per tensor, `s = (max − min) / 255` over the calibration
-//!   data (the range always contains 0), zero point so that `min ↦ −128` (optionally
-//!   clipped by [`refine`], see [`Calibration`]);
 //! - bias: int32 at scale `s_in · s_w[c]`;
-//! - requantization of each hidden pre-activation by the fixed-point multiplier
-//!   `s_in · s_w[c] / s_pre` (see `runtime::quant`);
-//! - the activation function as a 256-entry table from the pre-activation code to the
-//!   output code, computed here in f64: exact by construction on every platform;
-//! - the output layer is dequantized per channel in f32 (`u = acc · s_in · s_w[c]`).
+//! - pre-activations: symmetric int16 per layer, `s_pre = headroom · max|pre| / 32767`
+//!   over the calibration data, reached by the fixed-point multiplier `s_in · s_w[c] /
+//!   s_pre` (see `runtime::quant`);
+//! - the activation function as a 513-entry int16 table over the whole int16
+//!   pre-activation range, interpolated by the runtime; its output scale covers the
+//!   function over that range (`s_post = max|f| / 32767`), so no output ever saturates;
+//! - the output layer is dequantized per channel in f32 (`u = acc · s_in · s_w[c]`);
+//! - every row's worst-case accumulator (`Σ|w| · 32767 + |bias|`) is checked against
+//!   int32: a layer that could overflow is refused with its name.
 
 use anyhow::{bail, ensure, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use runtime::blob::{self, HiddenLayer, InputStage, Metadata, OutputLayer, PolicyBlob, Provenance};
-use runtime::noise::SplitMix64;
-use runtime::quant::quantize_multiplier;
-use runtime::{NoiseMode, Policy, Scratch};
+use runtime::quant::{quantize_multiplier, ACTIVATION_MAX, TABLE_ENTRIES};
 use sim::float_policy::{DenseF32, FloatPolicy, Probe};
 
-/// What one float forward pass saw, for calibration.
-#[derive(Debug, Clone, Default)]
-struct Ranges {
-    /// Per input element (obs_dim + act_dim).
-    input: Vec<(f64, f64)>,
-    preact: Vec<(f64, f64)>,
-    postact: Vec<(f64, f64)>,
+/// `Σ x xᵀ` of one dense layer's inputs over the calibration data (lower triangle,
+/// row-major `dim × dim`): what [`round_weights`] needs to know which output errors the
+/// data would show.
+#[derive(Debug, Clone)]
+struct Gram {
+    dim: usize,
+    sum: Vec<f64>,
 }
 
-fn widen(r: &mut (f64, f64), values: &[f64]) {
-    for &v in values {
-        r.0 = r.0.min(v);
-        r.1 = r.1.max(v);
+impl Gram {
+    fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            sum: vec![0.0; dim * dim],
+        }
     }
+
+    fn add(&mut self, x: &[f64]) {
+        for (i, &xi) in x.iter().enumerate().take(self.dim) {
+            if xi != 0.0 {
+                let row = &mut self.sum[i * self.dim..i * self.dim + i + 1];
+                for (s, &xj) in row.iter_mut().zip(x) {
+                    *s += xi * xj;
+                }
+            }
+        }
+    }
+
+    /// The full symmetric matrix for inputs measured in units of `column_scales` (empty:
+    /// unchanged).
+    fn scaled(&self, column_scales: &[f64]) -> Vec<f64> {
+        let n = self.dim;
+        let unit = |i: usize| column_scales.get(i).copied().unwrap_or(1.0);
+        let mut full = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..=i {
+                let v = self.sum[i * n + j] / (unit(i) * unit(j));
+                full[i * n + j] = v;
+                full[j * n + i] = v;
+            }
+        }
+        full
+    }
+}
+
+/// What the calibration data showed: the largest magnitude of each tensor, and each dense
+/// layer's input Gram matrix.
+#[derive(Debug, Clone)]
+struct Ranges {
+    /// Per input element (obs_dim + act_dim).
+    input: Vec<f64>,
+    /// Per hidden layer.
+    preact: Vec<f64>,
+    /// Per dense layer (the hidden layers, then the output layer), in float units.
+    grams: Vec<Gram>,
 }
 
 impl Ranges {
-    /// Widens the range of the tensor `probe` shows to contain its values.
+    /// Widens the range of the tensor `probe` shows to contain its values, and adds the
+    /// inputs of a dense layer to its Gram matrix.
     fn record(&mut self, probe: Probe<'_>) {
+        let widen = |m: &mut f64, v: f64| *m = m.max(v.abs());
         match probe {
             Probe::Input(x) => {
-                for (range, &v) in self.input.iter_mut().zip(x) {
-                    widen(range, &[v]);
+                for (m, &v) in self.input.iter_mut().zip(x.iter()) {
+                    widen(m, v);
                 }
+                self.grams[0].add(x);
             }
-            Probe::PreActivation { layer, values } => widen(&mut self.preact[layer], values),
-            Probe::PostActivation { layer, values } => widen(&mut self.postact[layer], values),
+            Probe::PreActivation { layer, values } => values
+                .iter()
+                .for_each(|&v| widen(&mut self.preact[layer], v)),
+            Probe::PostActivation { layer, values } => self.grams[layer + 1].add(values),
         }
     }
-}
-
-/// Affine int8 quantization of one tensor: `real = scale · (q − zero_point)`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TensorQuant {
-    pub scale: f64,
-    pub zero_point: i32,
-}
-
-impl TensorQuant {
-    /// Cover `[min, max]` (widened to contain 0) with the 256 int8 codes.
-    pub fn from_range(min: f64, max: f64) -> Self {
-        let (min, max) = (min.min(0.0), max.max(0.0));
-        let scale = ((max - min) / 255.0).max(1e-8);
-        let zero_point = (-128.0 - min / scale).round().clamp(-128.0, 127.0) as i32;
-        Self { scale, zero_point }
-    }
-
-    pub fn quantize(&self, x: f64) -> i8 {
-        ((x / self.scale).round() + self.zero_point as f64).clamp(-128.0, 127.0) as i8
-    }
-
-    pub fn dequantize(&self, q: i8) -> f64 {
-        self.scale * (q as i32 - self.zero_point) as f64
-    }
-}
-
-/// Per-channel symmetric int8 weights; returns the codes and the scales.
-fn quantize_weights(layer: &DenseF32) -> (Vec<u8>, Vec<f64>) {
-    let mut codes = Vec::with_capacity(layer.weight.len());
-    let mut scales = Vec::with_capacity(layer.out_dim);
-    for c in 0..layer.out_dim {
-        let row = &layer.weight[c * layer.in_dim..(c + 1) * layer.in_dim];
-        let max_abs = row.iter().fold(0f64, |m, &w| m.max((w as f64).abs()));
-        let scale = if max_abs > 0.0 { max_abs / 127.0 } else { 1.0 };
-        codes.extend(
-            row.iter()
-                .map(|&w| ((w as f64 / scale).round().clamp(-127.0, 127.0) as i8) as u8),
-        );
-        scales.push(scale);
-    }
-    (codes, scales)
-}
-
-fn quantize_bias(bias: &[f32], s_in: f64, s_w: &[f64]) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(4 * bias.len());
-    for (c, &b) in bias.iter().enumerate() {
-        let q = (b as f64 / (s_in * s_w[c])).round();
-        ensure!(
-            q.abs() < (1u64 << 30) as f64,
-            "bias {b} of channel {c} does not fit int32 at its scale"
-        );
-        out.extend_from_slice(&(q as i32).to_le_bytes());
-    }
-    Ok(out)
-}
-
-fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
-    values.into_iter().flat_map(f32::to_le_bytes).collect()
 }
 
 /// Calibration inputs: each observation in deterministic mode (z = 0) and with one
 /// stochastic base sample, so the ranges cover both runtime modes.
 fn calibrate(policy: &FloatPolicy, observations: &[Vec<f32>], seed: u64) -> Ranges {
-    let layers = policy.hidden.len();
-    let empty = (f64::INFINITY, f64::NEG_INFINITY);
-    let inputs = policy.obs_dim + policy.act_dim;
+    let mut grams: Vec<Gram> = policy.hidden.iter().map(|l| Gram::new(l.in_dim)).collect();
+    grams.push(Gram::new(policy.output.in_dim));
     let mut ranges = Ranges {
-        input: vec![empty; inputs],
-        preact: vec![empty; layers],
-        postact: vec![empty; layers],
+        input: vec![0.0; policy.obs_dim + policy.act_dim],
+        preact: vec![0.0; policy.hidden.len()],
+        grams,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for obs in observations {
@@ -137,205 +127,393 @@ fn calibrate(policy: &FloatPolicy, observations: &[Vec<f32>], seed: u64) -> Rang
     ranges
 }
 
-/// Factors by which [`refine`] may shrink a calibrated range (1 keeps the min/max range).
-const CLIP_FACTORS: [f64; 10] = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2];
-/// Calibration states [`refine`] evaluates (a strided subset of the calibration set).
-const REFINE_STATES: usize = 512;
+/// Input ranges are widened by this factor before quantization: states outside the
+/// calibration set (the next episode's fastest joint) would otherwise saturate, and a
+/// saturated input was the largest error of the int8 scheme on held-out states. With 15
+/// bits of magnitude the headroom costs 2 bits of a resolution that is no longer the
+/// limit.
+const INPUT_HEADROOM: f64 = 4.0;
+/// Pre-activation ranges are widened by this factor: a saturated pre-activation clips the
+/// unit's output, while the table's interpolation error grows only with the square of
+/// the scale (intervals of 128 codes).
+const PREACT_HEADROOM: f64 = 1.5;
 
-/// The tensors [`refine`] tunes: all observation inputs together, and each hidden layer's
-/// pre- and post-activation range.
-#[derive(Debug, Clone, Copy)]
-enum Tensor {
-    Observations,
-    Preact(usize),
-    Postact(usize),
+/// Symmetric int16 scale covering `±max_abs` (never 0).
+fn int16_scale(max_abs: f64) -> f64 {
+    (max_abs / ACTIVATION_MAX as f64).max(1e-12)
 }
 
-fn scaled(base: &Ranges, policy: &FloatPolicy, tensor: Tensor, factor: f64) -> Ranges {
-    let mut r = base.clone();
-    let shrink = |range: &mut (f64, f64)| *range = (range.0 * factor, range.1 * factor);
-    match tensor {
-        Tensor::Observations => r.input[..policy.obs_dim].iter_mut().for_each(shrink),
-        Tensor::Preact(l) => shrink(&mut r.preact[l]),
-        Tensor::Postact(l) => shrink(&mut r.postact[l]),
-    }
-    r
+/// Round to the nearest code, halves away from zero, saturated to ±`limit`.
+fn code(x: f64, limit: f64) -> f64 {
+    x.round().clamp(-limit, limit)
 }
 
-/// Min/max ranges are set by rare outliers; clipping them buys resolution for the bulk of
-/// the values. For each tensor, in turn (two sweeps), keep the clip factor that minimizes
-/// the int8 policy's mean squared action error against the float policy on calibration
-/// states (both modes, the runtime's own noise), measured with the runtime itself. Only
-/// calibration states are used, so held-out error stays an honest measurement.
-fn refine(policy: &FloatPolicy, observations: &[Vec<f32>], calibrated: &Ranges) -> Result<Ranges> {
-    let stride = observations.len().div_ceil(REFINE_STATES).max(1);
-    let cases: Vec<(&Vec<f32>, NoiseMode, Vec<f32>)> = observations
-        .iter()
-        .step_by(stride)
-        .enumerate()
-        .map(|(i, obs)| {
-            let (mode, z0) = if i % 2 == 0 {
-                (NoiseMode::Deterministic, vec![0.0; policy.act_dim])
+/// One dense layer's integer parameters.
+#[derive(Debug, Clone)]
+struct DensePlan {
+    in_dim: usize,
+    out_dim: usize,
+    /// int8 codes, row-major.
+    weights: Vec<i8>,
+    /// Per output channel.
+    weight_scales: Vec<f64>,
+    /// Scale of the layer's int16 input (1 for the first layer, whose input scales are
+    /// folded into its weights).
+    input_scale: f64,
+    /// int32 codes at `input_scale · weight_scales[c]`: one set per flow step for the first
+    /// layer, one set otherwise.
+    bias_sets: Vec<Vec<i32>>,
+}
+
+/// A hidden layer: the dense part, then requantization and the activation table.
+#[derive(Debug, Clone)]
+struct HiddenPlan {
+    dense: DensePlan,
+    preact_scale: f64,
+    postact_scale: f64,
+    /// [`TABLE_ENTRIES`] output codes.
+    table: Vec<i16>,
+}
+
+/// Every scale and code of a quantized policy: what the blob stores, kept in a form the
+/// fidelity report can replay stage by stage.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Per input element: the int16 code of `x` is `round(x / input_scales[i])`.
+    input_scales: Vec<f64>,
+    hidden: Vec<HiddenPlan>,
+    output: DensePlan,
+}
+
+/// Lower Cholesky factor of the symmetric positive definite `a` (`n × n`), or `None`
+/// where a pivot is not positive.
+fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let dot: f64 = (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum();
+            let v = a[i * n + j] - dot;
+            if i == j {
+                if !(v > 0.0 && v.is_finite()) {
+                    return None;
+                }
+                l[i * n + i] = v.sqrt();
             } else {
-                let seed = i as u64;
-                let mut rng = SplitMix64::new(seed);
-                let z0 = (0..policy.act_dim)
-                    .map(|_| rng.next_gaussian() * policy.meta.noise_std)
-                    .collect();
-                (NoiseMode::Stochastic { seed }, z0)
-            };
-            (obs, mode, policy.act(obs, &z0))
-        })
-        .collect();
-    let half: Vec<f64> = (0..policy.act_dim)
-        .map(|c| 0.5 * (policy.meta.action_high[c] - policy.meta.action_low[c]) as f64)
-        .collect();
-    // (mean squared error, largest error) in half-range units.
-    let error = |ranges: &Ranges| -> Option<(f64, f64)> {
-        let bytes = build(policy, ranges).ok()?;
-        let int8 = Policy::from_bytes(&bytes).ok()?;
-        let mut scratch = Scratch::new();
-        let mut action = vec![0f32; policy.act_dim];
-        let (mut sum, mut max) = (0.0, 0f64);
-        for (obs, mode, float) in &cases {
-            int8.act(obs, *mode, &mut scratch, &mut action).ok()?;
-            for c in 0..policy.act_dim {
-                let e = (action[c] as f64 - float[c] as f64) / half[c];
-                sum += e * e;
-                max = max.max(e.abs());
+                l[i * n + j] = v / l[j * n + j];
             }
         }
-        Some((sum / (cases.len() * policy.act_dim) as f64, max))
-    };
-    let mut tensors = vec![Tensor::Observations];
-    for l in 0..policy.hidden.len() {
-        tensors.extend([Tensor::Preact(l), Tensor::Postact(l)]);
     }
-    let mut factors = vec![1.0; tensors.len()];
-    let with = |factors: &[f64]| {
-        tensors
-            .iter()
-            .zip(factors)
-            .fold(calibrated.clone(), |r, (&t, &f)| scaled(&r, policy, t, f))
-    };
-    let (mut best, max_minmax) =
-        error(calibrated).context("min/max calibration does not quantize")?;
-    for _sweep in 0..2 {
-        for t in 0..tensors.len() {
-            for &f in &CLIP_FACTORS {
-                let mut candidate = factors.clone();
-                candidate[t] = f;
-                // Lower mean squared error without a larger worst case than min/max.
-                if let Some((e, max)) = error(&with(&candidate)) {
-                    if e < best && max <= max_minmax {
-                        (best, factors) = (e, candidate);
+    Some(l)
+}
+
+/// The upper factor `U` of `H⁻¹ = Uᵀ U` for a damped copy of `gram` (`H + λ·I`, λ 1 % of
+/// the mean diagonal, raised tenfold until the factorization succeeds), the order in
+/// which GPTQ visits the columns (largest diagonal first), all in that order.
+fn inverse_factor(gram: &[f64], n: usize) -> Option<(Vec<f64>, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| gram[b * n + b].total_cmp(&gram[a * n + a]));
+    let mean_diag = (0..n).map(|i| gram[i * n + i]).sum::<f64>() / n.max(1) as f64;
+    let mut damping = 0.01 * mean_diag.max(1e-12);
+    for _ in 0..6 {
+        let mut h = vec![0.0; n * n];
+        for (i, &oi) in order.iter().enumerate() {
+            for (j, &oj) in order.iter().enumerate() {
+                h[i * n + j] = gram[oi * n + oj];
+            }
+            // An input that never varies (dead) gets a unit diagonal, as in GPTQ.
+            if h[i * n + i] == 0.0 {
+                h[i * n + i] = 1.0;
+            }
+            h[i * n + i] += damping;
+        }
+        if let Some(l) = cholesky(&h, n) {
+            // L⁻¹ by forward substitution, then H⁻¹ = L⁻ᵀ L⁻¹.
+            let mut inv = vec![0.0; n * n];
+            for c in 0..n {
+                for i in c..n {
+                    let s: f64 = (c..i).map(|k| l[i * n + k] * inv[k * n + c]).sum();
+                    let e = if i == c { 1.0 } else { 0.0 };
+                    inv[i * n + c] = (e - s) / l[i * n + i];
+                }
+            }
+            let mut h_inv = vec![0.0; n * n];
+            for i in 0..n {
+                for j in 0..=i {
+                    let v: f64 = (i..n).map(|k| inv[k * n + i] * inv[k * n + j]).sum();
+                    h_inv[i * n + j] = v;
+                    h_inv[j * n + i] = v;
+                }
+            }
+            if let Some(l2) = cholesky(&h_inv, n) {
+                let mut upper = vec![0.0; n * n];
+                for i in 0..n {
+                    for j in i..n {
+                        upper[i * n + j] = l2[j * n + i];
+                    }
+                }
+                return Some((upper, order));
+            }
+        }
+        damping *= 10.0;
+    }
+    None
+}
+
+/// Per-channel symmetric int8 weights of a row-major `out_dim × in_dim` matrix: the codes
+/// and the scales (`s_w[c] = max|W[c,:]| / 127`).
+///
+/// The codes are chosen by GPTQ (Frantar et al., 2023) where the layer's input Gram
+/// matrix `gram` (inputs in the units the weights multiply) is known: column by column,
+/// largest input energy first, each weight is rounded and its rounding error is spread
+/// over the row's weights not yet rounded, weighted by the inverse Gram matrix, so that
+/// the row's output on the calibration inputs moves least. Without it (or where the
+/// factorization fails) each weight is rounded to the nearest code.
+fn round_weights(
+    weight: &[f64],
+    in_dim: usize,
+    out_dim: usize,
+    gram: Option<&[f64]>,
+) -> (Vec<i8>, Vec<f64>) {
+    let factor = gram.and_then(|g| inverse_factor(g, in_dim));
+    let mut codes = vec![0i8; weight.len()];
+    let mut scales = Vec::with_capacity(out_dim);
+    for (row, out) in weight
+        .chunks_exact(in_dim.max(1))
+        .zip(codes.chunks_exact_mut(in_dim.max(1)))
+        .take(out_dim)
+    {
+        let max_abs = row.iter().fold(0f64, |m, &w| m.max(w.abs()));
+        let scale = if max_abs > 0.0 { max_abs / 127.0 } else { 1.0 };
+        match &factor {
+            Some((upper, order)) => {
+                let n = in_dim;
+                let mut w: Vec<f64> = order.iter().map(|&i| row[i]).collect();
+                for i in 0..n {
+                    let q = code(w[i] / scale, 127.0);
+                    out[order[i]] = q as i8;
+                    let err = (w[i] - q * scale) / upper[i * n + i];
+                    for j in i + 1..n {
+                        w[j] -= err * upper[i * n + j];
                     }
                 }
             }
+            None => {
+                for (o, &w) in out.iter_mut().zip(row) {
+                    *o = code(w / scale, 127.0) as i8;
+                }
+            }
         }
+        scales.push(scale);
     }
-    Ok(with(&factors))
+    (codes, scales)
 }
 
-/// How activation ranges are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Calibration {
-    /// The min/max of each tensor over the calibration data (the default).
-    MinMax,
-    /// Min/max, then clipped per tensor by [`refine`]. Measured on untrained 3×256
-    /// FLAME-M HalfCheetah policies (held-out states, half-range units): mean error
-    /// 0–11 % lower, but the worst case went from 0.366 to 0.401 in one of six cases
-    /// (1,200 calibration states), so it is not the default.
-    Refined,
+/// The dense layer `layer` quantized, its input columns multiplied by `column_scales`
+/// (the first layer's folded input scales; empty for the others), with its int16 input
+/// at `input_scale`; `bias_sets` are the float biases to store; `gram` the Gram matrix
+/// of its float inputs, if its weights are to be rounded by GPTQ.
+fn plan_dense(
+    name: &str,
+    layer: &DenseF32,
+    column_scales: &[f64],
+    input_scale: f64,
+    bias_sets: &[Vec<f32>],
+    gram: Option<&Gram>,
+) -> Result<DensePlan> {
+    let unit = |i: usize| column_scales.get(i).copied().unwrap_or(1.0);
+    let folded: Vec<f64> = layer
+        .weight
+        .iter()
+        .enumerate()
+        .map(|(k, &w)| w as f64 * unit(k % layer.in_dim))
+        .collect();
+    let gram = gram.map(|g| g.scaled(column_scales));
+    let (weights, weight_scales) =
+        round_weights(&folded, layer.in_dim, layer.out_dim, gram.as_deref());
+    let bias_sets: Vec<Vec<i32>> = bias_sets
+        .iter()
+        .map(|bias| {
+            bias.iter()
+                .zip(&weight_scales)
+                .map(|(&b, &sw)| code(b as f64 / (input_scale * sw), i32::MAX as f64) as i32)
+                .collect()
+        })
+        .collect();
+    // The runtime's accumulator bound (the parser checks the same): refuse here, naming
+    // the channel, rather than write a blob that the runtime refuses.
+    for c in 0..layer.out_dim {
+        let row = &weights[c * layer.in_dim..(c + 1) * layer.in_dim];
+        let weight_sum: i64 = row.iter().map(|&w| (w as i64).abs()).sum();
+        let bias = bias_sets
+            .iter()
+            .map(|b| (b[c] as i64).abs())
+            .max()
+            .unwrap_or(0);
+        let worst = weight_sum * ACTIVATION_MAX as i64 + bias;
+        ensure!(
+            worst <= i32::MAX as i64,
+            "{name} channel {c}: worst-case accumulator {worst} exceeds int32 (Σ|w| = \
+             {weight_sum}, bias code {bias}); the layer cannot be quantized with an int32 \
+             accumulator"
+        );
+    }
+    Ok(DensePlan {
+        in_dim: layer.in_dim,
+        out_dim: layer.out_dim,
+        weights,
+        weight_scales,
+        input_scale,
+        bias_sets,
+    })
 }
 
-/// Quantize `policy` with min/max activation ranges calibrated on `calibration_obs` and
-/// encode the blob.
-pub fn quantize(policy: &FloatPolicy, calibration_obs: &[Vec<f32>], seed: u64) -> Result<Vec<u8>> {
-    quantize_with(policy, calibration_obs, seed, Calibration::MinMax)
+/// The activation table: entry k is `f` at the pre-activation code −32768 + 128·k, as a
+/// code at `postact_scale`, which covers `|f|` over all 513 knots (so every entry is
+/// within ±32767 and the interpolation never saturates).
+fn activation_table(policy: &FloatPolicy, preact_scale: f64) -> (Vec<i16>, f64) {
+    let values: Vec<f64> = (0..TABLE_ENTRIES)
+        .map(|k| {
+            policy
+                .activation
+                .apply(preact_scale * (-32768.0 + 128.0 * k as f64))
+        })
+        .collect();
+    let postact_scale = int16_scale(values.iter().fold(0f64, |m, v| m.max(v.abs())));
+    let table = values
+        .iter()
+        .map(|&v| code(v / postact_scale, ACTIVATION_MAX as f64) as i16)
+        .collect();
+    (table, postact_scale)
 }
 
-/// [`quantize`] with a choice of calibration.
-pub fn quantize_with(
-    policy: &FloatPolicy,
-    calibration_obs: &[Vec<f32>],
-    seed: u64,
-    calibration: Calibration,
-) -> Result<Vec<u8>> {
-    policy.validate()?;
-    ensure!(!calibration_obs.is_empty(), "no calibration observations");
-    let ranges = calibrate(policy, calibration_obs, seed);
-    let ranges = match calibration {
-        Calibration::MinMax => ranges,
-        Calibration::Refined => refine(policy, calibration_obs, &ranges)?,
-    };
-    build(policy, &ranges)
-}
-
-/// Observation ranges are widened by this factor before quantization. States outside
-/// the calibration set (the next episode's fastest joint) otherwise saturate at ±127,
-/// and a saturated input was the largest int8 error on held-out states: on an untrained
-/// 3×256 HalfCheetah policy the max action error fell from 0.37 to 0.095 (half-range
-/// units) with 1.5, mean error unchanged (0.0181); 2.0 gave 0.108.
-const INPUT_HEADROOM: f64 = 1.5;
-
-/// Encode the blob for `policy` with the given activation ranges.
-fn build(policy: &FloatPolicy, ranges: &Ranges) -> Result<Vec<u8>> {
-    // Inputs: symmetric, one scale per element (zero point 0), with headroom past the
-    // calibrated extremes. The scale s_i is folded into the first layer's weight column
-    // i, so that layer sees an input scale of 1.
-    let input_scales: Vec<f64> = ranges
+/// The int16 input scales. The smallest scale that keeps input `i` unsaturated is
+/// `r_i = headroom · max|x_i| / 32767`; folded into the first layer, it makes column `i`'s
+/// largest weight `m_i = max_c |W_ci| · r_i`. Per-row int8 weight scales are set by the
+/// largest column, so a column with a small `m_i` gets a few codes only, and its weight
+/// rounding error (times inputs of up to 32767 / headroom codes) dominates the layer's
+/// error while its inputs' own rounding costs almost nothing. Raising its scale to
+/// `s_i = r_i · (M / m_i)^α` (`M = max_i m_i`) moves error from the weights to the inputs,
+/// as SmoothQuant migrates it; α = [`INPUT_EQUALIZATION`].
+fn input_scales(policy: &FloatPolicy, ranges: &Ranges) -> Vec<f64> {
+    let first = &policy.hidden[0];
+    let minimal: Vec<f64> = ranges
         .input
         .iter()
-        .map(|&(lo, hi)| (INPUT_HEADROOM * lo.abs().max(hi.abs()) / 127.0).max(1e-6))
+        .map(|&m| int16_scale(INPUT_HEADROOM * m).max(1e-9))
         .collect();
-    let mut s_in = 1.0;
-    let mut zp_in = 0;
+    let column_max: Vec<f64> = (0..first.in_dim)
+        .map(|i| {
+            (0..first.out_dim)
+                .map(|c| (first.weight[c * first.in_dim + i] as f64).abs())
+                .fold(0.0, f64::max)
+        })
+        .collect();
+    let folded: Vec<f64> = minimal
+        .iter()
+        .zip(&column_max)
+        .map(|(r, w)| r * w)
+        .collect();
+    let largest = folded.iter().copied().fold(0.0, f64::max);
+    let alpha: f64 = std::env::var("EQ_ALPHA")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(INPUT_EQUALIZATION);
+    minimal
+        .iter()
+        .zip(&folded)
+        .map(|(&r, &m)| {
+            if m > 0.0 {
+                r * (largest / m).powf(alpha)
+            } else {
+                r
+            }
+        })
+        .collect()
+}
 
+/// The migration strength α of [`input_scales`].
+const INPUT_EQUALIZATION: f64 = 0.25;
+
+fn plan(policy: &FloatPolicy, ranges: &Ranges, rounding: Rounding) -> Result<Plan> {
+    let gram = |l: usize| match rounding {
+        Rounding::Gptq => Some(&ranges.grams[l]),
+        Rounding::Nearest => None,
+    };
+    let input_scales = input_scales(policy, ranges);
+    let mut input_scale = 1.0;
+    let mut hidden = Vec::new();
+    for (l, layer) in policy.hidden.iter().enumerate() {
+        let name = format!("hidden layer {l}");
+        let dense = if l == 0 {
+            plan_dense(
+                &name,
+                layer,
+                &input_scales,
+                1.0,
+                &policy.step_biases,
+                gram(0),
+            )?
+        } else {
+            let bias = [layer.bias.clone()];
+            plan_dense(&name, layer, &[], input_scale, &bias, gram(l))?
+        };
+        let preact_scale = int16_scale(PREACT_HEADROOM * ranges.preact[l]);
+        let (table, postact_scale) = activation_table(policy, preact_scale);
+        hidden.push(HiddenPlan {
+            dense,
+            preact_scale,
+            postact_scale,
+            table,
+        });
+        input_scale = postact_scale;
+    }
+    let output = plan_dense(
+        "output layer",
+        &policy.output,
+        &[],
+        input_scale,
+        &[policy.output.bias.clone()],
+        gram(policy.hidden.len()),
+    )?;
+    Ok(Plan {
+        input_scales,
+        hidden,
+        output,
+    })
+}
+
+fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    values.into_iter().flat_map(f32::to_le_bytes).collect()
+}
+
+fn i32_bytes<'a>(values: impl IntoIterator<Item = &'a i32>) -> Vec<u8> {
+    values.into_iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn i8_bytes(values: &[i8]) -> Vec<u8> {
+    values.iter().map(|&v| v as u8).collect()
+}
+
+/// Encode the blob that `plan` describes.
+fn encode(policy: &FloatPolicy, plan: &Plan) -> Result<Vec<u8>> {
     // Owned storage that the borrowed blob structs point into.
     struct Owned {
         weights: Vec<u8>,
         biases: Vec<u8>,
         multipliers: Vec<u8>,
         shifts: Vec<u8>,
-        lut: Vec<u8>,
-        in_zp: i32,
-        pre_zp: i32,
+        table: Vec<u8>,
     }
     let mut owned = Vec::new();
-    for (l, layer) in policy.hidden.iter().enumerate() {
-        let (weights, s_w) = if l == 0 {
-            let folded: Vec<f32> = layer
-                .weight
-                .iter()
-                .enumerate()
-                .map(|(k, &w)| (w as f64 * input_scales[k % layer.in_dim]) as f32)
-                .collect();
-            quantize_weights(&DenseF32 {
-                weight: folded,
-                ..layer.clone()
-            })
-        } else {
-            quantize_weights(layer)
-        };
-        let biases = if l == 0 {
-            let mut all = Vec::new();
-            for b in &policy.step_biases {
-                all.extend(quantize_bias(b, s_in, &s_w)?);
-            }
-            all
-        } else {
-            quantize_bias(&layer.bias, s_in, &s_w)?
-        };
-        let pre_q = TensorQuant::from_range(ranges.preact[l].0, ranges.preact[l].1);
-        let post_q = TensorQuant::from_range(ranges.postact[l].0, ranges.postact[l].1);
+    for (l, h) in plan.hidden.iter().enumerate() {
+        let d = &h.dense;
         let mut multipliers = Vec::new();
         let mut shifts = Vec::new();
-        for (c, &sw) in s_w.iter().enumerate() {
-            let real = s_in * sw / pre_q.scale;
+        for (c, &sw) in d.weight_scales.iter().enumerate() {
+            let real = d.input_scale * sw / h.preact_scale;
             let (m, shift) = match quantize_multiplier(real) {
                 Some(ms) => ms,
-                // Too small to represent: the channel's pre-activation is always zero-point.
+                // Too small to represent: the channel's pre-activation is always 0.
                 None if real < 1.0 => (0, 0),
                 None => {
                     bail!("layer {l} channel {c}: requantization multiplier {real} out of range")
@@ -344,46 +522,40 @@ fn build(policy: &FloatPolicy, ranges: &Ranges) -> Result<Vec<u8>> {
             multipliers.extend_from_slice(&m.to_le_bytes());
             shifts.push(shift as i8 as u8);
         }
-        let lut = (-128i32..=127)
-            .map(|code| {
-                post_q.quantize(policy.activation.apply(pre_q.dequantize(code as i8))) as u8
-            })
-            .collect();
         owned.push(Owned {
-            weights,
-            biases,
+            weights: i8_bytes(&d.weights),
+            biases: i32_bytes(d.bias_sets.iter().flatten()),
             multipliers,
             shifts,
-            lut,
-            in_zp: zp_in,
-            pre_zp: pre_q.zero_point,
+            table: h.table.iter().flat_map(|v| v.to_le_bytes()).collect(),
         });
-        s_in = post_q.scale;
-        zp_in = post_q.zero_point;
     }
-    let (out_weights, out_sw) = quantize_weights(&policy.output);
-    let out_biases = quantize_bias(&policy.output.bias, s_in, &out_sw)?;
-    let out_scales = f32_bytes(out_sw.iter().map(|&sw| (s_in * sw) as f32));
+    let out = &plan.output;
+    let out_weights = i8_bytes(&out.weights);
+    let out_biases = i32_bytes(&out.bias_sets[0]);
+    let out_scales = f32_bytes(
+        out.weight_scales
+            .iter()
+            .map(|&sw| (out.input_scale * sw) as f32),
+    );
 
     let action_low = f32_bytes(policy.meta.action_low.iter().copied());
     let action_high = f32_bytes(policy.meta.action_high.iter().copied());
     let obs_mean = f32_bytes(policy.meta.obs_mean.iter().copied());
     let obs_inv_std = f32_bytes(policy.meta.obs_std.iter().map(|&s| 1.0 / s));
-    let inv_scales = f32_bytes(input_scales.iter().map(|&s| (1.0 / s) as f32));
+    let inv_scales = f32_bytes(plan.input_scales.iter().map(|&s| (1.0 / s) as f32));
     let p = &policy.meta.provenance;
     let mut hidden = heapless::Vec::new();
-    for (layer, o) in policy.hidden.iter().zip(&owned) {
+    for (h, o) in plan.hidden.iter().zip(&owned) {
         hidden
             .push(HiddenLayer {
-                in_dim: layer.in_dim as u16,
-                out_dim: layer.out_dim as u16,
-                input_zero_point: o.in_zp as i8,
+                in_dim: h.dense.in_dim as u16,
+                out_dim: h.dense.out_dim as u16,
                 weights: &o.weights,
                 biases: &o.biases,
                 multipliers: &o.multipliers,
                 shifts: &o.shifts,
-                preact_zero_point: o.pre_zp as i8,
-                activation: &o.lut,
+                activation: &o.table,
             })
             .map_err(|_| {
                 anyhow::anyhow!(
@@ -416,13 +588,11 @@ fn build(policy: &FloatPolicy, ranges: &Ranges) -> Result<Vec<u8>> {
             obs_inv_std: &obs_inv_std,
             obs_clip: policy.meta.obs_clip,
             inv_scales: &inv_scales,
-            zero_point: 0,
         },
         hidden,
         output: OutputLayer {
-            in_dim: policy.output.in_dim as u16,
-            out_dim: policy.output.out_dim as u16,
-            input_zero_point: zp_in as i8,
+            in_dim: out.in_dim as u16,
+            out_dim: out.out_dim as u16,
             weights: &out_weights,
             biases: &out_biases,
             scales: &out_scales,
@@ -430,6 +600,178 @@ fn build(policy: &FloatPolicy, ranges: &Ranges) -> Result<Vec<u8>> {
     };
     blob.validate()
         .map_err(|e| anyhow::anyhow!("quantized policy is invalid: {e}"))?;
-    let bytes = blob::encode(&blob).context("encoding the blob")?;
-    Ok(bytes)
+    blob::encode(&blob).context("encoding the blob")
+}
+
+/// A quantized policy: the blob and the plan it encodes.
+#[derive(Debug, Clone)]
+pub struct Quantized {
+    pub bytes: Vec<u8>,
+    pub plan: Plan,
+}
+
+/// How weights are rounded to their int8 codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounding {
+    /// Each weight to the nearest code.
+    Nearest,
+    /// GPTQ on the calibration inputs (the default, see [`round_weights`]).
+    Gptq,
+}
+
+/// Quantize `policy` with activation ranges calibrated on `calibration_obs` and encode
+/// the blob.
+pub fn quantize(
+    policy: &FloatPolicy,
+    calibration_obs: &[Vec<f32>],
+    seed: u64,
+) -> Result<Quantized> {
+    quantize_with(policy, calibration_obs, seed, Rounding::Gptq)
+}
+
+/// [`quantize`] with a choice of weight rounding.
+pub fn quantize_with(
+    policy: &FloatPolicy,
+    calibration_obs: &[Vec<f32>],
+    seed: u64,
+    rounding: Rounding,
+) -> Result<Quantized> {
+    policy.validate()?;
+    ensure!(!calibration_obs.is_empty(), "no calibration observations");
+    let ranges = calibrate(policy, calibration_obs, seed);
+    let plan = plan(policy, &ranges, rounding)?;
+    let bytes = encode(policy, &plan)?;
+    Ok(Quantized { bytes, plan })
+}
+
+/// One quantization step of the scheme, replayed alone in float by
+/// [`Plan::stage_policy_act`] to measure what it costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Observations and flow state rounded to their int16 grids (saturated at ±32767).
+    Inputs,
+    /// One dense layer's weights at their int8 codes and biases at their int32 codes
+    /// (`layer` = the number of hidden layers: the output layer).
+    Weights { layer: usize },
+    /// Each hidden pre-activation rounded to its int16 grid (saturated).
+    PreActivation,
+    /// The activation function replaced by the interpolated table, output rounded to its
+    /// code.
+    ActivationTable,
+}
+
+impl Plan {
+    /// Every stage of this plan, in the order the data meets them.
+    pub fn stages(&self) -> Vec<Stage> {
+        let mut stages = vec![Stage::Inputs];
+        stages.extend((0..=self.hidden.len()).map(|layer| Stage::Weights { layer }));
+        stages.extend([Stage::PreActivation, Stage::ActivationTable]);
+        stages
+    }
+
+    /// What `stage` is, for the report.
+    pub fn stage_name(&self, stage: Stage) -> String {
+        match stage {
+            Stage::Inputs => "inputs (int16)".into(),
+            Stage::Weights { layer } if layer == self.hidden.len() => {
+                "output layer weights (int8) + biases (int32)".into()
+            }
+            Stage::Weights { layer } => format!("layer {layer} weights (int8) + biases (int32)"),
+            Stage::PreActivation => "pre-activations (int16)".into(),
+            Stage::ActivationTable => "activation tables (interpolated int16)".into(),
+        }
+    }
+}
+
+impl Plan {
+    /// The float policy with dense layer `layer`'s weights and biases replaced by their
+    /// dequantized codes (`layer` = the number of hidden layers: the output layer).
+    fn dequantized_weights(&self, policy: &FloatPolicy, layer: usize) -> FloatPolicy {
+        let dense = |d: &DensePlan, column_scales: &[f64], bias: &[i32]| -> (Vec<f32>, Vec<f32>) {
+            let weight = d
+                .weights
+                .iter()
+                .enumerate()
+                .map(|(k, &q)| {
+                    let (c, i) = (k / d.in_dim.max(1), k % d.in_dim.max(1));
+                    let unfold = column_scales.get(i).copied().unwrap_or(1.0);
+                    (q as f64 * d.weight_scales[c] / unfold) as f32
+                })
+                .collect();
+            let bias = bias
+                .iter()
+                .zip(&d.weight_scales)
+                .map(|(&b, &sw)| (b as f64 * d.input_scale * sw) as f32)
+                .collect();
+            (weight, bias)
+        };
+        let mut q = policy.clone();
+        if layer == 0 {
+            let first = &self.hidden[0].dense;
+            q.hidden[0].weight = dense(first, &self.input_scales, &first.bias_sets[0]).0;
+            q.step_biases = first
+                .bias_sets
+                .iter()
+                .map(|set| dense(first, &self.input_scales, set).1)
+                .collect();
+        } else if let Some(h) = self.hidden.get(layer) {
+            (q.hidden[layer].weight, q.hidden[layer].bias) =
+                dense(&h.dense, &[], &h.dense.bias_sets[0]);
+        } else {
+            (q.output.weight, q.output.bias) = dense(&self.output, &[], &self.output.bias_sets[0]);
+        }
+        q
+    }
+
+    /// The float policy's deterministic action (z = 0) for `obs` with only `stage`
+    /// quantized.
+    pub fn stage_policy_act(&self, policy: &FloatPolicy, stage: Stage, obs: &[f32]) -> Vec<f32> {
+        let zero = vec![0f32; policy.act_dim];
+        let grid = |values: &mut [f64], scale: f64, limit: f64| {
+            for v in values.iter_mut() {
+                *v = code(*v / scale, limit) * scale;
+            }
+        };
+        match stage {
+            Stage::Weights { layer } => self.dequantized_weights(policy, layer).act(obs, &zero),
+            Stage::Inputs => policy.act_observed(obs, &zero, |probe| {
+                if let Probe::Input(x) = probe {
+                    for (v, &s) in x.iter_mut().zip(&self.input_scales) {
+                        *v = code(*v / s, ACTIVATION_MAX as f64) * s;
+                    }
+                }
+            }),
+            Stage::PreActivation => policy.act_observed(obs, &zero, |probe| {
+                if let Probe::PreActivation { layer, values } = probe {
+                    grid(values, self.hidden[layer].preact_scale, 32767.0);
+                }
+            }),
+            Stage::ActivationTable => {
+                let mut pre = Vec::new();
+                policy.act_observed(obs, &zero, |probe| match probe {
+                    Probe::PreActivation { values, .. } => pre = values.to_vec(),
+                    Probe::PostActivation { layer, values } => {
+                        let h = &self.hidden[layer];
+                        for (v, &p) in values.iter_mut().zip(&pre) {
+                            *v = h.interpolate(p / h.preact_scale) * h.postact_scale;
+                        }
+                    }
+                    Probe::Input(_) => {}
+                })
+            }
+        }
+    }
+}
+
+impl HiddenPlan {
+    /// The table at a real-valued pre-activation code (saturated to the int16 range),
+    /// linearly interpolated and rounded to an output code: the table's own error,
+    /// without the pre-activation's rounding.
+    fn interpolate(&self, code_real: f64) -> f64 {
+        let u = (code_real.clamp(-32768.0, 32767.0) + 32768.0) / 128.0;
+        let k = (u.floor() as usize).min(TABLE_ENTRIES - 2);
+        let f = u - k as f64;
+        let (a, b) = (self.table[k] as f64, self.table[k + 1] as f64);
+        code(a + (b - a) * f, ACTIVATION_MAX as f64)
+    }
 }

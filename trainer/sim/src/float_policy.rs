@@ -270,15 +270,17 @@ pub fn read_checkpoint(path: &Path) -> Result<Vec<CheckpointTensor>> {
 }
 
 /// A value the float forward pass computed, shown to [`FloatPolicy::act_observed`]'s
-/// observer (the quantizer's calibration records their ranges).
-#[derive(Debug, Clone, Copy)]
+/// observer. The observer may change it (the pass goes on with what it left): the
+/// quantizer's calibration records the ranges, its per-stage fidelity report rounds one
+/// stage to its integer grid.
+#[derive(Debug)]
 pub enum Probe<'a> {
     /// The first layer's input `[normalized obs, z]` of one flow step.
-    Input(&'a [f64]),
+    Input(&'a mut [f64]),
     /// Hidden layer `layer`'s pre-activation.
-    PreActivation { layer: usize, values: &'a [f64] },
+    PreActivation { layer: usize, values: &'a mut [f64] },
     /// Hidden layer `layer`'s output.
-    PostActivation { layer: usize, values: &'a [f64] },
+    PostActivation { layer: usize, values: &'a mut [f64] },
 }
 
 /// A flow policy in f32, structured exactly as the runtime evaluates it.
@@ -386,8 +388,8 @@ impl FloatPolicy {
             .collect()
     }
 
-    /// The float action (env units) for `obs` from base sample `z0`; `observe` sees
-    /// every intermediate value of every flow step.
+    /// The float action (env units) for `obs` from base sample `z0`; `observe` sees (and
+    /// may alter) every intermediate value of every flow step.
     pub fn act_observed(
         &self,
         obs: &[f32],
@@ -399,22 +401,22 @@ impl FloatPolicy {
         let nfe = self.nfe();
         for k in 0..nfe {
             let mut x: Vec<f64> = n.iter().chain(z.iter()).copied().collect();
-            observe(Probe::Input(&x));
+            observe(Probe::Input(&mut x));
             for (l, layer) in self.hidden.iter().enumerate() {
                 let bias = if l == 0 {
                     &self.step_biases[k]
                 } else {
                     &layer.bias
                 };
-                let pre = layer.apply(&x, bias);
+                let mut pre = layer.apply(&x, bias);
                 observe(Probe::PreActivation {
                     layer: l,
-                    values: &pre,
+                    values: &mut pre,
                 });
                 x = pre.iter().map(|&v| self.activation.apply(v)).collect();
                 observe(Probe::PostActivation {
                     layer: l,
-                    values: &x,
+                    values: &mut x,
                 });
             }
             let u = self.output.apply(&x, &self.output.bias);

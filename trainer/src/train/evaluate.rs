@@ -166,7 +166,8 @@ impl Trainer {
         let calibration = self.replay.observations(INT8_CALIBRATION_STATES);
         let config = self.run_config()?;
         let blob = export::float_policy(&config, &self.spec, self.agent.normalizer(), &weights)
-            .and_then(|float| quantize(&float, &calibration, 0));
+            .and_then(|float| quantize(&float, &calibration, 0))
+            .map(|quantized| quantized.bytes);
         let blob = match blob {
             Ok(blob) => blob,
             Err(e) => {
