@@ -107,7 +107,7 @@ pub struct OutputStage<'a> {
 }
 
 /// The specification of a hidden layer: [`dense_reference`], then per channel the bias
-/// (wrapping add), `multiply_by_quantized_multiplier`, int16 saturation and the
+/// (wrapping add), the single-rounding `requantize`, int16 saturation and the
 /// interpolated table.
 pub fn dense_requantize_reference(
     weights: &[u8],
@@ -117,11 +117,11 @@ pub fn dense_requantize_reference(
     y: &mut [i16],
 ) {
     use crate::blob::i32_at;
-    use crate::quant::{interpolate, multiply_by_quantized_multiplier, saturate_i16};
+    use crate::quant::{interpolate, requantize, saturate_i16};
     dense_reference(weights, rows, x, |c, acc| {
         let acc = acc.wrapping_add(i32_at(stage.biases, c));
         let shift = stage.shifts[c] as i8 as i32;
-        let pre = multiply_by_quantized_multiplier(acc, i32_at(stage.multipliers, c), shift);
+        let pre = requantize(acc, i32_at(stage.multipliers, c), shift);
         y[c] = interpolate(stage.table, saturate_i16(pre));
     });
 }
@@ -551,14 +551,17 @@ mod imp {
 /// `SXTB16(w, ROR #8) = [w1, w3]`, so two `SMLAD`s add `w0·x0 + w2·x2 + w1·x1 + w3·x3`.
 /// The last group of a width that is not a multiple of four is padded with zero lanes.
 ///
-/// Four output rows per pass share each load of the widened input: one group of four
-/// inputs for four rows (16 MACs) is `LDRD` + 4 `LDR` + 8 `SXTB16` + 8 `SMLAD`. The pass is
-/// one straight-line body of [`GROUPS`] groups (the widest layer) in `global_asm!`, entered
-/// `GROUPS − groups` groups from its start (every instruction has a 32-bit encoding, so
-/// each group is exactly [`GROUP_BYTES`] long) and left with `BX LR`: no loop counter, no
-/// per-layer code copies. Leftover rows, and the last block of a matrix whose width is not
-/// a multiple of four (its padded reads would pass the end of the weights), take an exact
-/// SMLAD + scalar path per row.
+/// Four output rows per pass share each load of the repacked input: two groups of four
+/// inputs for four rows (32 MACs) are one `LDM` of four input words + 8 `LDR` + 16
+/// `SXTB16` + 16 `SMLAD` (1.28 instructions per MAC). The pass is one straight-line body
+/// of [`PAIRS`] such double groups (the widest layer) in `global_asm!`, entered
+/// `PAIRS − pairs` double groups from its start (every instruction has a 32-bit encoding,
+/// so each is exactly [`PAIR_BYTES`] long), through a trampoline that pushes the return
+/// address (the body needs LR for data) and left with `POP {PC}`: no loop counter, no
+/// per-layer code copies. The input is padded with zero lanes to a whole number of double
+/// groups. Leftover rows, and the last block of a matrix whose padded reads would pass the
+/// end of the weights, take a one-row pass (groups of four) or an exact SMLAD + scalar
+/// path per row.
 #[cfg(target_arch = "arm")]
 mod imp {
     use core::arch::{asm, global_asm};
@@ -566,48 +569,78 @@ mod imp {
 
     use crate::MAX_WIDTH;
 
-    /// Groups of four inputs in the widest layer: the unrolled body has one per group.
+    /// Groups of four inputs in the widest layer: the one-row body has one per group.
     const GROUPS: usize = MAX_WIDTH / 4;
-    /// Bytes of machine code per group of the four-row pass: 21 instructions of 4 bytes.
-    const GROUP_BYTES: usize = 84;
+    /// Double groups (eight inputs) in the widest layer: the four-row body has one each.
+    const PAIRS: usize = GROUPS / 2;
+    /// Bytes of machine code per double group of the four-row pass: 41 instructions of 4
+    /// bytes.
+    const PAIR_BYTES: usize = 164;
     /// Bytes of machine code per group of the one-row pass: 6 instructions of 4 bytes.
     const GROUP1_BYTES: usize = 24;
-    /// Words of the widened input: two per group.
+    /// Words of the repacked input: two per group.
     const WIDE_WORDS: usize = 2 * GROUPS;
 
-    // The `.rept` count and size check below are literals.
+    // The `.rept` counts and size checks below are literals.
     const _: () =
-        assert!(GROUPS == 128 && GROUPS * GROUP_BYTES == 10752 && GROUPS * GROUP1_BYTES == 3072);
+        assert!(PAIRS == 64 && PAIRS * PAIR_BYTES == 10496 && GROUPS * GROUP1_BYTES == 3072);
 
-    /// One group: inputs `4g..4g+4` of rows 0–3. Registers: r0 the widened input, r1 row 0
-    /// (row 1 at `r1 + r3`, row 2 at `r1 + 2·r3`), r2 row 3, r3 the width; accumulators
-    /// r4, r5, r9, r8 for rows 0–3; r10, r11 the input words; r6, r12 scratch. Advances r0
-    /// by 8 bytes and r1, r2 by 4. `.w` forces the 32-bit encoding of the only instruction
+    /// Four inputs of rows 0–3 with the input words `$a` (`[x0, x2]`) and `$b`
+    /// (`[x1, x3]`). Registers: r1 row 0 (row 1 at `r1 + r3`, row 2 at `r1 + 2·r3`), r2
+    /// row 3, r3 the width; accumulators r4, r5, r9, r8 for rows 0–3; r6, r12 scratch.
+    /// Advances r1 and r2 by 4. `.w` forces the 32-bit encoding of the only instruction
     /// that has a 16-bit one.
-    macro_rules! group {
-        () => {
+    macro_rules! quad {
+        ($a:literal, $b:literal) => {
             concat!(
-                "ldrd r10, r11, [r0], #8\n",
                 "ldr.w r6, [r1, r3]\n",
                 "sxtb16 r12, r6\n",
                 "sxtb16 r6, r6, ror #8\n",
-                "smlad r5, r12, r10, r5\n",
-                "smlad r5, r6, r11, r5\n",
+                "smlad r5, r12, ",
+                $a,
+                ", r5\n",
+                "smlad r5, r6, ",
+                $b,
+                ", r5\n",
                 "ldr.w r6, [r1, r3, lsl #1]\n",
                 "sxtb16 r12, r6\n",
                 "sxtb16 r6, r6, ror #8\n",
-                "smlad r9, r12, r10, r9\n",
-                "smlad r9, r6, r11, r9\n",
+                "smlad r9, r12, ",
+                $a,
+                ", r9\n",
+                "smlad r9, r6, ",
+                $b,
+                ", r9\n",
                 "ldr.w r6, [r2], #4\n",
                 "sxtb16 r12, r6\n",
                 "sxtb16 r6, r6, ror #8\n",
-                "smlad r8, r12, r10, r8\n",
-                "smlad r8, r6, r11, r8\n",
+                "smlad r8, r12, ",
+                $a,
+                ", r8\n",
+                "smlad r8, r6, ",
+                $b,
+                ", r8\n",
                 "ldr.w r6, [r1], #4\n",
                 "sxtb16 r12, r6\n",
                 "sxtb16 r6, r6, ror #8\n",
-                "smlad r4, r12, r10, r4\n",
-                "smlad r4, r6, r11, r4\n",
+                "smlad r4, r12, ",
+                $a,
+                ", r4\n",
+                "smlad r4, r6, ",
+                $b,
+                ", r4\n",
+            )
+        };
+    }
+
+    /// One double group: inputs `8p..8p+8` of rows 0–3, its four input words loaded at
+    /// once from r0 (advanced by 16 bytes) into r7, r10, r11 and lr.
+    macro_rules! pair {
+        () => {
+            concat!(
+                "ldm.w r0!, {{r7, r10, r11, lr}}\n",
+                quad!("r7", "r10"),
+                quad!("r11", "lr"),
             )
         };
     }
@@ -626,8 +659,9 @@ mod imp {
         };
     }
 
-    // The four-row pass: `GROUPS` groups, then return. Called with `BLX` to the group
-    // where a layer's inputs start (see `rows4`); clobbers r0–r2, r6 and r10–r12.
+    // The four-row pass: `PAIRS` double groups, then return. Entered at the double group
+    // where a layer's inputs start with the return address pushed (see `rows4`); clobbers
+    // r0–r2, r6, r7, r10–r12 and lr.
     global_asm!(
         ".pushsection .text.__flame_runtime_rows4,\"ax\",%progbits",
         ".syntax unified",
@@ -638,14 +672,14 @@ mod imp {
         ".type __flame_runtime_rows4, %function",
         ".thumb_func",
         "__flame_runtime_rows4:",
-        ".rept 128",
-        group!(),
+        ".rept 64",
+        pair!(),
         ".endr",
-        "bx lr",
+        "pop {{pc}}",
         ".size __flame_runtime_rows4, . - __flame_runtime_rows4",
-        // Fails to assemble if the body outgrew 128 × 84 bytes (+ `BX LR`); a shorter
+        // Fails to assemble if the body outgrew 64 × 164 bytes (+ `POP {PC}`); a shorter
         // body would show in every QEMU test (wrong sums).
-        ".org __flame_runtime_rows4 + 10752 + 2",
+        ".org __flame_runtime_rows4 + 10496 + 2",
         ".popsection",
     );
 
@@ -676,13 +710,13 @@ mod imp {
     }
 
     /// Addresses (Thumb bit set) at which the four-row and one-row bodies run `groups`
-    /// groups.
+    /// groups (an even number).
     #[inline(always)]
     fn entries(groups: usize) -> (usize, usize) {
-        debug_assert!(groups <= GROUPS);
+        debug_assert!(groups <= GROUPS && groups % 2 == 0);
         let skip = GROUPS - groups;
         (
-            (__flame_runtime_rows4 as *const () as usize | 1) + skip * GROUP_BYTES,
+            (__flame_runtime_rows4 as *const () as usize | 1) + skip / 2 * PAIR_BYTES,
             (__flame_runtime_rows1 as *const () as usize | 1) + skip * GROUP1_BYTES,
         )
     }
@@ -691,15 +725,22 @@ mod imp {
     ///
     /// # Safety
     /// `entry` from [`entries`] for `groups` groups; `p0 .. p0 + 3·width + 4·groups` readable;
-    /// `xw` holds `2·groups` initialized words (LDRD needs 4-byte alignment).
+    /// `xw` holds `2·groups` initialized words (LDM needs 4-byte alignment).
     #[inline(always)]
     unsafe fn rows4(p0: *const u8, width: usize, xw: *const u32, entry: usize) -> [i32; 4] {
         let (a0, a1, a2, a3): (i32, i32, i32, i32);
-        // r6 is LLVM's base pointer, so it cannot be an operand: saved around the call.
+        // r6 is LLVM's base pointer and r7 its frame pointer, so they cannot be operands:
+        // saved around the call. `BL` to a trampoline that pushes the return address and
+        // enters the body, which returns with `POP {PC}`.
         asm!(
-            "push {{r6}}",
-            "blx r12",
-            "pop {{r6}}",
+            "push {{r6, r7}}",
+            "bl 2f",
+            "b 3f",
+            "2:",
+            "push {{lr}}",
+            "bx r12",
+            "3:",
+            "pop {{r6, r7}}",
             inout("r0") xw => _,
             inout("r1") p0 => _,
             inout("r2") p0.wrapping_add(3 * width) => _,
@@ -802,7 +843,7 @@ mod imp {
     }
 
     /// Repack `x` into `xw` (layout in the module docs); returns the number of groups of
-    /// four inputs, the lanes past `x.len()` being zero.
+    /// four inputs, even (whole double groups), the lanes past `x.len()` being zero.
     #[inline(always)]
     fn widen(x: &[i16], xw: &mut [MaybeUninit<u32>; WIDE_WORDS]) -> usize {
         let width = x.len().min(MAX_WIDTH);
@@ -832,7 +873,11 @@ mod imp {
             xw[2 * full].write(lane(b) | lane(b + 2) << 16);
             xw[2 * full + 1].write(lane(b + 1) | lane(b + 3) << 16);
         }
-        groups
+        if groups % 2 == 1 {
+            xw[2 * groups].write(0);
+            xw[2 * groups + 1].write(0);
+        }
+        groups + groups % 2
     }
 
     /// One row exactly: SMLAD over whole groups of four, then scalar.
@@ -958,10 +1003,12 @@ mod imp {
     }
 
     // Requantize accumulator `$x` (bias included) into the next output int16 (see
-    // `quant::requantize`; the fast path is its `shift < 0` branch), then `lut!`.
-    // Registers: r0 multipliers, r1 shifts, r2 output, r3 table, r6 = 64, r7 = 1 (all
-    // advanced per channel); r10–r12 and lr scratch. A shift ≥ 0 branches to the
-    // out-of-line `requant_slow!` at label `$slow`, which comes back to `$cont`.
+    // `quant::requantize`; the fast path is its `shift < 0` case: with e = −shift ≥ 1 the
+    // nudge 2^(30+e) is the register pair (2^(e−1) << 31, 2^(e−1) >> 1) and the quotient
+    // by 2^(31+e) is the high word shifted by e − 1), then `lut!`. Registers: r0
+    // multipliers, r1 shifts, r2 output, r3 table, r6 = 64, r7 = 1 (all advanced per
+    // channel); r10–r12 and lr scratch. A shift ≥ 0 branches to the out-of-line
+    // `requant_slow!` at label `$slow`, which comes back to `$cont`.
     #[rustfmt::skip]
     macro_rules! requant {
         ($x:literal, $slow:literal, $cont:literal) => {
@@ -971,11 +1018,9 @@ mod imp {
                 "mvns r11, r11\n",                       // e − 1 = !shift; N: shift ≥ 0
                 "bmi ", $slow, "f\n",
                 "lsl r12, r7, r11\n",                    // 2^(e−1)
-                "add r12, r12, ", $x, ", asr #31\n",     // k = 2^(e−1) − [x < 0]
-                "lsl lr, r12, #31\n",
-                "orr lr, lr, #0x40000000\n",             // nudge low: (k << 31) | 2^30
-                "asr r12, r12, #1\n",                    // nudge high: k >> 1
-                "smlal lr, r12, ", $x, ", r10\n",        // x·m + nudge
+                "lsl lr, r12, #31\n",                    // nudge low
+                "lsr r12, r12, #1\n",                    // nudge high
+                "smlal lr, r12, ", $x, ", r10\n",        // x·m + 2^(30+e)
                 "asr ", $x, ", r12, r11\n",              // pre = high >> (e − 1)
                 $cont, ":\n",
                 lut!($x),
@@ -991,10 +1036,8 @@ mod imp {
             concat!(
                 "ldr r10, [r0], #4\n",
                 "lsl r12, r7, r11\n",
-                "add r12, r12, ", $x, ", asr #31\n",
                 "lsl lr, r12, #31\n",
-                "orr lr, lr, #0x40000000\n",
-                "asr r12, r12, #1\n",
+                "lsr r12, r12, #1\n",
                 "smlal lr, r12, ", $x, ", r10\n",
                 "asr ", $x, ", r12, r11\n",
                 lut!($x),
@@ -1002,26 +1045,29 @@ mod imp {
         };
     }
 
-    // `quant::requantize` for shift ≥ 0 (r11 = !shift): `x` saturated times 2^shift, then
-    // the rounding high multiply.
+    // `quant::requantize` for shift ≥ 0 (r11 = !shift): n = 31 − shift in 1..=31, the sum
+    // x·m + 2^(n−1) in 64 bits, shifted right by n, saturated to int32.
     #[rustfmt::skip]
     macro_rules! requant_slow {
         ($x:literal, $slow:literal, $cont:literal) => {
             concat!(
                 $slow, ":\n",
-                "mvn r11, r11\n",                        // shift in 0..=30
-                "lsl r12, ", $x, ", r11\n",
-                "asr lr, r12, r11\n",
-                "cmp lr, ", $x, "\n",                    // x · 2^shift fits?
+                "add r11, r11, #32\n",                   // n = 31 − shift = !shift + 32
+                "sub r12, r11, #1\n",
+                "lsl lr, r7, r12\n",                     // nudge 2^(n−1), low word
+                "mov r12, #0\n",
+                "smlal lr, r12, ", $x, ", r10\n",        // x·m + nudge
+                "lsr lr, lr, r11\n",
+                "rsb r10, r11, #32\n",
+                "lsl r10, r12, r10\n",
+                "orr lr, lr, r10\n",                     // low word of the sum >> n
+                "asr r12, r12, r11\n",                   // high word
+                "cmp r12, lr, asr #31\n",                // fits an int32?
                 "beq 1f\n",
-                "mvn r12, #0x80000000\n",
-                "eor r12, r12, ", $x, ", asr #31\n",     // saturated: MAX or MIN
+                "mvn lr, #0x80000000\n",
+                "eor lr, lr, r12, asr #31\n",            // saturated: MAX or MIN
                 "1:\n",
-                "mov lr, #0x40000000\n",
-                "mov r11, #0\n",
-                "smlal lr, r11, r12, r10\n",             // x'·m + 2^30
-                "lsr lr, lr, #31\n",
-                "orr ", $x, ", lr, r11, lsl #1\n",       // low word of the sum >> 31
+                "mov ", $x, ", lr\n",
                 "b ", $cont, "b\n",
             )
         };
@@ -1055,7 +1101,7 @@ mod imp {
         "add r6, r1, r3, lsl #2",
         "strd r6, r2, [sp, #28]",
         "add r2, r1, r11",
-        "blx r12",
+        "bl 7f",
         "ldm sp, {{r0, r1, r2, r3, r6, r7}}",
         // The four shifts at once; all negative (bit 7 of each `!shift` clear): the
         // right-shift path without per-channel tests.
@@ -1077,6 +1123,10 @@ mod imp {
         "bne 2b",
         "add sp, #52",
         "pop {{r4-r11, pc}}",
+        // The four-row pass's entry: push the return address (it returns with `POP {PC}`).
+        "7:",
+        "push {{lr}}",
+        "bx r12",
         // A block with a shift ≥ 0: per channel.
         "79:",
         "sub r1, r1, #4",

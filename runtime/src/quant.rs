@@ -1,86 +1,23 @@
-//! Fixed-point requantization, the gemmlowp / TFLite / CMSIS-NN way.
+//! Fixed-point requantization with a single rounding (TFLite's `TFLITE_SINGLE_ROUNDING`,
+//! CMSIS-NN's `CMSIS_NN_USE_SINGLE_ROUNDING`).
 //!
-//! One rounding rule everywhere ("double rounding"): a real multiplier `M` is stored as an
-//! int32 `m` in [2^30, 2^31) and a power-of-two `shift` with `M ≈ m · 2^(shift − 31)`.
-//! Applying it to an int32 accumulator `x` is
-//! `rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x · 2^max(shift,0), m), max(−shift,0))`:
-//! the high multiply rounds to nearest (ties toward +∞, as gemmlowp), the divide rounds
-//! half away from zero. These functions
-//! are pure integer code, so every platform computes the same bits.
+//! A real multiplier `M` is stored as an int32 `m` in [2^30, 2^31) and a power-of-two
+//! `shift` in [`SHIFT_RANGE`] with `M ≈ m · 2^(shift − 31)`. Applied to an int32
+//! accumulator `x` it gives `floor((x·m + 2^(30 − shift)) / 2^(31 − shift))`: the exact
+//! product `x·M` rounded to nearest, ties toward +∞, in one step, saturated to int32.
+//! Pure integer code, so every platform computes the same bits.
 
-/// `round(a · b / 2^31)` to nearest, saturating the one overflow case
-/// (`i32::MIN · i32::MIN`). As in gemmlowp, the nudge is added before a truncating
-/// division, so exact ties round toward +∞ (0.5 → 1, −0.5 → 0, −1.5 → −1).
-#[inline]
-pub fn saturating_rounding_doubling_high_mul(a: i32, b: i32) -> i32 {
-    if a == i32::MIN && b == i32::MIN {
-        return i32::MAX;
-    }
-    // gemmlowp writes this as `(ab + nudge) / 2^31` with a truncating division and
-    // `nudge = 2^30` for ab ≥ 0, `1 − 2^30` for ab < 0. Both cases equal
-    // `floor((ab + 2^30) / 2^31)`: for y = ab + 1 − 2^30 < 0, trunc(y / 2^31) =
-    // floor((y + 2^31 − 1) / 2^31). So one add and an arithmetic shift give the same bits
-    // (tests compare with the gemmlowp form), without a branch or a 64-bit division.
-    ((a as i64 * b as i64 + (1 << 30)) >> 31) as i32
-}
-
-/// `round(x / 2^exponent)`, rounding half away from zero. `exponent` in 0..=31.
-#[inline]
-pub fn rounding_divide_by_pot(x: i32, exponent: u32) -> i32 {
-    debug_assert!(exponent <= 31);
-    let mask: i32 = (1u32 << exponent).wrapping_sub(1) as i32;
-    let remainder = x & mask;
-    let threshold = (mask >> 1) + i32::from(x < 0);
-    (x >> exponent) + i32::from(remainder > threshold)
-}
-
-/// Apply a quantized multiplier `(m, shift)` (see [`quantize_multiplier`]) to `x`.
-#[inline]
-pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
-    if shift > 0 {
-        let scaled = x.saturating_mul(1i32 << shift as u32);
-        saturating_rounding_doubling_high_mul(scaled, multiplier)
-    } else {
-        // x · 2^0 needs no saturation.
-        rounding_divide_by_pot(
-            saturating_rounding_doubling_high_mul(x, multiplier),
-            (-shift) as u32,
-        )
-    }
-}
-
-/// [`multiply_by_quantized_multiplier`] for the multipliers a blob may hold (`m ≥ 0`,
-/// `shift` in [`SHIFT_RANGE`]): the same bits for every `x`, with both roundings merged
-/// into one (this is what the policy runs per output channel).
-///
-/// With `m ≥ 0` the high multiply never saturates (`m ≠ i32::MIN`). For a right shift
-/// `e = −shift ≥ 1` the two roundings compose exactly: with `p = x·m`,
-/// `q = floor((p + 2^30) / 2^31)` (the high multiply) and `RDBP(q, e) =
-/// floor((q + 2^(e−1) − [q < 0]) / 2^e)`, nested floors give
-/// `floor((p + 2^30 + 2^31·(2^(e−1) − [q < 0])) / 2^(31+e))`. `[q < 0]` may be replaced by
-/// `[x < 0]`: they differ only when `q = 0`, where both give 0. The sum fits in an i64
-/// (`|p| < 2^62`) and the quotient in an i32, so the result is one 64-bit multiply-add
-/// (`SMLAL` on the Cortex-M4) and two shifts.
+/// Apply the quantized multiplier `(m, shift)` (see [`quantize_multiplier`]) to `x`:
+/// `floor((x·m + 2^(30 − shift)) / 2^(31 − shift))`, saturated to int32. Defined for every
+/// `m ≥ 0` and `shift` in [`SHIFT_RANGE`] (what the parser accepts): the 64-bit sum never
+/// overflows (`|x·m| < 2^62`, nudge ≤ 2^61). On the Cortex-M4 the `shift < 0` case is one
+/// `SMLAL` with the nudge in its accumulator pair and one shift of the high word.
 #[inline(always)]
 pub fn requantize(x: i32, multiplier: i32, shift: i32) -> i32 {
     debug_assert!(multiplier >= 0 && SHIFT_RANGE.contains(&shift));
-    if shift < 0 {
-        // e − 1 = !shift in 0..=30; k = 2^(e−1) − [x < 0] ≥ 0. The nudge
-        // k·2^31 + 2^30 is built from its two 32-bit halves (k >> 1 and
-        // (k << 31) | 2^30), so it is two shifts and an OR, not a 64-bit add.
-        let e1 = !shift as u32 & 31;
-        let k = (1i32 << e1) + (x >> 31);
-        let nudge = ((k >> 1) as i64) << 32 | (((k as u32) << 31) | (1 << 30)) as i64;
-        let sum = x as i64 * multiplier as i64 + nudge;
-        ((sum >> 32) as i32) >> e1
-    } else {
-        let x = if shift > 0 {
-            x.saturating_mul(1i32 << (shift as u32 & 31))
-        } else {
-            x
-        };
-        ((x as i64 * multiplier as i64 + (1 << 30)) >> 31) as i32
-    }
+    let total = (31 - shift) as u32 & 63;
+    let sum = x as i64 * multiplier as i64 + (1i64 << (total - 1));
+    (sum >> total).clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
 
 /// Largest magnitude of an int16 activation that a dense layer reads (inputs and table
@@ -199,28 +136,15 @@ pub fn saturate_activation(x: i32) -> i16 {
 mod tests {
     use super::*;
 
-    /// gemmlowp's formulation, the oracle for the branch-free one.
-    fn high_mul_gemmlowp(a: i32, b: i32) -> i32 {
-        if a == i32::MIN && b == i32::MIN {
-            return i32::MAX;
-        }
-        let ab = a as i64 * b as i64;
-        let nudge: i64 = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
-        ((ab + nudge) / (1i64 << 31)) as i32
+    /// The stated arithmetic in 128 bits: `floor(x·m / 2^(31 − shift) + 1/2)`, saturated.
+    fn requantize_wide(x: i32, m: i32, shift: i32) -> i32 {
+        let den = 1i128 << (31 - shift);
+        let rounded = (2 * x as i128 * m as i128 + den).div_euclid(2 * den);
+        rounded.clamp(i32::MIN as i128, i32::MAX as i128) as i32
     }
 
-    /// The original two-sided form of `multiply_by_quantized_multiplier`.
-    fn multiply_two_sided(x: i32, multiplier: i32, shift: i32) -> i32 {
-        let left = if shift > 0 { shift as u32 } else { 0 };
-        let right = if shift < 0 { (-shift) as u32 } else { 0 };
-        rounding_divide_by_pot(
-            high_mul_gemmlowp(x.saturating_mul(1i32 << left), multiplier),
-            right,
-        )
-    }
-
-    /// The i32 edge cases of the multiply stages, then `2·n` random values (full range,
-    /// and shifted right to every magnitude).
+    /// The i32 edge cases, then `2·n` random values (full range, and shifted right to
+    /// every magnitude).
     fn edge_and_random_values(seed: u64, n: usize) -> Vec<i32> {
         let mut values = vec![
             0,
@@ -250,31 +174,10 @@ mod tests {
         values
     }
 
+    /// `requantize` equals the 128-bit statement for every shift a blob may hold, on
+    /// edge and random accumulators and multipliers, and on every tie of small inputs.
     #[test]
-    fn fast_forms_equal_the_gemmlowp_forms() {
-        let values = edge_and_random_values(7, 2000);
-        for &a in &values {
-            for &b in values.iter().step_by(7) {
-                assert_eq!(
-                    saturating_rounding_doubling_high_mul(a, b),
-                    high_mul_gemmlowp(a, b),
-                    "{a} {b}"
-                );
-            }
-            for shift in SHIFT_RANGE.step_by(3).chain([-1, 0, 1]) {
-                let m = (1 << 30) + (a as u32 >> 2) as i32 % (1 << 30);
-                assert_eq!(
-                    multiply_by_quantized_multiplier(a, m, shift),
-                    multiply_two_sided(a, m, shift),
-                    "{a} {m} {shift}"
-                );
-            }
-        }
-    }
-
-    /// The merged form equals the two-step form for every multiplier a blob may hold.
-    #[test]
-    fn requantize_equals_the_two_step_form() {
+    fn requantize_equals_the_wide_statement() {
         let xs = edge_and_random_values(11, 400);
         let mut ms: Vec<i32> = vec![0, 1, 2, 3, 1 << 30, (1 << 30) + 1, i32::MAX, i32::MAX - 1];
         let mut rng = crate::noise::SplitMix64::new(12);
@@ -288,18 +191,17 @@ mod tests {
                 for &x in &xs {
                     assert_eq!(
                         requantize(x, m, shift),
-                        multiply_by_quantized_multiplier(x, m, shift),
+                        requantize_wide(x, m, shift),
                         "x={x} m={m} shift={shift}"
                     );
                 }
             }
-            // Ties: with m = 2^30, x·m / 2^31 = x / 2, so small x hit every half-way case
-            // of both roundings.
+            // Ties: with m = 2^30, x·m / 2^31 = x / 2, so small x hit every half-way case.
             for x in -5000..5000 {
                 for m in [1 << 30, (1 << 30) - 1, (1 << 30) + 1] {
                     assert_eq!(
                         requantize(x, m, shift),
-                        multiply_by_quantized_multiplier(x, m, shift),
+                        requantize_wide(x, m, shift),
                         "x={x} m={m} shift={shift}"
                     );
                 }
@@ -314,50 +216,31 @@ mod tests {
             m in 0..=i32::MAX,
             shift in SHIFT_RANGE,
         ) {
-            proptest::prop_assert_eq!(
-                requantize(x, m, shift),
-                multiply_by_quantized_multiplier(x, m, shift)
-            );
+            proptest::prop_assert_eq!(requantize(x, m, shift), requantize_wide(x, m, shift));
         }
     }
 
     #[test]
-    fn high_mul_rounds_half_away_from_zero() {
-        // 2^30 · 2^30 / 2^31 = 2^29 exactly.
-        assert_eq!(
-            saturating_rounding_doubling_high_mul(1 << 30, 1 << 30),
-            1 << 29
-        );
-        // Ties go toward +∞: 0.5 → 1, −0.5 → 0, 1.5 → 2, −1.5 → −1.
-        assert_eq!(saturating_rounding_doubling_high_mul(1, 1 << 30), 1);
-        assert_eq!(saturating_rounding_doubling_high_mul(-1, 1 << 30), 0);
-        assert_eq!(saturating_rounding_doubling_high_mul(3, 1 << 30), 2);
-        assert_eq!(saturating_rounding_doubling_high_mul(-3, 1 << 30), -1);
-        // Just past the tie rounds away.
-        assert_eq!(saturating_rounding_doubling_high_mul(-3, (1 << 30) + 1), -2);
-        // 0.4999… → 0.
-        assert_eq!(saturating_rounding_doubling_high_mul(1, (1 << 30) - 1), 0);
-        assert_eq!(saturating_rounding_doubling_high_mul(-1, (1 << 30) - 1), 0);
-        // The one overflow case saturates.
-        assert_eq!(
-            saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
-            i32::MAX
-        );
-    }
-
-    #[test]
-    fn divide_by_pot_half_way_cases() {
-        assert_eq!(rounding_divide_by_pot(5, 1), 3); // 2.5 → 3
-        assert_eq!(rounding_divide_by_pot(-5, 1), -3); // −2.5 → −3
-        assert_eq!(rounding_divide_by_pot(3, 1), 2); // 1.5 → 2
-        assert_eq!(rounding_divide_by_pot(-3, 1), -2);
-        assert_eq!(rounding_divide_by_pot(6, 2), 2); // 1.5 → 2
-        assert_eq!(rounding_divide_by_pot(5, 2), 1); // 1.25 → 1
-        assert_eq!(rounding_divide_by_pot(-5, 2), -1);
-        assert_eq!(rounding_divide_by_pot(-6, 2), -2);
-        assert_eq!(rounding_divide_by_pot(7, 0), 7);
-        assert_eq!(rounding_divide_by_pot(i32::MIN, 31), -1);
-        assert_eq!(rounding_divide_by_pot(i32::MAX, 31), 1);
+    fn requantize_rounds_ties_up_and_saturates() {
+        // m = 2^30, shift 0: x / 2. Ties go toward +∞: 0.5 → 1, −0.5 → 0, −1.5 → −1.
+        assert_eq!(requantize(1, 1 << 30, 0), 1);
+        assert_eq!(requantize(-1, 1 << 30, 0), 0);
+        assert_eq!(requantize(3, 1 << 30, 0), 2);
+        assert_eq!(requantize(-3, 1 << 30, 0), -1);
+        // Just below a tie rounds down, just past it rounds away.
+        assert_eq!(requantize(1, (1 << 30) - 1, 0), 0);
+        assert_eq!(requantize(-3, (1 << 30) + 1, 0), -2);
+        // A right shift: x / 2^11 (m = 2^30, shift −10).
+        assert_eq!(requantize(1024, 1 << 30, -10), 1);
+        assert_eq!(requantize(1023, 1 << 30, -10), 0);
+        assert_eq!(requantize(-1024, 1 << 30, -10), 0);
+        assert_eq!(requantize(-1025, 1 << 30, -10), -1);
+        // Multipliers ≥ 1 saturate instead of wrapping: 4.0 = 2^30 · 2^(3 − 31) · 2.
+        let (m, s) = quantize_multiplier(4.0).unwrap();
+        assert_eq!((m, s), (1 << 30, 3));
+        assert_eq!(requantize(1000, m, s), 4000);
+        assert_eq!(requantize(i32::MAX / 2, m, s), i32::MAX);
+        assert_eq!(requantize(i32::MIN / 2, m, s), i32::MIN);
     }
 
     #[test]
@@ -382,39 +265,23 @@ mod tests {
         assert_eq!(quantize_multiplier(-1.0), None);
         assert_eq!(quantize_multiplier(f64::NAN), None);
         assert_eq!(quantize_multiplier(1e-30), None);
-        // Saturation: with a multiplier > 1 the left shift saturates instead of wrapping
-        // (4.0 = 0.5 · 2^3: the accumulator saturates at ×8, then halves).
-        let (m, s) = quantize_multiplier(4.0).unwrap();
-        assert_eq!((m, s), (1 << 30, 3));
-        assert_eq!(
-            multiply_by_quantized_multiplier(i32::MAX / 2, m, s),
-            1 << 30
-        );
-        assert_eq!(
-            multiply_by_quantized_multiplier(i32::MIN / 2, m, s),
-            -(1 << 30)
-        );
-        assert_eq!(multiply_by_quantized_multiplier(1000, m, s), 4000);
     }
 
     #[test]
     fn requantization_matches_real_arithmetic() {
-        // For moderate values the fixed-point result is the correctly rounded real product
-        // (ties away from zero), up to the multiplier's own rounding.
-        for &real in &[0.0123, 0.5, 0.3333, 0.9] {
+        // The result is the real product x · m · 2^(shift − 31) (exact in f64 here) rounded
+        // to nearest, ties up; and that product is within the multiplier's own rounding
+        // of x · real.
+        for &real in &[0.0123, 0.5, 0.3333, 0.9, 3.7] {
             let (m, s) = quantize_multiplier(real).unwrap();
             for x in -5000..5000 {
                 let exact = x as f64 * m as f64 * 2f64.powi(s - 31);
-                let expect = if exact >= 0.0 {
-                    (exact + 0.5).floor()
-                } else {
-                    (exact - 0.5).ceil()
-                };
-                let got = multiply_by_quantized_multiplier(x, m, s) as f64;
-                assert!(
-                    (got - expect).abs() <= 1.0,
-                    "x={x} real={real} got={got} expect={expect}"
+                assert_eq!(
+                    requantize(x, m, s) as f64,
+                    (exact + 0.5).floor(),
+                    "x={x} real={real}"
                 );
+                assert!((exact - x as f64 * real).abs() <= 1e-6 * (x as f64).abs());
             }
         }
     }

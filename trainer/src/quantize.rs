@@ -423,7 +423,7 @@ fn input_scales(policy: &FloatPolicy, ranges: &Ranges) -> Vec<f64> {
         .zip(&folded)
         .map(|(&r, &m)| {
             if m > 0.0 {
-                r * (largest / m).powf(alpha)
+                r * (largest / m).powf(INPUT_EQUALIZATION)
             } else {
                 r
             }
