@@ -60,4 +60,17 @@ mod tests {
         let a: [u32; 4] = core::array::from_fn(|_| SplitMix64::new(7).next_gaussian().to_bits());
         assert!(a.iter().all(|&b| b == a[0]));
     }
+
+    /// The check values docs/blob.md gives for reimplementations: SplitMix64's published
+    /// first outputs for seed 0, and the first two normal samples of the seed that the
+    /// first stochastic golden vector uses.
+    #[test]
+    fn check_values_of_the_spec() {
+        let mut r = SplitMix64::new(0);
+        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+        let mut g = SplitMix64::new(0x5EED_0001);
+        assert_eq!(g.next_gaussian(), -14_001_557.0 / 16_777_216.0);
+        assert_eq!(g.next_gaussian(), 16_741_346.0 / 16_777_216.0);
+    }
 }

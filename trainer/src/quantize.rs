@@ -414,10 +414,6 @@ fn input_scales(policy: &FloatPolicy, ranges: &Ranges) -> Vec<f64> {
         .map(|(r, w)| r * w)
         .collect();
     let largest = folded.iter().copied().fold(0.0, f64::max);
-    let alpha: f64 = std::env::var("EQ_ALPHA")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(INPUT_EQUALIZATION);
     minimal
         .iter()
         .zip(&folded)
@@ -773,5 +769,133 @@ impl HiddenPlan {
         let f = u - k as f64;
         let (a, b) = (self.table[k] as f64, self.table[k + 1] as f64);
         code(a + (b - a) * f, ACTIVATION_MAX as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::{init, InitOptions};
+    use runtime::{BlobError, NoiseMode, Policy, Scratch};
+    use sim::run_dir::{Algo, RunDir};
+
+    /// An untrained FLAME-M HalfCheetah policy (hidden 2×64) and its recorded states.
+    fn untrained(name: &str) -> (FloatPolicy, Vec<Vec<f32>>) {
+        let dir =
+            std::env::temp_dir().join(format!("flame-quantize-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        init(
+            &dir,
+            &InitOptions {
+                algo: Algo::FlameM,
+                env_id: "HalfCheetah-v5".into(),
+                seed: 3,
+                hidden: vec![64, 64],
+                time_dim: 16,
+                nfe: 1,
+                states: 600,
+            },
+        )
+        .unwrap();
+        let policy = FloatPolicy::load(&dir).unwrap();
+        let states = RunDir::new(&dir).read_states(policy.obs_dim).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (policy, states)
+    }
+
+    /// Mean squared action error (half-range units) of `bytes` against the float policy.
+    fn mean_squared_error(policy: &FloatPolicy, bytes: &[u8], states: &[Vec<f32>]) -> f64 {
+        let quantized = Policy::from_bytes(bytes).unwrap();
+        let (mut scratch, zero) = (Scratch::new(), vec![0f32; policy.act_dim]);
+        let mut action = vec![0f32; policy.act_dim];
+        let mut sum = 0.0;
+        for obs in states {
+            quantized
+                .act(obs, NoiseMode::Deterministic, &mut scratch, &mut action)
+                .unwrap();
+            for (c, (&q, f)) in action.iter().zip(policy.act(obs, &zero)).enumerate() {
+                let half = 0.5 * (policy.meta.action_high[c] - policy.meta.action_low[c]) as f64;
+                sum += ((q - f) as f64 / half).powi(2);
+            }
+        }
+        sum / (states.len() * policy.act_dim) as f64
+    }
+
+    /// GPTQ's error feedback lowers the quantized policy's action error on held-out
+    /// states against rounding each weight to the nearest code.
+    #[test]
+    fn gptq_rounding_beats_nearest_rounding() {
+        let (policy, states) = untrained("gptq");
+        let (held_out, calibration): (Vec<_>, Vec<_>) = states
+            .iter()
+            .cloned()
+            .enumerate()
+            .partition(|(i, _)| i % 5 == 0);
+        let held_out: Vec<Vec<f32>> = held_out.into_iter().map(|(_, s)| s).collect();
+        let calibration: Vec<Vec<f32>> = calibration.into_iter().map(|(_, s)| s).collect();
+        let error = |rounding| {
+            let q = quantize_with(&policy, &calibration, 0, rounding).unwrap();
+            mean_squared_error(&policy, &q.bytes, &held_out)
+        };
+        let (nearest, gptq) = (error(Rounding::Nearest), error(Rounding::Gptq));
+        assert!(gptq < 0.8 * nearest, "GPTQ {gptq:e} vs nearest {nearest:e}");
+    }
+
+    /// Each stage replayed alone costs less than the whole runtime's worst error plus a
+    /// margin, and the sum of the stages' mean errors is of the order of the runtime's:
+    /// the report decomposes the real error rather than inventing one.
+    #[test]
+    fn stage_replays_bound_the_runtime_error() {
+        let (policy, states) = untrained("stages");
+        let q = quantize(&policy, &states, 0).unwrap();
+        let runtime_mse = mean_squared_error(&policy, &q.bytes, &states);
+        let zero = vec![0f32; policy.act_dim];
+        let mut stage_mse_sum = 0.0;
+        for stage in q.plan.stages() {
+            let mut sum = 0.0;
+            for obs in &states {
+                let f = policy.act(obs, &zero);
+                let s = q.plan.stage_policy_act(&policy, stage, obs);
+                for c in 0..policy.act_dim {
+                    let half =
+                        0.5 * (policy.meta.action_high[c] - policy.meta.action_low[c]) as f64;
+                    sum += ((s[c] - f[c]) as f64 / half).powi(2);
+                }
+            }
+            let mse = sum / (states.len() * policy.act_dim) as f64;
+            assert!(
+                mse > 0.0,
+                "{}: a quantized stage changes the actions",
+                q.plan.stage_name(stage)
+            );
+            stage_mse_sum += mse;
+        }
+        assert!(
+            (0.3..3.0).contains(&(runtime_mse / stage_mse_sum)),
+            "runtime {runtime_mse:e} vs stages {stage_mse_sum:e}"
+        );
+    }
+
+    /// A layer whose worst-case sum overflows int32 is refused at export with its name,
+    /// and the same bias written into a blob is refused by the parser.
+    #[test]
+    fn a_layer_that_could_overflow_is_refused() {
+        let (mut policy, states) = untrained("overflow");
+        policy.hidden[1].bias[5] = 1e6;
+        let err = quantize(&policy, &states, 0).unwrap_err().to_string();
+        assert!(err.contains("hidden layer 1 channel 5"), "{err}");
+
+        let (policy, states) = untrained("overflow-blob");
+        let bytes = quantize(&policy, &states, 0).unwrap().bytes;
+        let parsed = runtime::PolicyBlob::parse(&bytes).unwrap();
+        let mut biases = parsed.hidden[1].biases.to_vec();
+        biases[20..24].copy_from_slice(&i32::MAX.to_le_bytes());
+        let mut blob = parsed.clone();
+        blob.hidden[1].biases = &biases;
+        let bad = runtime::blob::encode(&blob).unwrap();
+        assert_eq!(
+            runtime::PolicyBlob::parse(&bad).unwrap_err(),
+            BlobError::AccumulatorRange
+        );
     }
 }
