@@ -13,11 +13,13 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use runtime::blob::blob_hash;
-use runtime::golden::{push_record, GoldenSet};
 use runtime::noise::SplitMix64;
 use runtime::wire::{CostUnit, ErrorCode, Request, Response, MAX_FRAME};
 use runtime::{NoiseMode, Policy, Scratch};
-use tests::{fixture_blob, random_observation, FixtureSpec};
+use tests::{
+    fixture_blob, golden_vectors, random_observation, with_edge_output_stages, with_input_gain,
+    FixtureSpec,
+};
 use tools::link::{encode_request, DeviceLink, LinkError};
 use tools::qemu::{build_firmware, FirmwareBuild, Qemu, QemuOptions};
 
@@ -53,36 +55,6 @@ fn firmware_for(blob: &[u8], golden: Option<&[u8]>) -> PathBuf {
     let elf = build_firmware(&build).unwrap_or_else(|e| panic!("{e:#}"));
     built.insert(key, elf.clone());
     elf
-}
-
-/// Golden vectors for `blob` as the exporter writes them: `n` random observations in
-/// alternating modes with the host runtime's actions.
-fn golden_vectors(blob: &[u8], n: usize, seed: u64) -> Vec<u8> {
-    let policy = Policy::from_bytes(blob).unwrap();
-    let mut rng = SplitMix64::new(seed);
-    let mut records = Vec::new();
-    for i in 0..n {
-        let obs = random_observation(&mut rng, policy.obs_dim());
-        let mode = if i % 2 == 0 {
-            NoiseMode::Deterministic
-        } else {
-            NoiseMode::Stochastic {
-                seed: rng.next_u64(),
-            }
-        };
-        let mut action = vec![0.0; policy.act_dim()];
-        policy
-            .act(&obs, mode, &mut Scratch::new(), &mut action)
-            .unwrap();
-        push_record(&mut records, mode, &obs, &action);
-    }
-    let set = GoldenSet {
-        blob_hash: blob_hash(blob),
-        obs_dim: policy.obs_dim() as u16,
-        act_dim: policy.act_dim() as u16,
-        records: &records,
-    };
-    postcard::to_stdvec(&set).unwrap()
 }
 
 /// Boot the firmware for `blob` and synchronize with it; returns the link and the answer
@@ -486,90 +458,6 @@ fn fixture_asset_is_current() {
         "{} is stale: regenerate with FLAME_BLESS=1",
         path.display()
     );
-}
-
-/// Copy of `blob` with every input scale multiplied by `gain`, so that many observation
-/// and flow-state codes saturate at ±32767 and the first layer's sums reach the int16
-/// extremes the accumulator bound allows for.
-fn with_input_gain(blob: &[u8], gain: f32) -> Vec<u8> {
-    let base = runtime::PolicyBlob::parse(blob).unwrap();
-    let scales: Vec<u8> = base
-        .input
-        .inv_scales
-        .chunks_exact(4)
-        .flat_map(|b| (f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * gain).to_le_bytes())
-        .collect();
-    let mut parsed = base.clone();
-    parsed.input.inv_scales = &scales;
-    runtime::blob::encode(&parsed).unwrap()
-}
-
-/// Copy of `blob` whose hidden layers' output stages hit the edges of what the parser
-/// accepts, on about half of the channels: shifts anywhere in −31..=30 (left shifts and 0
-/// included), multipliers 0, 1, `i32::MAX` or small enough that left shifts do not always
-/// saturate, biases up to the i32 extremes (wrapping sums, saturating left shifts); plus a
-/// random activation table and pre-activation zero point per layer, so that a wrong code
-/// anywhere changes the next layer's input.
-fn with_edge_output_stages(blob: &[u8], seed: u64) -> Vec<u8> {
-    let base = runtime::PolicyBlob::parse(blob).unwrap();
-    let mut rng = SplitMix64::new(seed);
-    let mut stages = Vec::new();
-    for layer in base.hidden.iter() {
-        let (mut biases, mut multipliers, mut shifts) = (
-            layer.biases.to_vec(),
-            layer.multipliers.to_vec(),
-            layer.shifts.to_vec(),
-        );
-        let (in_dim, out_dim) = (layer.in_dim as usize, layer.out_dim as usize);
-        for c in 0..out_dim {
-            let row = &layer.weights[c * in_dim..(c + 1) * in_dim];
-            let weight_sum: i64 = row.iter().map(|&w| (w as i8 as i64).abs()).sum();
-            let limit = (i32::MAX as i64 - weight_sum * 32767) as i32;
-            let r = rng.next_u64();
-            if r & 1 == 0 {
-                continue;
-            }
-            let shift = match (r >> 1) % 4 {
-                0 => ((r >> 8) % 62) as i32 - 31,
-                1 => -(((r >> 8) % 3) as i32) - 29,
-                _ => shifts[c] as i8 as i32 + ((r >> 8) % 5) as i32 - 2,
-            }
-            .clamp(-31, 30);
-            let m: i32 = match (r >> 16) % 8 {
-                0 => [0, 1, 2, i32::MAX, 1 << 30, (1 << 30) - 1][(r >> 24) as usize % 6],
-                1 | 2 => (r >> 33) as i32 & 0xFFFF,
-                _ => (1 << 30) | (r >> 34) as i32,
-            };
-            shifts[c] = shift as i8 as u8;
-            multipliers[4 * c..4 * c + 4].copy_from_slice(&m.to_le_bytes());
-            for set in 0..biases.len() / (4 * out_dim) {
-                let at = 4 * (set * out_dim + c);
-                let bias: i32 = match (rng.next_u64() >> 40) % 8 {
-                    0 => [-limit, limit, 1 - limit, -1, 0, limit / 2][(r >> 48) as usize % 6],
-                    1 => {
-                        (rng.next_u64() % (limit as u64 + 1)) as i32
-                            * if r >> 63 == 0 { 1 } else { -1 }
-                    }
-                    _ => continue,
-                };
-                biases[at..at + 4].copy_from_slice(&bias.to_le_bytes());
-            }
-        }
-        let table: Vec<u8> = (0..runtime::quant::TABLE_ENTRIES)
-            .flat_map(|_| (rng.next_u64() as i16).max(-32767).to_le_bytes())
-            .collect();
-        stages.push((biases, multipliers, shifts, table));
-    }
-    let mut parsed = base.clone();
-    for (layer, (biases, multipliers, shifts, table)) in parsed.hidden.iter_mut().zip(&stages) {
-        layer.biases = biases;
-        layer.multipliers = multipliers;
-        layer.shifts = shifts;
-        layer.activation = table;
-    }
-    let out = runtime::blob::encode(&parsed).unwrap();
-    Policy::from_bytes(&out).expect("edge output stages are valid");
-    out
 }
 
 /// A fixture's shape: obs and act dims, hidden widths, flow steps, weight seed.
