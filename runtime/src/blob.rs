@@ -431,3 +431,37 @@ pub fn encode(blob: &PolicyBlob<'_>) -> Result<std::vec::Vec<u8>, postcard::Erro
     out.extend_from_slice(&payload);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blob header of `version` in front of an otherwise empty payload.
+    fn header(version: u16) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&MAGIC);
+        h[4..6].copy_from_slice(&version.to_le_bytes());
+        h[12..16].copy_from_slice(&CRC32.checksum(&[]).to_le_bytes());
+        h
+    }
+
+    /// A version-1 blob (int8 activations) is refused before its payload is read, with a
+    /// message that names the version and how to re-export; a newer one names the fix
+    /// on the device side.
+    #[test]
+    fn other_versions_are_refused_with_the_way_out() {
+        let old = PolicyBlob::parse(&header(1)).unwrap_err();
+        assert_eq!(old, BlobError::UnsupportedVersion(1));
+        let message = old.to_string();
+        assert!(
+            message.contains("version 1") && message.contains("trainer export"),
+            "{message}"
+        );
+        let new = PolicyBlob::parse(&header(3)).unwrap_err().to_string();
+        assert!(new.contains("version 3") && new.contains("update"), "{new}");
+        assert_eq!(
+            PolicyBlob::parse(&header(FORMAT_VERSION)).unwrap_err(),
+            BlobError::Malformed
+        );
+    }
+}

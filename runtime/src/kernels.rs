@@ -1229,7 +1229,7 @@ mod tests {
                     } else {
                         -32767
                     }
-                } else if r % 97 == 0 {
+                } else if r.is_multiple_of(97) {
                     i16::MIN
                 } else {
                     (r >> 8) as i16 >> ((r >> 40) % 12)

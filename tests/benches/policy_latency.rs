@@ -109,20 +109,22 @@ fn benches(c: &mut Criterion) {
 
     // One 256×256 hidden layer: optimized host kernel vs the reference loop.
     let layer = &policy.blob().hidden[1];
-    let x: Vec<i8> = (0..layer.in_dim).map(|_| rng.next_u64() as i8).collect();
+    let x: Vec<i16> = (0..layer.in_dim)
+        .map(|_| (rng.next_u64() as i16).max(-32767))
+        .collect();
     let rows = layer.out_dim as usize;
     let mut group = c.benchmark_group("dense 256x256");
     let mut sink = 0i32;
     group.bench_function("kernels::dense", |b| {
         b.iter(|| {
-            dense(black_box(layer.weights), rows, &x, 3, |_, a| {
+            dense(black_box(layer.weights), rows, &x, |_, a| {
                 sink = sink.wrapping_add(a)
             })
         })
     });
     group.bench_function("kernels::dense_reference", |b| {
         b.iter(|| {
-            dense_reference(black_box(layer.weights), rows, &x, 3, |_, a| {
+            dense_reference(black_box(layer.weights), rows, &x, |_, a| {
                 sink = sink.wrapping_add(a)
             })
         })

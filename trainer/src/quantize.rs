@@ -468,7 +468,7 @@ fn plan(policy: &FloatPolicy, ranges: &Ranges, rounding: Rounding) -> Result<Pla
         &policy.output,
         &[],
         input_scale,
-        &[policy.output.bias.clone()],
+        std::slice::from_ref(&policy.output.bias),
         gram(policy.hidden.len()),
     )?;
     Ok(Plan {
