@@ -17,6 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::Weights;
 use crate::{quant, MAX_ACT, MAX_HIDDEN_LAYERS, MAX_NFE, MAX_OBS, MAX_WIDTH};
 
 pub const MAGIC: [u8; 4] = *b"FLMB";
@@ -93,14 +94,16 @@ pub struct InputStage<'a> {
     pub inv_scales: &'a [u8],
 }
 
-/// A hidden layer: int8 weights × int16 inputs, requantized per channel to an int16
-/// pre-activation code, then the activation as an interpolated int16 table from the
+/// A hidden layer: int8 (or int16) weights × int16 inputs, requantized per channel to an
+/// int16 pre-activation code, then the activation as an interpolated int16 table from the
 /// pre-activation code to the output code (see [`quant::interpolate`]).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct HiddenLayer<'a> {
     pub in_dim: u16,
     pub out_dim: u16,
-    /// int8 × out_dim × in_dim, row-major (one row per output channel).
+    /// Bytes per weight: 1 (int8) or 2 (int16 LE).
+    pub weight_bytes: u8,
+    /// out_dim × in_dim weights, row-major (one row per output channel).
     pub weights: &'a [u8],
     /// int32 LE × out_dim (scale s_in·s_w). The first layer stores nfe sets, one per flow
     /// step, with that step's time embedding folded in.
@@ -114,18 +117,34 @@ pub struct HiddenLayer<'a> {
     pub activation: &'a [u8],
 }
 
-/// The output layer: int8 weights × int16 inputs, then dequantized per channel in f32 to
-/// the mean velocity u.
+/// The output layer: int8 (or int16) weights × int16 inputs, then dequantized per channel
+/// in f32 to the mean velocity u.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct OutputLayer<'a> {
     pub in_dim: u16,
     pub out_dim: u16,
-    /// int8 × out_dim × in_dim, row-major.
+    /// Bytes per weight: 1 (int8) or 2 (int16 LE).
+    pub weight_bytes: u8,
+    /// out_dim × in_dim weights, row-major.
     pub weights: &'a [u8],
     /// int32 LE × out_dim.
     pub biases: &'a [u8],
     /// f32 LE × out_dim: s_in · s_w per channel.
     pub scales: &'a [u8],
+}
+
+impl<'a> HiddenLayer<'a> {
+    /// The weight matrix (the blob was validated: `weight_bytes` is 1 or 2).
+    pub fn weight_matrix(&self) -> Weights<'a> {
+        Weights::of(self.weight_bytes, self.weights)
+    }
+}
+
+impl<'a> OutputLayer<'a> {
+    /// The weight matrix (the blob was validated: `weight_bytes` is 1 or 2).
+    pub fn weight_matrix(&self) -> Weights<'a> {
+        Weights::of(self.weight_bytes, self.weights)
+    }
 }
 
 /// The whole payload.
@@ -331,7 +350,8 @@ impl<'a> PolicyBlob<'a> {
                 return Err(BlobError::DimensionMismatch);
             }
             let bias_sets = if index == 0 { nfe } else { 1 };
-            check_len(layer.weights, i * o)?;
+            let weights = Weights::new(layer.weight_bytes, layer.weights)?;
+            check_len(layer.weights, i * o * layer.weight_bytes as usize)?;
             check_len(layer.biases, 4 * o * bias_sets)?;
             check_len(layer.multipliers, 4 * o)?;
             check_len(layer.shifts, o)?;
@@ -349,8 +369,8 @@ impl<'a> PolicyBlob<'a> {
             {
                 return Err(BlobError::InvalidValue);
             }
-            check_weights(layer.weights)?;
-            check_accumulators(layer.weights, i, layer.biases)?;
+            check_weights(weights)?;
+            check_accumulators(weights, i, layer.biases)?;
             width = o;
         }
 
@@ -362,11 +382,12 @@ impl<'a> PolicyBlob<'a> {
         if i != width || o != act {
             return Err(BlobError::DimensionMismatch);
         }
-        check_len(out.weights, i * o)?;
+        let weights = Weights::new(out.weight_bytes, out.weights)?;
+        check_len(out.weights, i * o * out.weight_bytes as usize)?;
         check_len(out.biases, 4 * o)?;
         check_len(out.scales, 4 * o)?;
-        check_weights(out.weights)?;
-        check_accumulators(out.weights, i, out.biases)?;
+        check_weights(weights)?;
+        check_accumulators(weights, i, out.biases)?;
         for c in 0..o {
             // NaN fails `contains`, ±Inf is out of range.
             if !(0.0..=MAX_OUTPUT_SCALE).contains(&f32_at(out.scales, c).abs()) {
@@ -385,9 +406,14 @@ fn check_len(array: &[u8], expected: usize) -> Result<(), BlobError> {
     }
 }
 
-/// Symmetric int8 weights never use −128 (its negation does not fit).
-fn check_weights(weights: &[u8]) -> Result<(), BlobError> {
-    if weights.contains(&0x80) {
+/// Symmetric weights never use the most negative code (−128, −32768: its negation does
+/// not fit).
+fn check_weights(weights: Weights<'_>) -> Result<(), BlobError> {
+    let most_negative = match weights {
+        Weights::Int8(_) => i8::MIN as i32,
+        Weights::Int16(_) => i16::MIN as i32,
+    };
+    if (0..weights.len()).any(|k| weights.get(k) == most_negative) {
         Err(BlobError::InvalidValue)
     } else {
         Ok(())
@@ -398,7 +424,7 @@ fn check_weights(weights: &[u8]) -> Result<(), BlobError> {
 /// set `b` (the biases hold whole sets of `rows` values), `Σ_i |w_ci| · 32767 + |b_c| ≤
 /// i32::MAX`. Activations are within ±32767, so every partial sum, in any order, fits.
 /// A width-0 layer has no rows to check.
-fn check_accumulators(weights: &[u8], width: usize, biases: &[u8]) -> Result<(), BlobError> {
+fn check_accumulators(weights: Weights<'_>, width: usize, biases: &[u8]) -> Result<(), BlobError> {
     if width == 0 {
         return Ok(());
     }
@@ -409,8 +435,10 @@ fn check_accumulators(weights: &[u8], width: usize, biases: &[u8]) -> Result<(),
             .max()
             .unwrap_or(0)
     };
-    for (c, row) in weights.chunks_exact(width).enumerate() {
-        let weight_sum: i64 = row.iter().map(|&w| (w as i8 as i64).abs()).sum();
+    for c in 0..rows {
+        let weight_sum: i64 = (c * width..(c + 1) * width)
+            .map(|k| (weights.get(k) as i64).abs())
+            .sum();
         if weight_sum * quant::ACTIVATION_MAX as i64 + largest_bias(c) > i32::MAX as i64 {
             return Err(BlobError::AccumulatorRange);
         }

@@ -31,30 +31,88 @@
 //! partial sum of the SIMD paths is bounded by the same total. For other inputs the
 //! kernels wrap (two's complement) the same way, so they still agree with the reference.
 
-/// The specification: a plain loop over int8 weights (stored as bytes) and int16 inputs,
-/// two's-complement (wrapping) int32 sums.
-pub fn dot_reference(weights: &[u8], inputs: &[i16]) -> i32 {
-    debug_assert_eq!(weights.len(), inputs.len());
+/// A dense layer's weight matrix as the blob stores it: row-major codes, one byte each
+/// (int8) or two (int16 little-endian). int16 weights suit a layer with few inputs of very
+/// different ranges (the first layer): the accumulator bound then limits their scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weights<'a> {
+    Int8(&'a [u8]),
+    Int16(&'a [u8]),
+}
+
+impl<'a> Weights<'a> {
+    /// The matrix for `bytes_per_weight` (1 or 2), else `InvalidValue`.
+    pub fn new(bytes_per_weight: u8, bytes: &'a [u8]) -> Result<Self, crate::BlobError> {
+        match bytes_per_weight {
+            1 => Ok(Weights::Int8(bytes)),
+            2 => Ok(Weights::Int16(bytes)),
+            _ => Err(crate::BlobError::InvalidValue),
+        }
+    }
+
+    /// [`Weights::new`] for a validated blob (anything but 2 reads as int8).
+    pub fn of(bytes_per_weight: u8, bytes: &'a [u8]) -> Self {
+        if bytes_per_weight == 2 {
+            Weights::Int16(bytes)
+        } else {
+            Weights::Int8(bytes)
+        }
+    }
+
+    /// Number of weights.
+    pub fn len(&self) -> usize {
+        match self {
+            Weights::Int8(b) => b.len(),
+            Weights::Int16(b) => b.len() / 2,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Weight `k` (row-major index).
+    #[inline]
+    pub fn get(&self, k: usize) -> i32 {
+        match self {
+            Weights::Int8(b) => b[k] as i8 as i32,
+            Weights::Int16(b) => i16::from_le_bytes([b[2 * k], b[2 * k + 1]]) as i32,
+        }
+    }
+}
+
+/// The specification: a plain loop over the weights and int16 inputs, two's-complement
+/// (wrapping) int32 sums. `row` is the weights' row index (rows are `inputs.len()` long).
+pub fn dot_reference(weights: Weights<'_>, row: usize, inputs: &[i16]) -> i32 {
+    let width = inputs.len();
     let mut acc: i32 = 0;
-    for (&w, &x) in weights.iter().zip(inputs) {
-        acc = acc.wrapping_add((w as i8 as i32) * (x as i32));
+    for (i, &x) in inputs.iter().enumerate() {
+        acc = acc.wrapping_add(weights.get(row * width + i).wrapping_mul(x as i32));
     }
     acc
 }
 
-/// The specification of a dense layer: `emit(c, dot_reference(row_c, x))` for each of the
-/// `rows` rows of the row-major `weights` (`rows × x.len()` bytes).
-pub fn dense_reference(weights: &[u8], rows: usize, x: &[i16], mut emit: impl FnMut(usize, i32)) {
-    let width = x.len();
-    assert_eq!(weights.len(), rows * width, "weights must be rows × inputs");
+/// The specification of a dense layer: `emit(c, dot_reference(weights, c, x))` for each
+/// of the `rows` rows of the row-major `weights` (`rows × x.len()` weights).
+pub fn dense_reference(
+    weights: Weights<'_>,
+    rows: usize,
+    x: &[i16],
+    mut emit: impl FnMut(usize, i32),
+) {
+    assert_eq!(
+        weights.len(),
+        rows * x.len(),
+        "weights must be rows × inputs"
+    );
     for c in 0..rows {
-        emit(c, dot_reference(&weights[c * width..(c + 1) * width], x));
+        emit(c, dot_reference(weights, c, x));
     }
 }
 
-/// The dot product on the optimized path; equals [`dot_reference`].
+/// The dot product on the optimized path; equals [`dot_reference`] of row 0.
 #[inline]
-pub fn dot(weights: &[u8], inputs: &[i16]) -> i32 {
+pub fn dot(weights: Weights<'_>, inputs: &[i16]) -> i32 {
     let mut out = 0;
     dense(weights, 1, inputs, |_, acc| out = acc);
     out
@@ -66,7 +124,7 @@ pub const CHUNK: usize = 32;
 /// The dense layer the policy calls; emits exactly what [`dense_reference`] emits, in
 /// the same order.
 #[inline]
-pub fn dense(weights: &[u8], rows: usize, x: &[i16], mut emit: impl FnMut(usize, i32)) {
+pub fn dense(weights: Weights<'_>, rows: usize, x: &[i16], mut emit: impl FnMut(usize, i32)) {
     dense_chunks(weights, rows, x, |c0, accs| {
         for (r, &acc) in accs.iter().enumerate() {
             emit(c0 + r, acc);
@@ -78,7 +136,7 @@ pub fn dense(weights: &[u8], rows: usize, x: &[i16], mut emit: impl FnMut(usize,
 /// `c0 .. c0 + accs.len()` (1 to [`CHUNK`] of them), in order, covering `0..rows`. The
 /// caller's per-channel code then runs as its own tight loop.
 #[inline]
-pub fn dense_chunks(weights: &[u8], rows: usize, x: &[i16], emit: impl FnMut(usize, &[i32])) {
+pub fn dense_chunks(weights: Weights<'_>, rows: usize, x: &[i16], emit: impl FnMut(usize, &[i32])) {
     assert_eq!(
         weights.len(),
         rows * x.len(),
@@ -89,7 +147,10 @@ pub fn dense_chunks(weights: &[u8], rows: usize, x: &[i16], emit: impl FnMut(usi
         let mut emit = emit;
         return dense_reference(weights, rows, x, |c, acc| emit(c, &[acc]));
     }
-    imp::dense_chunks(weights, rows, x, emit)
+    match weights {
+        Weights::Int8(w) => imp::dense_chunks(w, rows, x, emit),
+        Weights::Int16(w) => imp::dense_chunks_w16(w, rows, x, emit),
+    }
 }
 
 /// A hidden layer's per-channel output stage (docs/blob.md): for channel `c`,
@@ -110,7 +171,7 @@ pub struct OutputStage<'a> {
 /// (wrapping add), the single-rounding `requantize`, int16 saturation and the
 /// interpolated table.
 pub fn dense_requantize_reference(
-    weights: &[u8],
+    weights: Weights<'_>,
     rows: usize,
     x: &[i16],
     stage: &OutputStage<'_>,
@@ -132,7 +193,7 @@ pub fn dense_requantize_reference(
 /// registers); elsewhere [`dense_chunks`] and [`crate::quant::requantize_into`].
 #[inline]
 pub fn dense_requantize(
-    weights: &[u8],
+    weights: Weights<'_>,
     rows: usize,
     x: &[i16],
     stage: &OutputStage<'_>,
@@ -154,7 +215,10 @@ pub fn dense_requantize(
         // Wider than the kernels' buffers: the policy never gets here.
         return dense_requantize_reference(weights, rows, x, stage, y);
     }
-    imp::dense_requantize(weights, rows, x, stage, y)
+    match weights {
+        Weights::Int8(w) => imp::dense_requantize(w, rows, x, stage, y),
+        Weights::Int16(w) => imp::dense_requantize_w16(w, rows, x, stage, y),
+    }
 }
 
 /// [`crate::quant::requantize_into`] for the rows `c0 .. c0 + accs.len()` of `stage`.
@@ -321,6 +385,51 @@ mod imp {
             emit(c, out);
             c += n;
         }
+    }
+
+    /// int16 weights (a narrow first layer): one wrapping reduction per row of
+    /// int16 × int16 products, which the compiler vectorizes (`pmaddwd` on x86-64).
+    #[inline]
+    pub fn dense_chunks_w16(
+        weights: &[u8],
+        rows: usize,
+        x: &[i16],
+        mut emit: impl FnMut(usize, &[i32]),
+    ) {
+        let width = x.len();
+        let mut accs = [0i32; CHUNK];
+        let mut c = 0;
+        while c < rows {
+            let n = CHUNK.min(rows - c);
+            let block = &weights[2 * c * width..2 * (c + n) * width];
+            for (o, row) in accs[..n]
+                .iter_mut()
+                .zip(block.chunks_exact(2 * width.max(1)))
+            {
+                *o = row.chunks_exact(2).zip(x).fold(0i32, |acc, (w, &x)| {
+                    acc.wrapping_add(
+                        (i16::from_le_bytes([w[0], w[1]]) as i32).wrapping_mul(x as i32),
+                    )
+                });
+            }
+            if width == 0 {
+                accs[..n].fill(0);
+            }
+            emit(c, &accs[..n]);
+            c += n;
+        }
+    }
+
+    #[inline]
+    pub fn dense_requantize_w16(
+        weights: &[u8],
+        rows: usize,
+        x: &[i16],
+        stage: &super::OutputStage<'_>,
+        y: &mut [i16],
+    ) {
+        let emit = |c0, accs: &[i32]| super::requantize_rows(stage, c0, accs, y);
+        dense_chunks_w16(weights, rows, x, emit)
     }
 
     /// x86-64 with AVX-512 F/BW/VL/VNNI (detected at run time): 32 int8 weights
@@ -703,10 +812,112 @@ mod imp {
         ".popsection",
     );
 
+    /// Bytes of machine code per group of the int16-weight four-row pass: 17 instructions.
+    const GROUP_W16_BYTES: usize = 68;
+    /// Bytes of machine code per group of the int16-weight one-row pass: 5 instructions.
+    const GROUP1_W16_BYTES: usize = 20;
+    const _: () = assert!(GROUPS * GROUP_W16_BYTES == 8704 && GROUPS * GROUP1_W16_BYTES == 2560);
+
+    /// Four inputs of rows 0–3 with int16 weights: r0 the natural-order input pairs
+    /// (`[x0, x1]`, `[x2, x3]`, advanced by 8 bytes), r1 row 0 (rows 1, 2 at `r1 + r3`,
+    /// `r1 + 2·r3`, r3 the row stride in bytes), r2 row 3; a weight word holds two int16
+    /// weights, so each `LDR` feeds one `SMLAD` directly.
+    macro_rules! group_w16 {
+        () => {
+            concat!(
+                "ldrd r10, r11, [r0], #8\n",
+                "ldr.w r6, [r1, r3]\n",
+                "smlad r5, r6, r10, r5\n",
+                "ldr.w r6, [r1, r3, lsl #1]\n",
+                "smlad r9, r6, r10, r9\n",
+                "ldr.w r6, [r2], #4\n",
+                "smlad r8, r6, r10, r8\n",
+                "ldr.w r6, [r1], #4\n",
+                "smlad r4, r6, r10, r4\n",
+                "ldr.w r6, [r1, r3]\n",
+                "smlad r5, r6, r11, r5\n",
+                "ldr.w r6, [r1, r3, lsl #1]\n",
+                "smlad r9, r6, r11, r9\n",
+                "ldr.w r6, [r2], #4\n",
+                "smlad r8, r6, r11, r8\n",
+                "ldr.w r6, [r1], #4\n",
+                "smlad r4, r6, r11, r4\n",
+            )
+        };
+    }
+
+    /// One group of the int16-weight one-row pass: r0 the input pairs, r1 the row, r4 the
+    /// accumulator.
+    macro_rules! group1_w16 {
+        () => {
+            concat!(
+                "ldrd r10, r11, [r0], #8\n",
+                "ldr.w r6, [r1], #4\n",
+                "smlad r4, r6, r10, r4\n",
+                "ldr.w r6, [r1], #4\n",
+                "smlad r4, r6, r11, r4\n",
+            )
+        };
+    }
+
+    // The int16-weight passes, entered and left as the int8 ones (the four-row pass
+    // through the trampoline, returning with `POP {PC}`; the one-row pass with `BLX`).
+    global_asm!(
+        ".pushsection .text.__flame_runtime_rows4_w16,\"ax\",%progbits",
+        ".syntax unified",
+        ".thumb",
+        ".p2align 2",
+        ".global __flame_runtime_rows4_w16",
+        ".hidden __flame_runtime_rows4_w16",
+        ".type __flame_runtime_rows4_w16, %function",
+        ".thumb_func",
+        "__flame_runtime_rows4_w16:",
+        ".rept 128",
+        group_w16!(),
+        ".endr",
+        "pop {{pc}}",
+        ".size __flame_runtime_rows4_w16, . - __flame_runtime_rows4_w16",
+        ".org __flame_runtime_rows4_w16 + 8704 + 2",
+        ".popsection",
+    );
+
+    global_asm!(
+        ".pushsection .text.__flame_runtime_rows1_w16,\"ax\",%progbits",
+        ".syntax unified",
+        ".thumb",
+        ".p2align 2",
+        ".global __flame_runtime_rows1_w16",
+        ".hidden __flame_runtime_rows1_w16",
+        ".type __flame_runtime_rows1_w16, %function",
+        ".thumb_func",
+        "__flame_runtime_rows1_w16:",
+        ".rept 128",
+        group1_w16!(),
+        ".endr",
+        "bx lr",
+        ".size __flame_runtime_rows1_w16, . - __flame_runtime_rows1_w16",
+        ".org __flame_runtime_rows1_w16 + 2560 + 2",
+        ".popsection",
+    );
+
     extern "C" {
         // Not callable from Rust (custom register interface); only their addresses are used.
         fn __flame_runtime_rows4();
         fn __flame_runtime_rows1();
+        fn __flame_runtime_rows4_w16();
+        fn __flame_runtime_rows1_w16();
+    }
+
+    /// Addresses (Thumb bit set) at which the int16-weight four-row and one-row bodies run
+    /// `groups` groups.
+    #[inline(always)]
+    fn entries_w16(groups: usize) -> (usize, usize) {
+        debug_assert!(groups <= GROUPS);
+        let skip = GROUPS - groups;
+        (
+            (__flame_runtime_rows4_w16 as *const () as usize | 1) + skip * GROUP_W16_BYTES,
+            (__flame_runtime_rows1_w16 as *const () as usize | 1) + skip * GROUP1_W16_BYTES,
+        )
     }
 
     /// Addresses (Thumb bit set) at which the four-row and one-row bodies run `groups`
@@ -902,40 +1113,49 @@ mod imp {
         // SAFETY: `widen` initialized the first 2·groups words.
         let xw: &[u32] =
             unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
-        chunks_from(weights, rows, x, xw, 0, emit);
+        chunks_from(weights, rows, xw, &passes_w8(weights, x, xw), 0, emit);
     }
 
-    /// The rows `start..rows` in chunks (see [`super::dense_chunks`]) against the widened
-    /// input `xw` (`2·groups` words).
+    /// How a matrix's rows are summed against a prepared input: the entries of its
+    /// four-row and one-row bodies, the bytes each body reads from a row's start, the
+    /// bytes between rows, and the exact path for a row whose padded read would pass the
+    /// end of the weights.
+    struct Passes<F: Fn(usize) -> i32> {
+        entry4: usize,
+        entry1: usize,
+        read: usize,
+        stride: usize,
+        exact_row: F,
+    }
+
+    /// The rows `start..rows` in chunks (see [`super::dense_chunks`]) against the prepared
+    /// input `xw`.
     #[inline(always)]
-    fn chunks_from(
+    fn chunks_from<F: Fn(usize) -> i32>(
         weights: &[u8],
         rows: usize,
-        x: &[i16],
         xw: &[u32],
+        passes: &Passes<F>,
         start: usize,
         mut emit: impl FnMut(usize, &[i32]),
     ) {
-        let width = x.len();
-        let groups = xw.len() / 2;
-        let (entry4, entry1) = entries(groups);
-        let (len, read) = (weights.len(), 4 * groups);
+        let (len, read, stride) = (weights.len(), passes.read, passes.stride);
         let mut accs = [0i32; super::CHUNK];
         let mut c = start;
-        // Each row reads 4·groups bytes from its start: past a row's end (width not a
-        // multiple of 4) the next row's first weights, which meet zero input lanes. Only
-        // the last rows of such a matrix would read past the weights: they take the exact
-        // path.
+        // Each row reads `read` bytes from its start: past a row's end (a width not a
+        // multiple of the group) the next row's first weights, which meet zero input
+        // lanes. Only the last rows of such a matrix would read past the weights: they
+        // take the exact path.
         while c < rows {
             let mut n = 0;
-            while n < super::CHUNK && c + n + 4 <= rows && (c + n + 3) * width + read <= len {
-                // SAFETY: bounds checked just above; `xw` has 2·groups words.
+            while n < super::CHUNK && c + n + 4 <= rows && (c + n + 3) * stride + read <= len {
+                // SAFETY: bounds checked just above; `xw` holds what the body reads.
                 let block = unsafe {
                     rows4(
-                        weights.as_ptr().add((c + n) * width),
-                        width,
+                        weights.as_ptr().add((c + n) * stride),
+                        stride,
                         xw.as_ptr(),
-                        entry4,
+                        passes.entry4,
                     )
                 };
                 accs[n..n + 4].copy_from_slice(&block);
@@ -945,11 +1165,13 @@ mod imp {
                 // Fewer than four rows left, or the last rows of a ragged matrix.
                 while n < super::CHUNK && c + n < rows {
                     let r = c + n;
-                    accs[n] = if r * width + read <= len {
-                        // SAFETY: bounds checked just above; `xw` has 2·groups words.
-                        unsafe { rows1(weights.as_ptr().add(r * width), xw.as_ptr(), entry1) }
+                    accs[n] = if r * stride + read <= len {
+                        // SAFETY: bounds checked just above; `xw` holds what it reads.
+                        unsafe {
+                            rows1(weights.as_ptr().add(r * stride), xw.as_ptr(), passes.entry1)
+                        }
                     } else {
-                        dot_row(&weights[r * width..(r + 1) * width], xw, x)
+                        (passes.exact_row)(r)
                     };
                     n += 1;
                 }
@@ -957,6 +1179,87 @@ mod imp {
             emit(c, &accs[..n]);
             c += n;
         }
+    }
+
+    /// The int8 passes for `groups` groups of four inputs (even).
+    fn passes_w8<'a>(
+        weights: &'a [u8],
+        x: &'a [i16],
+        xw: &'a [u32],
+    ) -> Passes<impl Fn(usize) -> i32 + 'a> {
+        let (width, groups) = (x.len(), xw.len() / 2);
+        let (entry4, entry1) = entries(groups);
+        Passes {
+            entry4,
+            entry1,
+            read: 4 * groups,
+            stride: width,
+            exact_row: move |r| dot_row(&weights[r * width..(r + 1) * width], xw, x),
+        }
+    }
+
+    /// The int16 passes for `groups` groups of four inputs.
+    fn passes_w16<'a>(
+        weights: &'a [u8],
+        x: &'a [i16],
+        xw: &'a [u32],
+    ) -> Passes<impl Fn(usize) -> i32 + 'a> {
+        let (width, groups) = (x.len(), xw.len() / 2);
+        let (entry4, entry1) = entries_w16(groups);
+        Passes {
+            entry4,
+            entry1,
+            read: 8 * groups,
+            stride: 2 * width,
+            exact_row: move |r| dot_row_w16(&weights[2 * r * width..2 * (r + 1) * width], x),
+        }
+    }
+
+    /// One int16-weight row exactly.
+    fn dot_row_w16(row: &[u8], x: &[i16]) -> i32 {
+        row.chunks_exact(2).zip(x).fold(0i32, |acc, (w, &x)| {
+            acc.wrapping_add(i16::from_le_bytes([w[0], w[1]]) as i32 * x as i32)
+        })
+    }
+
+    /// Copy `x` into `xw` as int16 pairs in their natural order (`[x0, x1]`, `[x2, x3]`,
+    /// what `SMLAD` multiplies with a word of two int16 weights), zero-padded to a whole
+    /// group of four inputs; returns the number of groups.
+    #[inline(always)]
+    fn pairs(x: &[i16], xw: &mut [MaybeUninit<u32>; WIDE_WORDS]) -> usize {
+        let width = x.len().min(MAX_WIDTH);
+        let groups = width.div_ceil(4);
+        let full = width / 2;
+        let src = x.as_ptr() as *const u32;
+        for (j, word) in xw.iter_mut().take(full).enumerate() {
+            // SAFETY: inputs 2j, 2j + 1 of `x` (j < width / 2); one unaligned LDR.
+            word.write(unsafe { src.add(j).read_unaligned() });
+        }
+        for (j, word) in xw.iter_mut().enumerate().take(2 * groups).skip(full) {
+            // The odd last input, then zero lanes.
+            let lane = 2 * j;
+            word.write(if lane < width {
+                x[lane] as u16 as u32
+            } else {
+                0
+            });
+        }
+        groups
+    }
+
+    #[inline(always)]
+    pub fn dense_chunks_w16(
+        weights: &[u8],
+        rows: usize,
+        x: &[i16],
+        emit: impl FnMut(usize, &[i32]),
+    ) {
+        let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
+        let groups = pairs(x, &mut buffer);
+        // SAFETY: `pairs` initialized the first 2·groups words.
+        let xw: &[u32] =
+            unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
+        chunks_from(weights, rows, xw, &passes_w16(weights, x, xw), 0, emit);
     }
 
     /// What [`layer4`] reads: the requantization state (words 0–5, loaded after each
@@ -1155,16 +1458,46 @@ mod imp {
         stage: &super::OutputStage<'_>,
         y: &mut [i16],
     ) {
-        let width = x.len();
         let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
         let groups = widen(x, &mut buffer);
         // SAFETY: `widen` initialized the first 2·groups words.
         let xw: &[u32] =
             unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
-        // Whole blocks whose reads (4·groups bytes from each of the four rows) stay within
+        layer(weights, rows, xw, &passes_w8(weights, x, xw), stage, y);
+    }
+
+    #[inline(always)]
+    pub fn dense_requantize_w16(
+        weights: &[u8],
+        rows: usize,
+        x: &[i16],
+        stage: &super::OutputStage<'_>,
+        y: &mut [i16],
+    ) {
+        let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
+        let groups = pairs(x, &mut buffer);
+        // SAFETY: `pairs` initialized the first 2·groups words.
+        let xw: &[u32] =
+            unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
+        layer(weights, rows, xw, &passes_w16(weights, x, xw), stage, y);
+    }
+
+    /// A hidden layer on the prepared input `xw`: whole blocks of four rows in
+    /// `__flame_runtime_layer4` with the four-row body of `passes`, the rest in chunks.
+    #[inline(always)]
+    fn layer<F: Fn(usize) -> i32>(
+        weights: &[u8],
+        rows: usize,
+        xw: &[u32],
+        passes: &Passes<F>,
+        stage: &super::OutputStage<'_>,
+        y: &mut [i16],
+    ) {
+        let stride = passes.stride;
+        // Whole blocks whose reads (`read` bytes from each of the four rows) stay within
         // the weights: all of them, or all but the last of a ragged matrix.
         let mut blocks = rows / 4;
-        while blocks > 0 && (4 * blocks - 1) * width + 4 * groups > weights.len() {
+        while blocks > 0 && (4 * blocks - 1) * stride + passes.read > weights.len() {
             blocks -= 1;
         }
         if blocks > 0 {
@@ -1178,19 +1511,19 @@ mod imp {
                 xw: xw.as_ptr(),
                 row: weights.as_ptr(),
                 biases: stage.biases.as_ptr(),
-                width,
-                width3: 3 * width,
-                entry: entries(groups).0,
+                width: stride,
+                width3: 3 * stride,
+                entry: passes.entry4,
                 end: y.as_mut_ptr().wrapping_add(4 * blocks),
             };
             // SAFETY: the reads of the four-row pass are in bounds (checked above; `xw`
-            // has 2·groups words); `dense_requantize` checked that the stage's arrays hold
-            // `rows ≥ 4·blocks` channels and `y` as many values; the table reads at
-            // `2·k` and `2·k + 2` with k ≤ 511 stay within its 1026 bytes.
+            // holds what the body reads); `dense_requantize` checked that the stage's
+            // arrays hold `rows ≥ 4·blocks` channels and `y` as many values; the table
+            // reads at `2·k` and `2·k + 2` with k ≤ 511 stay within its 1026 bytes.
             unsafe { __flame_runtime_layer4(&args) };
         }
         let emit = |c0, accs: &[i32]| super::requantize_rows(stage, c0, accs, y);
-        chunks_from(weights, rows, x, xw, 4 * blocks, emit);
+        chunks_from(weights, rows, xw, passes, 4 * blocks, emit);
     }
 }
 
@@ -1199,22 +1532,39 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Random int8 weights in [−127, 127], or only ±127 when `extreme`.
-    fn random_weights(rng: &mut crate::noise::SplitMix64, n: usize, extreme: bool) -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                let r = rng.next_u64();
-                if extreme {
-                    if r & 1 == 0 {
-                        127
-                    } else {
-                        (-127i8) as u8
-                    }
-                } else {
-                    ((r % 255) as i32 - 127) as i8 as u8
-                }
-            })
-            .collect()
+    /// Random int8 weights in [−127, 127], or only ±127 when `extreme`; with `wide`,
+    /// int16 weights (LE bytes) in [−32767, 32767] or ±32767 (sums that wrap: the kernels
+    /// must wrap alike).
+    fn random_weights(
+        rng: &mut crate::noise::SplitMix64,
+        n: usize,
+        extreme: bool,
+        wide: bool,
+    ) -> Vec<u8> {
+        let max: i32 = if wide { 32767 } else { 127 };
+        let mut bytes = Vec::new();
+        for _ in 0..n {
+            let r = rng.next_u64();
+            let w = match (extreme, r & 1) {
+                (true, 0) => max,
+                (true, _) => -max,
+                (false, _) => (r % (2 * max as u64 + 1)) as i32 - max,
+            };
+            if wide {
+                bytes.extend_from_slice(&(w as i16).to_le_bytes());
+            } else {
+                bytes.push(w as i8 as u8);
+            }
+        }
+        bytes
+    }
+
+    fn matrix(bytes: &[u8], wide: bool) -> Weights<'_> {
+        if wide {
+            Weights::Int16(bytes)
+        } else {
+            Weights::Int8(bytes)
+        }
     }
 
     /// Random int16 activations, or only ±32767 when `extreme` (the largest sums a blob
@@ -1248,8 +1598,8 @@ mod tests {
             let wide: i64 = weights.iter().zip(&inputs)
                 .map(|(&w, &x)| (w as i8 as i64) * (x as i64)).sum();
             // |Σ| < 512 · 127 · 32768 < 2^31: no wrap, so both equal the wide sum.
-            prop_assert_eq!(dot(&weights, &inputs) as i64, wide);
-            prop_assert_eq!(dot_reference(&weights, &inputs) as i64, wide);
+            prop_assert_eq!(dot(Weights::Int8(&weights), &inputs) as i64, wide);
+            prop_assert_eq!(dot_reference(Weights::Int8(&weights), 0, &inputs) as i64, wide);
         }
 
         #[test]
@@ -1258,20 +1608,22 @@ mod tests {
             rows in 1usize..12,
             seed in any::<u64>(),
             extreme in any::<bool>(),
+            wide in any::<bool>(),
         ) {
             let mut rng = crate::noise::SplitMix64::new(seed);
-            let weights = random_weights(&mut rng, rows * width, extreme);
+            let bytes = random_weights(&mut rng, rows * width, extreme, wide);
+            let weights = matrix(&bytes, wide);
             let x = random_inputs(&mut rng, width, extreme);
             let mut expect = Vec::new();
-            dense_reference(&weights, rows, &x, |c, a| expect.push((c, a)));
+            dense_reference(weights, rows, &x, |c, a| expect.push((c, a)));
             let mut got = Vec::new();
-            dense(&weights, rows, &x, |c, a| got.push((c, a)));
+            dense(weights, rows, &x, |c, a| got.push((c, a)));
             prop_assert_eq!(&got, &expect);
             // Every x86-64 kernel this CPU has, whichever `dense` picked.
             #[cfg(target_arch = "x86_64")]
-            for level in imp::Level::available() {
+            for level in imp::Level::available().filter(|_| !wide) {
                 let mut got = Vec::new();
-                imp::dense_chunks_with(&weights, rows, &x, |c0, accs| {
+                imp::dense_chunks_with(&bytes, rows, &x, |c0, accs| {
                     got.extend(accs.iter().enumerate().map(|(r, &a)| (c0 + r, a)))
                 }, level);
                 prop_assert_eq!(&got, &expect, "{:?}", level);
@@ -1322,9 +1674,11 @@ mod tests {
             rows in 1usize..40,
             seed in any::<u64>(),
             extreme in any::<bool>(),
+            wide in any::<bool>(),
         ) {
             let mut rng = crate::noise::SplitMix64::new(seed);
-            let weights = random_weights(&mut rng, rows * width, extreme);
+            let bytes = random_weights(&mut rng, rows * width, extreme, wide);
+            let weights = matrix(&bytes, wide);
             let x = random_inputs(&mut rng, width, extreme);
             let (biases, multipliers, shifts, table) = random_stage(&mut rng, rows);
             let stage = OutputStage {
@@ -1334,15 +1688,15 @@ mod tests {
                 table: table.as_slice().try_into().unwrap(),
             };
             let mut expect = vec![0i16; rows];
-            dense_requantize_reference(&weights, rows, &x, &stage, &mut expect);
+            dense_requantize_reference(weights, rows, &x, &stage, &mut expect);
             let mut got = vec![0i16; rows + 1];
-            dense_requantize(&weights, rows, &x, &stage, &mut got);
+            dense_requantize(weights, rows, &x, &stage, &mut got);
             prop_assert_eq!(&got[..rows], &expect[..]);
             prop_assert_eq!(got[rows], 0, "wrote past the layer");
             #[cfg(target_arch = "x86_64")]
-            for level in imp::Level::available() {
+            for level in imp::Level::available().filter(|_| !wide) {
                 let mut got = vec![0i16; rows];
-                imp::dense_requantize_with(&weights, rows, &x, &stage, &mut got, level);
+                imp::dense_requantize_with(&bytes, rows, &x, &stage, &mut got, level);
                 prop_assert_eq!(&got, &expect, "{:?}", level);
             }
         }

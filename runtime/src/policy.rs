@@ -179,7 +179,7 @@ impl<'a> Policy<'a> {
                 &pong[..width]
             };
             let out = &self.blob.output;
-            dense(out.weights, act_dim, x, |c, acc| {
+            dense(out.weight_matrix(), act_dim, x, |c, acc| {
                 let acc = acc.wrapping_add(i32_at(out.biases, c));
                 let u = acc as f32 * f32_at(out.scales, c);
                 z[c] -= step * u;
@@ -212,7 +212,7 @@ fn hidden_layer(layer: &HiddenLayer<'_>, bias_set: usize, x: &[i16], y: &mut [i1
     };
     // The parser accepts only m ≥ 0 and shifts in range, what the kernel's requantization
     // assumes.
-    dense_requantize(layer.weights, out_dim, x, &stage, &mut y[..out_dim]);
+    dense_requantize(layer.weight_matrix(), out_dim, x, &stage, &mut y[..out_dim]);
 }
 
 /// `clamp(round(x · inv_scale), −32767, 32767)`: one f32 multiply (no FMA), rounding half

@@ -117,14 +117,14 @@ fn benches(c: &mut Criterion) {
     let mut sink = 0i32;
     group.bench_function("kernels::dense", |b| {
         b.iter(|| {
-            dense(black_box(layer.weights), rows, &x, |_, a| {
+            dense(black_box(layer.weight_matrix()), rows, &x, |_, a| {
                 sink = sink.wrapping_add(a)
             })
         })
     });
     group.bench_function("kernels::dense_reference", |b| {
         b.iter(|| {
-            dense_reference(black_box(layer.weights), rows, &x, |_, a| {
+            dense_reference(black_box(layer.weight_matrix()), rows, &x, |_, a| {
                 sink = sink.wrapping_add(a)
             })
         })

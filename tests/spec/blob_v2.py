@@ -140,6 +140,21 @@ def i8s(b): return list(struct.unpack("<%db" % len(b), b))
 
 # ---------------------------------------------------------------- blob parse
 
+def weights(r):
+    """`weight_bytes` (u8: 1 = int8, 2 = int16 LE), then the weight byte string."""
+    width = r.u8()
+    data = r.bytes_()
+    if width == 1:
+        values = i8s(data)
+        assert -128 not in values
+        return values
+    if width == 2:
+        values = i16s(data)
+        assert -32768 not in values
+        return values
+    raise ValueError("InvalidValue: weight_bytes %d" % width)
+
+
 def parse_blob(data):
     if len(data) < 16:
         raise ValueError("Truncated")
@@ -190,7 +205,7 @@ def parse_blob(data):
         L = {}
         L["in_dim"] = r.u16()
         L["out_dim"] = r.u16()
-        L["weights"] = i8s(r.bytes_())
+        L["weights"] = weights(r)
         L["biases"] = i32s(r.bytes_())
         L["multipliers"] = i32s(r.bytes_())
         L["shifts"] = i8s(r.bytes_())
@@ -200,7 +215,7 @@ def parse_blob(data):
     out = {}
     out["in_dim"] = r.u16()
     out["out_dim"] = r.u16()
-    out["weights"] = i8s(r.bytes_())
+    out["weights"] = weights(r)
     out["biases"] = i32s(r.bytes_())
     out["scales"] = f32s(r.bytes_())
     if r.p != len(payload):
@@ -223,7 +238,7 @@ def parse_blob(data):
         assert len(L["activation"]) == 513
         assert all(m >= 0 for m in L["multipliers"])
         assert all(-31 <= s <= 30 for s in L["shifts"])
-        assert -32768 not in L["activation"] and -128 not in L["weights"]
+        assert -32768 not in L["activation"]
         width = L["out_dim"]
     assert out["in_dim"] == width and out["out_dim"] == ad
     assert len(out["weights"]) == ad * width and len(out["biases"]) == ad

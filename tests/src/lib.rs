@@ -229,6 +229,7 @@ pub fn fixture_blob(spec: &FixtureSpec) -> Vec<u8> {
             .map(|h| HiddenLayer {
                 in_dim: h.in_dim as u16,
                 out_dim: h.out_dim as u16,
+                weight_bytes: 1,
                 weights: &h.weights,
                 biases: &h.biases,
                 multipliers: &h.multipliers,
@@ -239,6 +240,7 @@ pub fn fixture_blob(spec: &FixtureSpec) -> Vec<u8> {
         output: OutputLayer {
             in_dim: width as u16,
             out_dim: act as u16,
+            weight_bytes: 1,
             weights: &out_weights,
             biases: &out_biases,
             scales: &out_scales,
@@ -281,8 +283,10 @@ pub fn with_edge_output_stages(blob: &[u8], seed: u64) -> Vec<u8> {
         );
         let (in_dim, out_dim) = (layer.in_dim as usize, layer.out_dim as usize);
         for c in 0..out_dim {
-            let row = &layer.weights[c * in_dim..(c + 1) * in_dim];
-            let weight_sum: i64 = row.iter().map(|&w| (w as i8 as i64).abs()).sum();
+            let weights = layer.weight_matrix();
+            let weight_sum: i64 = (c * in_dim..(c + 1) * in_dim)
+                .map(|k| (weights.get(k) as i64).abs())
+                .sum();
             let limit = (i32::MAX as i64 - weight_sum * 32767) as i32;
             let r = rng.next_u64();
             if r & 1 == 0 {
@@ -359,6 +363,78 @@ pub fn golden_vectors(blob: &[u8], n: usize, seed: u64) -> Vec<u8> {
         records: &records,
     };
     postcard::to_stdvec(&set).unwrap()
+}
+
+/// Copy of `blob` whose first hidden layer and output layer have int16 weights, as the
+/// exporter writes them: each int8 code `w` becomes `w·f + d` with a random `d` in
+/// `0..f` (so the low bits are used), `f` the largest power of two up to 256 that keeps
+/// the layer within the accumulator bound; the layer's multipliers (shift − log2 f), or
+/// output scales (÷ f), and biases (× f) follow, so the signals keep their ranges.
+pub fn with_int16_edge_layers(blob: &[u8], seed: u64) -> Vec<u8> {
+    let base = runtime::PolicyBlob::parse(blob).unwrap();
+    assert!(base.hidden[0].weight_bytes == 1 && base.output.weight_bytes == 1);
+    let mut rng = SplitMix64::new(seed);
+    // (int16 weight bytes, scaled biases, factor f) of one int8 layer.
+    let mut widen = |weights: &[u8], in_dim: usize, biases: &[u8]| {
+        let rows = weights.len() / in_dim.max(1);
+        let largest_row: i64 = weights
+            .chunks_exact(in_dim.max(1))
+            .map(|r| r.iter().map(|&w| (w as i8 as i64).abs() + 1).sum::<i64>())
+            .max()
+            .unwrap_or(1);
+        let largest_bias = biases
+            .chunks_exact(4)
+            .map(|b| (i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).abs())
+            .max()
+            .unwrap_or(0);
+        let mut f = 256i64;
+        while f > 1 && f * (largest_row * 32767 + largest_bias) > i32::MAX as i64 {
+            f /= 2;
+        }
+        let wide: Vec<u8> = weights
+            .iter()
+            .flat_map(|&w| {
+                let d = (rng.next_u64() % f as u64) as i64;
+                let v = (w as i8 as i64 * f + d).clamp(-32767, 32767) as i16;
+                v.to_le_bytes()
+            })
+            .collect();
+        let scaled: Vec<u8> = biases
+            .chunks_exact(4)
+            .flat_map(|b| {
+                let v = i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64 * f;
+                (v as i32).to_le_bytes()
+            })
+            .collect();
+        assert!(rows > 0);
+        (wide, scaled, f)
+    };
+    let first = &base.hidden[0];
+    let (w0, b0, f0) = widen(first.weights, first.in_dim as usize, first.biases);
+    let shifts0: Vec<u8> = first
+        .shifts
+        .iter()
+        .map(|&s| ((s as i8 as i32 - f0.trailing_zeros() as i32).max(-31)) as i8 as u8)
+        .collect();
+    let out = &base.output;
+    let (w1, b1, f1) = widen(out.weights, out.in_dim as usize, out.biases);
+    let scales1: Vec<u8> = out
+        .scales
+        .chunks_exact(4)
+        .flat_map(|b| (f32::from_le_bytes([b[0], b[1], b[2], b[3]]) / f1 as f32).to_le_bytes())
+        .collect();
+    let mut parsed = base.clone();
+    parsed.hidden[0].weight_bytes = 2;
+    parsed.hidden[0].weights = &w0;
+    parsed.hidden[0].biases = &b0;
+    parsed.hidden[0].shifts = &shifts0;
+    parsed.output.weight_bytes = 2;
+    parsed.output.weights = &w1;
+    parsed.output.biases = &b1;
+    parsed.output.scales = &scales1;
+    let out = runtime::blob::encode(&parsed).unwrap();
+    runtime::Policy::from_bytes(&out).expect("int16 edge layers are valid");
+    out
 }
 
 /// Random observations with realistic magnitudes: per-dimension spreads from 0.1 to 10

@@ -18,7 +18,7 @@ use runtime::wire::{CostUnit, ErrorCode, Request, Response, MAX_FRAME};
 use runtime::{NoiseMode, Policy, Scratch};
 use tests::{
     fixture_blob, golden_vectors, random_observation, with_edge_output_stages, with_input_gain,
-    FixtureSpec,
+    with_int16_edge_layers, FixtureSpec,
 };
 use tools::link::{encode_request, DeviceLink, LinkError};
 use tools::qemu::{build_firmware, FirmwareBuild, Qemu, QemuOptions};
@@ -484,6 +484,11 @@ fn output_stages_at_the_edges_are_bit_exact() {
         ),
         with_edge_output_stages(&fixture_blob(&shape(17, 6, &[256, 64, 256], 1, 202)), 2),
         with_edge_output_stages(&fixture_blob(&shape(5, 2, &[7, 4, 9], 1, 203)), 3),
+        // int16 first and output layers (left shifts, extreme biases on the first layer).
+        with_edge_output_stages(
+            &with_int16_edge_layers(&fixture_blob(&shape(13, 3, &[37, 20, 132], 2, 204)), 5),
+            6,
+        ),
     ];
     for (i, blob) in blobs.iter().enumerate() {
         let (mut link, first) = boot(blob, None);
@@ -508,6 +513,11 @@ fn optimized_kernels_are_bit_exact_on_odd_shapes() {
         // Widths below one group of four, a three-row layer (one-row passes only), the
         // widest layer exactly (the whole unrolled body), a two-row output.
         with_input_gain(&fixture_blob(&shape(1, 2, &[3, 512], 1, 104)), 100.0),
+        // int16 first and output layers, as the exporter writes them: ragged widths, a
+        // three-row output, the widest output layer; then the shipped shape.
+        with_int16_edge_layers(&fixture_blob(&shape(30, 3, &[9, 64, 511], 2, 105)), 1),
+        with_int16_edge_layers(&fixture_blob(&shape(1, 2, &[3, 512], 1, 106)), 2),
+        with_int16_edge_layers(&fixture_blob(&shape(17, 6, &[256, 256, 256], 1, 107)), 3),
     ];
     for (i, blob) in blobs.iter().enumerate() {
         let policy = Policy::from_bytes(blob).unwrap();

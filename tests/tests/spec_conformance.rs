@@ -3,13 +3,14 @@
 //! blobs and golden vectors and reproduces every golden action bit for bit — on the
 //! shipped policy, and on fixtures that reach what the shipped one does not (several
 //! flow steps and bias sets, asymmetric action bounds, inputs saturated at ±32767, left
-//! shifts, every shift, extreme biases, random tables).
+//! shifts, every shift, extreme biases, random tables, int8 and int16 weights).
 
 use std::path::Path;
 use std::process::Command;
 
 use tests::{
-    fixture_blob, golden_vectors, repo_root, with_edge_output_stages, with_input_gain, FixtureSpec,
+    fixture_blob, golden_vectors, repo_root, with_edge_output_stages, with_input_gain,
+    with_int16_edge_layers, FixtureSpec,
 };
 
 /// Run the independent implementation on a blob and its golden vectors; returns its
@@ -56,6 +57,7 @@ fn multi_step_and_edge_fixtures_are_reproduced_from_the_spec() {
             4,
         ),
         with_edge_output_stages(&fixture_blob(&shape(5, 2, &[9, 4], 2, 302)), 5),
+        with_int16_edge_layers(&fixture_blob(&shape(11, 4, &[24, 16], 2, 303)), 6),
     ];
     let dir = std::env::temp_dir().join(format!("flame-spec-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
