@@ -814,9 +814,7 @@ mod imp {
 
     /// Bytes of machine code per group of the int16-weight four-row pass: 17 instructions.
     const GROUP_W16_BYTES: usize = 68;
-    /// Bytes of machine code per group of the int16-weight one-row pass: 5 instructions.
-    const GROUP1_W16_BYTES: usize = 20;
-    const _: () = assert!(GROUPS * GROUP_W16_BYTES == 8704 && GROUPS * GROUP1_W16_BYTES == 2560);
+    const _: () = assert!(GROUPS * GROUP_W16_BYTES == 8704);
 
     /// Four inputs of rows 0–3 with int16 weights: r0 the natural-order input pairs
     /// (`[x0, x1]`, `[x2, x3]`, advanced by 8 bytes), r1 row 0 (rows 1, 2 at `r1 + r3`,
@@ -846,22 +844,9 @@ mod imp {
         };
     }
 
-    /// One group of the int16-weight one-row pass: r0 the input pairs, r1 the row, r4 the
-    /// accumulator.
-    macro_rules! group1_w16 {
-        () => {
-            concat!(
-                "ldrd r10, r11, [r0], #8\n",
-                "ldr.w r6, [r1], #4\n",
-                "smlad r4, r6, r10, r4\n",
-                "ldr.w r6, [r1], #4\n",
-                "smlad r4, r6, r11, r4\n",
-            )
-        };
-    }
-
-    // The int16-weight passes, entered and left as the int8 ones (the four-row pass
-    // through the trampoline, returning with `POP {PC}`; the one-row pass with `BLX`).
+    // The int16-weight four-row pass, entered and left as the int8 one (through the
+    // trampoline, returning with `POP {PC}`). Leftover rows of an int16 layer (at most
+    // three per layer) take `dot_row_w16`, which saves the flash of a one-row body.
     global_asm!(
         ".pushsection .text.__flame_runtime_rows4_w16,\"ax\",%progbits",
         ".syntax unified",
@@ -881,43 +866,19 @@ mod imp {
         ".popsection",
     );
 
-    global_asm!(
-        ".pushsection .text.__flame_runtime_rows1_w16,\"ax\",%progbits",
-        ".syntax unified",
-        ".thumb",
-        ".p2align 2",
-        ".global __flame_runtime_rows1_w16",
-        ".hidden __flame_runtime_rows1_w16",
-        ".type __flame_runtime_rows1_w16, %function",
-        ".thumb_func",
-        "__flame_runtime_rows1_w16:",
-        ".rept 128",
-        group1_w16!(),
-        ".endr",
-        "bx lr",
-        ".size __flame_runtime_rows1_w16, . - __flame_runtime_rows1_w16",
-        ".org __flame_runtime_rows1_w16 + 2560 + 2",
-        ".popsection",
-    );
-
     extern "C" {
         // Not callable from Rust (custom register interface); only their addresses are used.
         fn __flame_runtime_rows4();
         fn __flame_runtime_rows1();
         fn __flame_runtime_rows4_w16();
-        fn __flame_runtime_rows1_w16();
     }
 
-    /// Addresses (Thumb bit set) at which the int16-weight four-row and one-row bodies run
-    /// `groups` groups.
+    /// Address (Thumb bit set) at which the int16-weight four-row body runs `groups`
+    /// groups.
     #[inline(always)]
-    fn entries_w16(groups: usize) -> (usize, usize) {
+    fn entry_w16(groups: usize) -> usize {
         debug_assert!(groups <= GROUPS);
-        let skip = GROUPS - groups;
-        (
-            (__flame_runtime_rows4_w16 as *const () as usize | 1) + skip * GROUP_W16_BYTES,
-            (__flame_runtime_rows1_w16 as *const () as usize | 1) + skip * GROUP1_W16_BYTES,
-        )
+        (__flame_runtime_rows4_w16 as *const () as usize | 1) + (GROUPS - groups) * GROUP_W16_BYTES
     }
 
     /// Addresses (Thumb bit set) at which the four-row and one-row bodies run `groups`
@@ -1122,7 +1083,8 @@ mod imp {
     /// end of the weights.
     struct Passes<F: Fn(usize) -> i32> {
         entry4: usize,
-        entry1: usize,
+        /// The one-row body; `None`: leftover rows take `exact_row`.
+        entry1: Option<usize>,
         read: usize,
         stride: usize,
         exact_row: F,
@@ -1165,13 +1127,12 @@ mod imp {
                 // Fewer than four rows left, or the last rows of a ragged matrix.
                 while n < super::CHUNK && c + n < rows {
                     let r = c + n;
-                    accs[n] = if r * stride + read <= len {
-                        // SAFETY: bounds checked just above; `xw` holds what it reads.
-                        unsafe {
-                            rows1(weights.as_ptr().add(r * stride), xw.as_ptr(), passes.entry1)
+                    accs[n] = match passes.entry1 {
+                        Some(entry1) if r * stride + read <= len => {
+                            // SAFETY: bounds checked just above; `xw` holds what it reads.
+                            unsafe { rows1(weights.as_ptr().add(r * stride), xw.as_ptr(), entry1) }
                         }
-                    } else {
-                        (passes.exact_row)(r)
+                        _ => (passes.exact_row)(r),
                     };
                     n += 1;
                 }
@@ -1191,7 +1152,7 @@ mod imp {
         let (entry4, entry1) = entries(groups);
         Passes {
             entry4,
-            entry1,
+            entry1: Some(entry1),
             read: 4 * groups,
             stride: width,
             exact_row: move |r| dot_row(&weights[r * width..(r + 1) * width], xw, x),
@@ -1205,21 +1166,28 @@ mod imp {
         xw: &'a [u32],
     ) -> Passes<impl Fn(usize) -> i32 + 'a> {
         let (width, groups) = (x.len(), xw.len() / 2);
-        let (entry4, entry1) = entries_w16(groups);
         Passes {
-            entry4,
-            entry1,
+            entry4: entry_w16(groups),
+            entry1: None,
             read: 8 * groups,
             stride: 2 * width,
-            exact_row: move |r| dot_row_w16(&weights[2 * r * width..2 * (r + 1) * width], x),
+            exact_row: move |r| dot_row_w16(&weights[2 * r * width..2 * (r + 1) * width], xw, x),
         }
     }
 
-    /// One int16-weight row exactly.
-    fn dot_row_w16(row: &[u8], x: &[i16]) -> i32 {
-        row.chunks_exact(2).zip(x).fold(0i32, |acc, (w, &x)| {
-            acc.wrapping_add(i16::from_le_bytes([w[0], w[1]]) as i32 * x as i32)
-        })
+    /// One int16-weight row exactly: `SMLAD` of each word of two weights with the
+    /// matching input pair, then the odd last input.
+    #[inline(always)]
+    fn dot_row_w16(row: &[u8], xw: &[u32], x: &[i16]) -> i32 {
+        let mut acc = 0i32;
+        for (w, &pair) in row.chunks_exact(4).zip(xw) {
+            acc = smlad(u32::from_le_bytes([w[0], w[1], w[2], w[3]]), pair, acc);
+        }
+        if x.len() % 2 == 1 {
+            let (i, w) = (x.len() - 1, &row[row.len() - 2..]);
+            acc = acc.wrapping_add(i16::from_le_bytes([w[0], w[1]]) as i32 * x[i] as i32);
+        }
+        acc
     }
 
     /// Copy `x` into `xw` as int16 pairs in their natural order (`[x0, x1]`, `[x2, x3]`,

@@ -37,12 +37,12 @@ fn exported_flame_m_policy_runs_bit_exact_in_qemu_for_a_full_episode() {
         &ExportOptions {
             out: blob_path.clone(),
             episodes: 1,
-            max_action_error: 0.15,
+            max_action_error: 0.05,
             golden: 32,
         },
     )
     .unwrap();
-    assert!(report.max_action_error <= 0.15 && report.golden_vectors == 32);
+    assert!(report.max_action_error <= 0.05 && report.golden_vectors == 32);
     assert!(report.float_return.is_some() && report.int8_return.is_some());
 
     let blob = std::fs::read(&blob_path).unwrap();

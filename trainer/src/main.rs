@@ -60,7 +60,7 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         episodes: usize,
         /// Refuse the blob if any held-out action differs by more than this (half-range units).
-        #[arg(long, default_value_t = 0.15)]
+        #[arg(long, default_value_t = 0.05)]
         max_action_error: f64,
         /// Golden vectors to write next to the blob.
         #[arg(long, default_value_t = 64)]
