@@ -990,6 +990,20 @@ mod imp {
         r
     }
 
+    /// `f` on the input as `prepare` lays it out (`widen` for int8 weights, `pairs` for
+    /// int16): a stack buffer of `2·groups` initialized words.
+    #[inline(always)]
+    fn with_input<R>(
+        x: &[i16],
+        prepare: fn(&[i16], &mut [MaybeUninit<u32>; WIDE_WORDS]) -> usize,
+        f: impl FnOnce(&[u32]) -> R,
+    ) -> R {
+        let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
+        let groups = prepare(x, &mut buffer);
+        // SAFETY: `prepare` initialized the first 2·groups words.
+        f(unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) })
+    }
+
     /// `[a.lo, b.lo]` (`PKHBT`).
     #[inline(always)]
     fn pack_low(a: u32, b: u32) -> u32 {
@@ -1069,12 +1083,9 @@ mod imp {
 
     #[inline(always)]
     pub fn dense_chunks(weights: &[u8], rows: usize, x: &[i16], emit: impl FnMut(usize, &[i32])) {
-        let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
-        let groups = widen(x, &mut buffer);
-        // SAFETY: `widen` initialized the first 2·groups words.
-        let xw: &[u32] =
-            unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
-        chunks_from(weights, rows, xw, &passes_w8(weights, x, xw), 0, emit);
+        with_input(x, widen, |xw| {
+            chunks_from(weights, rows, xw, &passes_w8(weights, x, xw), 0, emit)
+        })
     }
 
     /// How a matrix's rows are summed against a prepared input: the entries of its
@@ -1222,12 +1233,9 @@ mod imp {
         x: &[i16],
         emit: impl FnMut(usize, &[i32]),
     ) {
-        let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
-        let groups = pairs(x, &mut buffer);
-        // SAFETY: `pairs` initialized the first 2·groups words.
-        let xw: &[u32] =
-            unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
-        chunks_from(weights, rows, xw, &passes_w16(weights, x, xw), 0, emit);
+        with_input(x, pairs, |xw| {
+            chunks_from(weights, rows, xw, &passes_w16(weights, x, xw), 0, emit)
+        })
     }
 
     /// What [`layer4`] reads: the requantization state (words 0–5, loaded after each
@@ -1426,12 +1434,9 @@ mod imp {
         stage: &super::OutputStage<'_>,
         y: &mut [i16],
     ) {
-        let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
-        let groups = widen(x, &mut buffer);
-        // SAFETY: `widen` initialized the first 2·groups words.
-        let xw: &[u32] =
-            unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
-        layer(weights, rows, xw, &passes_w8(weights, x, xw), stage, y);
+        with_input(x, widen, |xw| {
+            layer(weights, rows, xw, &passes_w8(weights, x, xw), stage, y)
+        })
     }
 
     #[inline(always)]
@@ -1442,12 +1447,9 @@ mod imp {
         stage: &super::OutputStage<'_>,
         y: &mut [i16],
     ) {
-        let mut buffer = [MaybeUninit::<u32>::uninit(); WIDE_WORDS];
-        let groups = pairs(x, &mut buffer);
-        // SAFETY: `pairs` initialized the first 2·groups words.
-        let xw: &[u32] =
-            unsafe { core::slice::from_raw_parts(buffer.as_ptr() as *const u32, 2 * groups) };
-        layer(weights, rows, xw, &passes_w16(weights, x, xw), stage, y);
+        with_input(x, pairs, |xw| {
+            layer(weights, rows, xw, &passes_w16(weights, x, xw), stage, y)
+        })
     }
 
     /// A hidden layer on the prepared input `xw`: whole blocks of four rows in
