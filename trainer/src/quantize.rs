@@ -134,9 +134,12 @@ fn calibrate(policy: &FloatPolicy, observations: &[Vec<f32>], seed: u64) -> Rang
 /// limit.
 const INPUT_HEADROOM: f64 = 4.0;
 /// Pre-activation ranges are widened by this factor: a saturated pre-activation clips the
-/// unit's output, while the table's interpolation error grows only with the square of
-/// the scale (intervals of 128 codes).
-const PREACT_HEADROOM: f64 = 1.5;
+/// unit's output, while the table's interpolation error grows with the square of the
+/// scale (intervals of 128 codes). Measured on the 150k-step FLAME-M HalfCheetah policy
+/// (held-out max / mean action error of the runtime): 1.0 → 0.0108 / 0.0010, 1.2 →
+/// 0.0115 / 0.0011, 1.5 → 0.0185 / 0.0014, 2.0 → 0.0255 / 0.0020; 1.2 keeps a margin for
+/// states past the calibration set at almost no cost.
+const PREACT_HEADROOM: f64 = 1.2;
 
 /// Symmetric int16 scale covering `±max_abs` (never 0).
 fn int16_scale(max_abs: f64) -> f64 {
