@@ -17,12 +17,13 @@ use tests::{
 /// summary line ("N of M records bit-exact") after checking it succeeded.
 fn reproduce(blob: &Path, golden: &Path) -> String {
     let script = repo_root().join("tests/spec/blob_v2.py");
-    let out = Command::new("python3")
+    // The venv python that `scripts/setup.sh` installs (the env conformance test's).
+    let out = Command::new(sim::env::reference_python())
         .arg(&script)
         .arg(blob)
         .arg(golden)
         .output()
-        .unwrap_or_else(|e| panic!("python3 (needed to run {}): {e}", script.display()));
+        .unwrap_or_else(|e| panic!("python (needed to run {}): {e}", script.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
