@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine (README "The two commands"):
 #   setup -> build -> trainer train: a small FLAME-M policy for a few minutes
-#   -> trainer export (int8 blob, golden vectors, fidelity report)
+#   -> trainer export (blob v2, golden vectors, per-stage fidelity report)
 #   -> firmware for QEMU netduinoplus2 with that blob -> host-in-the-loop HalfCheetah-v5
 #   episode with a bit-exactness check at every step,
 # then the shipped model (models/default.blob) through the same HIL path.
@@ -31,7 +31,7 @@ rm -rf "$RUN"
     --hidden 128,128 --critic-hidden 128,128 --candidates 32 --particles 16 \
     --eval-every 5000 --eval-episodes 5 --progress-every 15 --out "$RUN"
 
-step "trainer export: int8 blob + golden vectors + fidelity report"
+step "trainer export: blob + golden vectors + fidelity report"
 "$BIN/trainer" export "$RUN" --out "$RUN/policy.blob" --episodes 3
 "$BIN/tools" inspect "$RUN/policy.blob"
 

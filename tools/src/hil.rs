@@ -263,7 +263,7 @@ impl std::fmt::Display for HilReport {
         if let (Some(fl), Some(q)) = (self.export_float_return, self.export_int8_return) {
             writeln!(
                 f,
-                "at export       float {fl:.2}, int8 {q:.2} (blob provenance)"
+                "at export       float {fl:.2}, quantized {q:.2} (blob provenance)"
             )?;
         }
         let unit = self.cost_unit.as_deref().unwrap_or("cost units");

@@ -58,9 +58,10 @@ pub fn describe(bytes: &[u8]) -> Result<String, runtime::BlobError> {
         let bias_sets = l.biases.len() / (4 * l.out_dim as usize);
         let _ = writeln!(
             s,
-            "hidden {i}      {:>4} -> {:<4} int8 weights {:>7} B, bias sets {bias_sets}, int16 table {} B",
+            "hidden {i}      {:>4} -> {:<4} int{} weights {:>7} B, bias sets {bias_sets}, int16 table {} B",
             l.in_dim,
             l.out_dim,
+            8 * l.weight_bytes,
             l.weights.len(),
             l.activation.len()
         );
@@ -69,15 +70,16 @@ pub fn describe(bytes: &[u8]) -> Result<String, runtime::BlobError> {
     let o = &b.output;
     let _ = writeln!(
         s,
-        "output        {:>4} -> {:<4} int8 weights {:>7} B, f32 dequantization",
+        "output        {:>4} -> {:<4} int{} weights {:>7} B, f32 dequantization",
         o.in_dim,
         o.out_dim,
+        8 * o.weight_bytes,
         o.weights.len()
     );
     weight_bytes += o.weights.len();
     let _ = write!(
         s,
-        "totals        {} MACs/action, {} B of int8 weights",
+        "totals        {} MACs/action, {} B of weights",
         policy.macs_per_action(),
         weight_bytes
     );
