@@ -86,7 +86,7 @@ impl std::fmt::Display for FidelityReport {
         match (self.float_return, self.int8_return) {
             (Some(fl), Some(q)) => writeln!(
                 f,
-                "return          float {fl:.2}  int8 {q:.2}  ({} episodes, same seeds)",
+                "return          float {fl:.2}  quantized {q:.2}  ({} episodes, same seeds)",
                 self.episodes
             )?,
             _ => writeln!(f, "return          not evaluated")?,
