@@ -1246,6 +1246,7 @@ mod imp {
         multipliers: *const u8,
         shifts: *const u8,
         out: *mut i16,
+        /// `&T[256]`, the middle of the activation table.
         table: *const u8,
         /// 64, the interpolation's rounding term.
         half: i32,
@@ -1260,17 +1261,18 @@ mod imp {
     }
 
     // The pre-activation in `$x` (an i32) to the next output int16: saturate to int16,
-    // then interpolate the table (`quant::interpolate`): u = pre + 32768, k = u >> 7,
-    // f = u & 127, one unaligned LDR for T[k] and T[k+1], y = T[k] + (slope·f + 64) >> 7.
-    // Registers: r2 output (advanced), r3 table, r6 = 64; r10, r12 and lr scratch.
+    // then interpolate the table (`quant::interpolate`): with u = pre + 32768, k = u >> 7
+    // is 256 + (pre >> 7) and f = u & 127 = pre & 127, so r3 points at T[256] and the
+    // signed index pre >> 7 reaches T[k]; one unaligned LDR for T[k] and T[k+1],
+    // y = T[k] + (slope·f + 64) >> 7. Registers: r2 output (advanced), r3 = &T[256],
+    // r6 = 64; r10, r12 and lr scratch.
     #[rustfmt::skip]
     macro_rules! lut {
         ($x:literal) => {
             concat!(
                 "ssat ", $x, ", #16, ", $x, "\n",        // sat16(pre)
-                "add r12, ", $x, ", #32768\n",           // u
-                "lsr r10, r12, #7\n",                    // k
-                "and r12, r12, #127\n",                  // f
+                "asr r10, ", $x, ", #7\n",               // k − 256
+                "and r12, ", $x, ", #127\n",             // f
                 "ldr lr, [r3, r10, lsl #1]\n",           // T[k] | T[k+1] << 16
                 "sxth r10, lr\n",                        // T[k]
                 "rsb lr, r10, lr, asr #16\n",            // slope = T[k+1] − T[k]
@@ -1475,7 +1477,8 @@ mod imp {
                 multipliers: stage.multipliers.as_ptr(),
                 shifts: stage.shifts.as_ptr(),
                 out: y.as_mut_ptr(),
-                table: stage.table.as_ptr(),
+                // T[256]: `lut!` indexes it with pre >> 7 in −256..=255.
+                table: stage.table.as_ptr().wrapping_add(512),
                 half: 64,
                 one: 1,
                 xw: xw.as_ptr(),
