@@ -678,21 +678,18 @@ mod imp {
 
     use crate::MAX_WIDTH;
 
-    /// Groups of four inputs in the widest layer: the one-row body has one per group.
+    /// Groups of four inputs in the widest layer.
     const GROUPS: usize = MAX_WIDTH / 4;
     /// Double groups (eight inputs) in the widest layer: the four-row body has one each.
     const PAIRS: usize = GROUPS / 2;
     /// Bytes of machine code per double group of the four-row pass: 41 instructions of 4
     /// bytes.
     const PAIR_BYTES: usize = 164;
-    /// Bytes of machine code per group of the one-row pass: 6 instructions of 4 bytes.
-    const GROUP1_BYTES: usize = 24;
     /// Words of the repacked input: two per group.
     const WIDE_WORDS: usize = 2 * GROUPS;
 
     // The `.rept` counts and size checks below are literals.
-    const _: () =
-        assert!(PAIRS == 64 && PAIRS * PAIR_BYTES == 10496 && GROUPS * GROUP1_BYTES == 3072);
+    const _: () = assert!(PAIRS == 64 && PAIRS * PAIR_BYTES == 10496);
 
     /// Four inputs of rows 0–3 with the input words `$a` (`[x0, x2]`) and `$b`
     /// (`[x1, x3]`). Registers: r1 row 0 (row 1 at `r1 + r3`, row 2 at `r1 + 2·r3`), r2
@@ -754,20 +751,6 @@ mod imp {
         };
     }
 
-    /// One group of the one-row pass: r0 the widened input, r1 the row, r4 the accumulator.
-    macro_rules! group1 {
-        () => {
-            concat!(
-                "ldrd r10, r11, [r0], #8\n",
-                "ldr.w r6, [r1], #4\n",
-                "sxtb16 r12, r6\n",
-                "sxtb16 r6, r6, ror #8\n",
-                "smlad r4, r12, r10, r4\n",
-                "smlad r4, r6, r11, r4\n",
-            )
-        };
-    }
-
     // The four-row pass: `PAIRS` double groups, then return. Entered at the double group
     // where a layer's inputs start with the return address pushed (see `rows4`); clobbers
     // r0–r2, r6, r7, r10–r12 and lr.
@@ -792,29 +775,13 @@ mod imp {
         ".popsection",
     );
 
-    // The one-row pass, the same way (clobbers r0, r1, r6 and r10–r12).
-    global_asm!(
-        ".pushsection .text.__flame_runtime_rows1,\"ax\",%progbits",
-        ".syntax unified",
-        ".thumb",
-        ".p2align 2",
-        ".global __flame_runtime_rows1",
-        ".hidden __flame_runtime_rows1",
-        ".type __flame_runtime_rows1, %function",
-        ".thumb_func",
-        "__flame_runtime_rows1:",
-        ".rept 128",
-        group1!(),
-        ".endr",
-        "bx lr",
-        ".size __flame_runtime_rows1, . - __flame_runtime_rows1",
-        ".org __flame_runtime_rows1 + 3072 + 2",
-        ".popsection",
-    );
-
+    /// Groups of four inputs the int16-weight four-row body covers: 256 inputs (int16
+    /// weights are for the narrow first layer and the output layer; a wider int16 layer
+    /// takes the exact row path). Half the widest layer halves the body's flash.
+    const W16_GROUPS: usize = 64;
     /// Bytes of machine code per group of the int16-weight four-row pass: 17 instructions.
     const GROUP_W16_BYTES: usize = 68;
-    const _: () = assert!(GROUPS * GROUP_W16_BYTES == 8704);
+    const _: () = assert!(W16_GROUPS * GROUP_W16_BYTES == 4352);
 
     /// Four inputs of rows 0–3 with int16 weights: r0 the natural-order input pairs
     /// (`[x0, x1]`, `[x2, x3]`, advanced by 8 bytes), r1 row 0 (rows 1, 2 at `r1 + r3`,
@@ -845,8 +812,7 @@ mod imp {
     }
 
     // The int16-weight four-row pass, entered and left as the int8 one (through the
-    // trampoline, returning with `POP {PC}`). Leftover rows of an int16 layer (at most
-    // three per layer) take `dot_row_w16`, which saves the flash of a one-row body.
+    // trampoline, returning with `POP {PC}`).
     global_asm!(
         ".pushsection .text.__flame_runtime_rows4_w16,\"ax\",%progbits",
         ".syntax unified",
@@ -857,46 +823,42 @@ mod imp {
         ".type __flame_runtime_rows4_w16, %function",
         ".thumb_func",
         "__flame_runtime_rows4_w16:",
-        ".rept 128",
+        ".rept 64",
         group_w16!(),
         ".endr",
         "pop {{pc}}",
         ".size __flame_runtime_rows4_w16, . - __flame_runtime_rows4_w16",
-        ".org __flame_runtime_rows4_w16 + 8704 + 2",
+        ".org __flame_runtime_rows4_w16 + 4352 + 2",
         ".popsection",
     );
 
     extern "C" {
         // Not callable from Rust (custom register interface); only their addresses are used.
         fn __flame_runtime_rows4();
-        fn __flame_runtime_rows1();
         fn __flame_runtime_rows4_w16();
     }
 
     /// Address (Thumb bit set) at which the int16-weight four-row body runs `groups`
-    /// groups.
+    /// groups; `None` past the body's [`W16_GROUPS`].
     #[inline(always)]
-    fn entry_w16(groups: usize) -> usize {
-        debug_assert!(groups <= GROUPS);
-        (__flame_runtime_rows4_w16 as *const () as usize | 1) + (GROUPS - groups) * GROUP_W16_BYTES
+    fn entry_w16(groups: usize) -> Option<usize> {
+        let skip = W16_GROUPS.checked_sub(groups)?;
+        Some((__flame_runtime_rows4_w16 as *const () as usize | 1) + skip * GROUP_W16_BYTES)
     }
 
-    /// Addresses (Thumb bit set) at which the four-row and one-row bodies run `groups`
-    /// groups (an even number).
+    /// Address (Thumb bit set) at which the four-row body runs `groups` groups (an even
+    /// number).
     #[inline(always)]
-    fn entries(groups: usize) -> (usize, usize) {
+    fn entry_w8(groups: usize) -> usize {
         debug_assert!(groups <= GROUPS && groups % 2 == 0);
-        let skip = GROUPS - groups;
-        (
-            (__flame_runtime_rows4 as *const () as usize | 1) + skip / 2 * PAIR_BYTES,
-            (__flame_runtime_rows1 as *const () as usize | 1) + skip * GROUP1_BYTES,
-        )
+        (__flame_runtime_rows4 as *const () as usize | 1) + (GROUPS - groups) / 2 * PAIR_BYTES
     }
 
     /// `Σ` over the groups of the four rows starting at `p0` (rows `width` bytes apart).
     ///
     /// # Safety
-    /// `entry` from [`entries`] for `groups` groups; `p0 .. p0 + 3·width + 4·groups` readable;
+    /// `entry` from [`entry_w8`] or [`entry_w16`] for `groups` groups; the body's reads
+    /// from `p0 .. p0 + 3·width` readable;
     /// `xw` holds `2·groups` initialized words (LDM needs 4-byte alignment).
     #[inline(always)]
     unsafe fn rows4(p0: *const u8, width: usize, xw: *const u32, entry: usize) -> [i32; 4] {
@@ -928,30 +890,6 @@ mod imp {
             options(readonly),
         );
         [a0, a1, a2, a3]
-    }
-
-    /// `Σ` over the groups of the row at `p`.
-    ///
-    /// # Safety
-    /// `entry` from [`entries`] for `groups` groups; `p .. p + 4·groups` readable; `xw`
-    /// holds `2·groups` initialized words.
-    #[inline(always)]
-    unsafe fn rows1(p: *const u8, xw: *const u32, entry: usize) -> i32 {
-        let acc: i32;
-        asm!(
-            "push {{r6}}",
-            "blx r12",
-            "pop {{r6}}",
-            inout("r0") xw => _,
-            inout("r1") p => _,
-            inout("r4") 0i32 => acc,
-            out("r10") _,
-            out("r11") _,
-            inout("r12") entry => _,
-            out("lr") _,
-            options(readonly),
-        );
-        acc
     }
 
     /// `[sext(x.b0), sext(x.b2)]`.
@@ -1088,14 +1026,14 @@ mod imp {
         })
     }
 
-    /// How a matrix's rows are summed against a prepared input: the entries of its
-    /// four-row and one-row bodies, the bytes each body reads from a row's start, the
-    /// bytes between rows, and the exact path for a row whose padded read would pass the
-    /// end of the weights.
+    /// How a matrix's rows are summed against a prepared input: the entry of its
+    /// four-row body (`None`: every row takes the exact path), the bytes the body reads
+    /// from a row's start, the bytes between rows, and the exact path (an `SMLAD` loop)
+    /// for leftover rows and for rows whose padded read would pass the end of the
+    /// weights. One-row bodies would save a few instructions per leftover row, at the cost
+    /// of flash the shipped image does not have.
     struct Passes<F: Fn(usize) -> i32> {
-        entry4: usize,
-        /// The one-row body; `None`: leftover rows take `exact_row`.
-        entry1: Option<usize>,
+        entry4: Option<usize>,
         read: usize,
         stride: usize,
         exact_row: F,
@@ -1121,30 +1059,25 @@ mod imp {
         // take the exact path.
         while c < rows {
             let mut n = 0;
-            while n < super::CHUNK && c + n + 4 <= rows && (c + n + 3) * stride + read <= len {
+            while let Some(entry4) = passes.entry4.filter(|_| {
+                n < super::CHUNK && c + n + 4 <= rows && (c + n + 3) * stride + read <= len
+            }) {
                 // SAFETY: bounds checked just above; `xw` holds what the body reads.
                 let block = unsafe {
                     rows4(
                         weights.as_ptr().add((c + n) * stride),
                         stride,
                         xw.as_ptr(),
-                        passes.entry4,
+                        entry4,
                     )
                 };
                 accs[n..n + 4].copy_from_slice(&block);
                 n += 4;
             }
             if n == 0 {
-                // Fewer than four rows left, or the last rows of a ragged matrix.
+                // Fewer than four rows left, the last rows of a ragged matrix, or no body.
                 while n < super::CHUNK && c + n < rows {
-                    let r = c + n;
-                    accs[n] = match passes.entry1 {
-                        Some(entry1) if r * stride + read <= len => {
-                            // SAFETY: bounds checked just above; `xw` holds what it reads.
-                            unsafe { rows1(weights.as_ptr().add(r * stride), xw.as_ptr(), entry1) }
-                        }
-                        _ => (passes.exact_row)(r),
-                    };
+                    accs[n] = (passes.exact_row)(c + n);
                     n += 1;
                 }
             }
@@ -1160,10 +1093,8 @@ mod imp {
         xw: &'a [u32],
     ) -> Passes<impl Fn(usize) -> i32 + 'a> {
         let (width, groups) = (x.len(), xw.len() / 2);
-        let (entry4, entry1) = entries(groups);
         Passes {
-            entry4,
-            entry1: Some(entry1),
+            entry4: Some(entry_w8(groups)),
             read: 4 * groups,
             stride: width,
             exact_row: move |r| dot_row(&weights[r * width..(r + 1) * width], xw, x),
@@ -1179,7 +1110,6 @@ mod imp {
         let (width, groups) = (x.len(), xw.len() / 2);
         Passes {
             entry4: entry_w16(groups),
-            entry1: None,
             read: 8 * groups,
             stride: 2 * width,
             exact_row: move |r| dot_row_w16(&weights[2 * r * width..2 * (r + 1) * width], xw, x),
@@ -1467,12 +1397,13 @@ mod imp {
     ) {
         let stride = passes.stride;
         // Whole blocks whose reads (`read` bytes from each of the four rows) stay within
-        // the weights: all of them, or all but the last of a ragged matrix.
-        let mut blocks = rows / 4;
+        // the weights: all of them, or all but the last of a ragged matrix; none without
+        // a four-row body.
+        let mut blocks = if passes.entry4.is_some() { rows / 4 } else { 0 };
         while blocks > 0 && (4 * blocks - 1) * stride + passes.read > weights.len() {
             blocks -= 1;
         }
-        if blocks > 0 {
+        if let Some(entry) = passes.entry4.filter(|_| blocks > 0) {
             let args = Layer4 {
                 multipliers: stage.multipliers.as_ptr(),
                 shifts: stage.shifts.as_ptr(),
@@ -1486,7 +1417,7 @@ mod imp {
                 biases: stage.biases.as_ptr(),
                 width: stride,
                 width3: 3 * stride,
-                entry: passes.entry4,
+                entry,
                 end: y.as_mut_ptr().wrapping_add(4 * blocks),
             };
             // SAFETY: the reads of the four-row pass are in bounds (checked above; `xw`
