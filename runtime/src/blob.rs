@@ -21,8 +21,8 @@ use crate::kernels::Weights;
 use crate::{quant, MAX_ACT, MAX_HIDDEN_LAYERS, MAX_NFE, MAX_OBS, MAX_WIDTH};
 
 pub const MAGIC: [u8; 4] = *b"FLMB";
-/// Version 2: int16 activations, int8 per-channel weights, interpolated int16 activation
-/// tables. Version 1 (int8 activations with zero points) is refused with
+/// Version 2: int16 activations, int8 (or int16) per-channel weights, interpolated int16
+/// activation tables. Version 1 (int8 activations with zero points) is refused with
 /// [`BlobError::UnsupportedVersion`]; its runs re-export with `trainer export`.
 pub const FORMAT_VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 16;
