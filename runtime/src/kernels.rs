@@ -2,7 +2,9 @@
 //!
 //! The one kernel the policy needs is the int8 × int16 dot product: `Σ_i w[i] · x[i]`
 //! with int8 weights `w`, int16 activations `x` and an int32 result, for every row of a
-//! layer's weight matrix (the "16x8" scheme of TFLite Micro and CMSIS-NN).
+//! layer's weight matrix (the "16x8" scheme of TFLite Micro and CMSIS-NN); layers whose
+//! blob stores int16 weights ([`Weights::Int16`], the first and output layers by default)
+//! take an int16 × int16 variant of each path.
 //!
 //! Two implementations, one result:
 //! - [`dot_reference`] / [`dense_reference`] state the arithmetic: a plain scalar loop.
@@ -669,8 +671,11 @@ mod imp {
 /// address (the body needs LR for data) and left with `POP {PC}`: no loop counter, no
 /// per-layer code copies. The input is padded with zero lanes to a whole number of double
 /// groups. Leftover rows, and the last block of a matrix whose padded reads would pass the
-/// end of the weights, take a one-row pass (groups of four) or an exact SMLAD + scalar
-/// path per row.
+/// end of the weights, take an exact SMLAD + scalar loop per row.
+///
+/// int16 weights skip the sign extension: the input is copied as natural-order pairs
+/// (`[x0, x1]`, `[x2, x3]`) and a word of two weights feeds one `SMLAD` (`LDRD` + 8 `LDR`
+/// + 8 `SMLAD` per 16 MACs), in a four-row body of its own for up to 256 inputs.
 #[cfg(target_arch = "arm")]
 mod imp {
     use core::arch::{asm, global_asm};
