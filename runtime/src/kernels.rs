@@ -674,8 +674,8 @@ mod imp {
 /// end of the weights, take an exact SMLAD + scalar loop per row.
 ///
 /// int16 weights skip the sign extension: the input is copied as natural-order pairs
-/// (`[x0, x1]`, `[x2, x3]`) and a word of two weights feeds one `SMLAD` (`LDRD` + 8 `LDR`
-/// + 8 `SMLAD` per 16 MACs), in a four-row body of its own for up to 256 inputs.
+/// (`[x0, x1]`, `[x2, x3]`) and a word of two weights feeds one `SMLAD` (16 MACs are one
+/// `LDRD`, 8 `LDR` and 8 `SMLAD`), in a four-row body of its own for up to 256 inputs.
 #[cfg(target_arch = "arm")]
 mod imp {
     use core::arch::{asm, global_asm};
