@@ -420,13 +420,27 @@ fn check_weights(weights: Weights<'_>) -> Result<(), BlobError> {
     }
 }
 
-/// Every row's accumulator stays within int32: for row `c` (`width` weights) and every bias
-/// set `b` (the biases hold whole sets of `rows` values), `Σ_i |w_ci| · 32767 + |b_c| ≤
-/// i32::MAX`. Activations are within ±32767, so every partial sum, in any order, fits.
-/// A width-0 layer has no rows to check.
+/// Every row's accumulator stays within int32, else `AccumulatorRange` (see
+/// [`accumulator_overflow`]).
 fn check_accumulators(weights: Weights<'_>, width: usize, biases: &[u8]) -> Result<(), BlobError> {
+    match accumulator_overflow(weights, width, biases) {
+        Some(_) => Err(BlobError::AccumulatorRange),
+        None => Ok(()),
+    }
+}
+
+/// The first row whose worst-case sum breaks the accumulator bound, with that sum: for row
+/// `c` (`width` weights) and every bias set `b` (the biases hold whole sets of `rows` i32
+/// LE values), the bound is `Σ_i |w_ci| · 32767 + |b_c| ≤ i32::MAX`. Activations are
+/// within ±32767, so under it every partial sum, in any order, fits. A width-0 layer has
+/// no rows. The parser refuses such a layer; the exporter names it.
+pub fn accumulator_overflow(
+    weights: Weights<'_>,
+    width: usize,
+    biases: &[u8],
+) -> Option<(usize, i64)> {
     if width == 0 {
-        return Ok(());
+        return None;
     }
     let rows = weights.len() / width;
     let largest_bias = |c: usize| {
@@ -435,15 +449,13 @@ fn check_accumulators(weights: Weights<'_>, width: usize, biases: &[u8]) -> Resu
             .max()
             .unwrap_or(0)
     };
-    for c in 0..rows {
+    (0..rows).find_map(|c| {
         let weight_sum: i64 = (c * width..(c + 1) * width)
             .map(|k| (weights.get(k) as i64).abs())
             .sum();
-        if weight_sum * quant::ACTIVATION_MAX as i64 + largest_bias(c) > i32::MAX as i64 {
-            return Err(BlobError::AccumulatorRange);
-        }
-    }
-    Ok(())
+        let worst = weight_sum * quant::ACTIVATION_MAX as i64 + largest_bias(c);
+        (worst > i32::MAX as i64).then_some((c, worst))
+    })
 }
 
 /// Encode a blob: header plus postcard payload. Host side (trainer export, tests).

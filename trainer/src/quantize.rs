@@ -26,6 +26,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use runtime::blob::{self, HiddenLayer, InputStage, Metadata, OutputLayer, PolicyBlob, Provenance};
+use runtime::kernels::Weights;
 use runtime::quant::{quantize_multiplier, ACTIVATION_MAX, TABLE_ENTRIES};
 use sim::float_policy::{DenseF32, FloatPolicy, Probe};
 
@@ -398,19 +399,13 @@ fn plan_dense(
                     .collect()
             })
             .collect();
-        // The runtime's accumulator bound (the parser checks the same): refuse here,
-        // naming the channel, rather than write a blob that the runtime refuses.
-        let overflow = (0..layer.out_dim).find_map(|c| {
-            let row = &weights[c * layer.in_dim..(c + 1) * layer.in_dim];
-            let weight_sum: i64 = row.iter().map(|&w| (w as i64).abs()).sum();
-            let bias = bias_sets
-                .iter()
-                .map(|b| (b[c] as i64).abs())
-                .max()
-                .unwrap_or(0);
-            let worst = weight_sum * ACTIVATION_MAX as i64 + bias;
-            (worst > i32::MAX as i64).then_some((c, worst, weight_sum, bias))
-        });
+        // The runtime's accumulator bound, checked by the parser's own function: refuse
+        // here, naming the channel, rather than write a blob that the runtime refuses.
+        let overflow = blob::accumulator_overflow(
+            Weights::of(width.bytes(), &weight_bytes(&weights, width)),
+            layer.in_dim,
+            &i32_bytes(bias_sets.iter().flatten()),
+        );
         match overflow {
             None => {
                 return Ok(DensePlan {
@@ -424,10 +419,9 @@ fn plan_dense(
                 })
             }
             Some(_) if width == WeightWidth::Int16 && slack < 2.0 => slack *= 1.1,
-            Some((c, worst, weight_sum, bias)) => bail!(
-                "{name} channel {c}: worst-case accumulator {worst} exceeds int32 (Σ|w| = \
-                 {weight_sum}, bias code {bias}); the layer cannot be quantized with an int32 \
-                 accumulator"
+            Some((c, worst)) => bail!(
+                "{name} channel {c}: worst-case accumulator {worst} (Σ|w| · 32767 + |bias|) \
+                 exceeds int32; the layer cannot be quantized with an int32 accumulator"
             ),
         }
     }
