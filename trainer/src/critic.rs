@@ -11,7 +11,8 @@ use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
 use crate::mlp::{
-    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape, ParamGrad,
+    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Init, Mlp, MlpShape,
+    ParamGrad,
 };
 
 /// Rows per block of [`TwinCritic::min_q_no_grad`] on the CPU: `[2, 512, 256]` f32
@@ -36,11 +37,14 @@ pub struct TwinCritic {
 }
 
 impl TwinCritic {
+    /// Twin critics on `[s, a]` with `hidden` widths, both initialized by `init`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         obs_dim: usize,
         act_dim: usize,
         hidden: &[usize],
         activation: Activation,
+        init: Init,
         adam: AdamConfig,
         tau: f64,
         device: Device,
@@ -48,12 +52,13 @@ impl TwinCritic {
         let mut sizes = vec![obs_dim + act_dim];
         sizes.extend_from_slice(hidden);
         sizes.push(1);
-        let net = Mlp::new(
+        let net = Mlp::with_init(
             MlpShape {
                 sizes,
                 activation,
                 members: 2,
             },
+            init,
             device,
         );
         let target = net.detached_copy();
@@ -215,8 +220,16 @@ mod tests {
         let opts = (Kind::Float, Device::Cpu);
         for activation in [Activation::Relu, Activation::Mish] {
             let config = AdamConfig::with_lr(1e-3);
-            let mut critic =
-                TwinCritic::new(4, 2, &[32, 32], activation, config, 0.005, Device::Cpu);
+            let mut critic = TwinCritic::new(
+                4,
+                2,
+                &[32, 32],
+                activation,
+                Init::Torch,
+                config,
+                0.005,
+                Device::Cpu,
+            );
             let (obs, act) = (Tensor::randn([16, 4], opts), Tensor::randn([16, 2], opts));
             let y = Tensor::randn([16, 1], opts);
             let (loss, q_mean) = critic.loss_gradient(&obs, &act, &y);
@@ -242,7 +255,16 @@ mod tests {
         let config = AdamConfig::with_lr(1e-3);
         let new = || {
             tch::manual_seed(5);
-            TwinCritic::new(4, 2, &[16], Activation::Mish, config, 0.005, Device::Cpu)
+            TwinCritic::new(
+                4,
+                2,
+                &[16],
+                Activation::Mish,
+                Init::Torch,
+                config,
+                0.005,
+                Device::Cpu,
+            )
         };
         let (mut twice, mut by_hand) = (new(), new());
         let (obs, act) = (Tensor::randn([8, 4], opts), Tensor::randn([8, 2], opts));
@@ -267,6 +289,7 @@ mod tests {
             2,
             &[32, 32],
             Activation::Relu,
+            Init::Torch,
             config,
             0.005,
             Device::Cpu,
@@ -277,6 +300,7 @@ mod tests {
             2,
             &[32, 32],
             Activation::Relu,
+            Init::Torch,
             config,
             0.005,
             Device::Cpu,

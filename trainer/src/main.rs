@@ -255,9 +255,14 @@ struct TrainArgs {
     /// FLAME: weight λ of the Q-gradient term through the sampler [flame-m 1; flame-r 0].
     #[arg(long)]
     q_grad_weight: Option<f64>,
-    /// FLAME: add α·Ĥ(s′) to the TD target (β = 1) [off].
-    #[arg(long)]
-    entropy_in_td: bool,
+    /// FLAME: how policy and critic weights start: torch (U(±1/√fan_in)) or haiku (the
+    /// official code's truncated normal, zero biases) [torch].
+    #[arg(long, value_enum)]
+    init: Option<trainer::mlp::Init>,
+    /// FLAME: the TD target's entropy term β·α·Ĥ(s′): off, bonus (β = +1, SAC) or
+    /// penalty (β = −1, the official script's default) [off].
+    #[arg(long, value_enum)]
+    td_entropy: Option<trainer::agents::flame::TdEntropy>,
     /// FLAME: steps of the entropy chain [flame-m 3; flame-r N].
     #[arg(long)]
     entropy_steps: Option<usize>,
@@ -342,9 +347,9 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             td_action <- td_action, flow_loss_reduction <- flow_loss_reduction,
             critic_steps <- critic_steps, time_pairs <- time_pairs,
             equal_time_fraction <- equal_time_fraction, lr_decay <- lr_decay,
-            time_embedding <- time_embedding, time_convention <- time_convention);
+            time_embedding <- time_embedding, time_convention <- time_convention,
+            td_entropy <- td_entropy, init <- init);
         f.critic_lr = a.q_lr.or(f.critic_lr);
-        f.entropy_in_td |= a.entropy_in_td;
         if a.no_autotune {
             f.autotune = false;
         }
@@ -379,7 +384,7 @@ fn sac_only_flags(a: &TrainArgs) -> [(&'static str, bool); 3] {
 }
 
 /// The flags only FLAME-M / FLAME-R have, and whether each was given.
-fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 24] {
+fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 25] {
     [
         ("--lr", a.lr.is_some()),
         ("--final-policy-lr", a.final_policy_lr.is_some()),
@@ -389,7 +394,8 @@ fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 24] {
         ("--noise-std", a.noise_std.is_some()),
         ("--noise-scale", a.noise_scale.is_some()),
         ("--q-grad-weight", a.q_grad_weight.is_some()),
-        ("--entropy-in-td", a.entropy_in_td),
+        ("--td-entropy", a.td_entropy.is_some()),
+        ("--init", a.init.is_some()),
         ("--entropy-steps", a.entropy_steps.is_some()),
         ("--log-det", a.log_det.is_some()),
         ("--entropy-states", a.entropy_states.is_some()),

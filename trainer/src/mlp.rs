@@ -197,17 +197,57 @@ pub struct Mlp {
     layout: Vec<(i64, i64, i64, i64)>,
 }
 
+/// How an [`Mlp`]'s weights and biases start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// PyTorch's `nn.Linear`: weights and biases U(±1/√fan_in) (weight std 0.58/√fan_in).
+    #[default]
+    Torch,
+    /// Haiku's `hk.Linear` (the official FLAME code): weights N(0, 1/fan_in) truncated at
+    /// ±2 std (std 0.88/√fan_in), biases zero.
+    Haiku,
+}
+
+impl Init {
+    pub fn is_torch(&self) -> bool {
+        *self == Init::Torch
+    }
+}
+
+/// `n` draws of the standard normal truncated to [−2, 2] (inverse CDF of a uniform on
+/// the truncated range).
+fn truncated_standard_normal(n: i64, opts: (Kind, Device)) -> Tensor {
+    /// Φ(2), the standard normal CDF at the upper bound.
+    const CDF_AT_2: f64 = 0.977_249_868_051_820_8;
+    let p = Tensor::empty([n], opts).uniform_(1.0 - CDF_AT_2, CDF_AT_2);
+    (p * 2.0 - 1.0).erfinv() * std::f64::consts::SQRT_2
+}
+
 impl Mlp {
-    /// PyTorch's `nn.Linear` default initialization (U(±1/√fan_in) for weights and
-    /// biases), drawn from torch's global generator.
+    /// An MLP with PyTorch's `nn.Linear` default initialization ([`Init::Torch`]).
     pub fn new(shape: MlpShape, device: Device) -> Self {
+        Self::with_init(shape, Init::Torch, device)
+    }
+
+    /// An MLP initialized by `init`, drawn from torch's global generator.
+    pub fn with_init(shape: MlpShape, init: Init, device: Device) -> Self {
         let layout = shape.layout();
         let e = shape.members as i64;
         let mut chunks = Vec::new();
         for &(_, _, i, o) in &layout {
-            let bound = 1.0 / (i as f64).sqrt();
-            let w = Tensor::empty([e * i * o], (Kind::Float, device)).uniform_(-bound, bound);
-            let b = Tensor::empty([e * o], (Kind::Float, device)).uniform_(-bound, bound);
+            let scale = 1.0 / (i as f64).sqrt();
+            let opts = (Kind::Float, device);
+            let (w, b) = match init {
+                Init::Torch => (
+                    Tensor::empty([e * i * o], opts).uniform_(-scale, scale),
+                    Tensor::empty([e * o], opts).uniform_(-scale, scale),
+                ),
+                Init::Haiku => (
+                    truncated_standard_normal(e * i * o, opts) * scale,
+                    Tensor::zeros([e * o], opts),
+                ),
+            };
             chunks.push(w);
             chunks.push(b);
         }
@@ -713,6 +753,35 @@ mod tests {
             sizes: vec![3, 8, 2],
             activation: Activation::Relu,
             members,
+        }
+    }
+
+    /// Haiku's init: weights inside ±2/√fan_in with the truncated normal's std
+    /// 0.880/√fan_in, zero biases; torch's: U(±1/√fan_in), std 0.577/√fan_in.
+    #[test]
+    fn initializations_have_their_stated_distributions() {
+        tch::manual_seed(3);
+        let wide = MlpShape {
+            sizes: vec![400, 300],
+            activation: Activation::Relu,
+            members: 1,
+        };
+        for (init, std, bound) in [(Init::Haiku, 0.880, 2.0), (Init::Torch, 0.577, 1.0)] {
+            let net = Mlp::with_init(wide.clone(), init, Device::Cpu);
+            let (w, b) = net.layer_views(&net.params).remove(0);
+            let w = w * 20.0; // √fan_in
+            let measured = w.std(true).double_value(&[]);
+            assert!((measured - std).abs() < 0.01, "{init:?}: std {measured}");
+            let max = w.abs().max().double_value(&[]);
+            assert!(
+                max <= bound + 1e-4 && max > 0.95 * bound,
+                "{init:?}: max {max}"
+            );
+            let bias_max = b.abs().max().double_value(&[]);
+            match init {
+                Init::Haiku => assert_eq!(bias_max, 0.0),
+                Init::Torch => assert!(bias_max > 0.9 / 20.0 && bias_max <= 1.0 / 20.0),
+            }
         }
     }
 

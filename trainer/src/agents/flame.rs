@@ -14,8 +14,8 @@
 //! - **Critic** ([`Flame::update`] step 1): twin Q with Polyak targets,
 //!   `y = c·r + γ(1 − term)·[min Q̄(s′, a′) + β·α·Ĥ(s′)]`; a′ the online policy's best of
 //!   N_p plus exploration noise ([`TdAction`]), `critic_steps` Adam steps with the one
-//!   gradient (FLAME-M 2, as the official code). β = 0 by default; when on, the term is
-//!   *added*, as in SAC (see docs/ablations.md for the official code's sign).
+//!   gradient (FLAME-M 2, as the official code). β ∈ {0, +1, −1} ([`TdEntropy`]): off by
+//!   default, SAC's bonus, or the official script's penalty; Ĥ(s′) per next state.
 //! - **Policy update** (step 2, every `policy_frequency` updates): times `r ≤ t`
 //!   ([`TimePairs`]), anchor `x_t = (1 − t)·a + t·ε` from a replay action
 //!   ([`TimeConvention`] for the official code's mirrored anchors); K candidates from the
@@ -51,7 +51,7 @@ use crate::critic::TwinCritic;
 use crate::flame::entropy::{chain_log_prob, LogDet, VelocityField};
 use crate::flame::posterior::{candidate_velocities, sample_candidates};
 use crate::mlp::{
-    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Mlp, MlpShape,
+    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Init, Mlp, MlpShape,
 };
 use crate::policy_net::{time_features_derivative, time_features_tensor};
 use crate::replay::Batch;
@@ -105,8 +105,10 @@ pub struct FlameConfig {
     /// Weight λ of the deterministic-policy-gradient term −λ·min Q̄(s, a_θ(s))
     /// (FLAME-M 1.0, FLAME-R 0).
     pub q_grad_weight: f64,
-    /// β: add α·Ĥ(s′) to the TD target (false, the official ablation's better choice).
-    pub entropy_in_td: bool,
+    /// The entropy term of the TD target ([`TdEntropy`]; off by default). Left out of
+    /// config.json when off, as runs before the field existed read.
+    #[serde(default, skip_serializing_if = "TdEntropy::is_off")]
+    pub td_entropy: TdEntropy,
     /// Tune α (true); else it stays at `init_alpha`.
     pub autotune: bool,
     /// α at the start (1.0).
@@ -123,6 +125,10 @@ pub struct FlameConfig {
     /// Policy and critic hidden widths (256, 256, 256), mish.
     pub policy_hidden: Vec<usize>,
     pub critic_hidden: Vec<usize>,
+    /// How the policy and critic weights start (PyTorch's default; the official code
+    /// has Haiku's). Left out of config.json when torch, as runs before the field read.
+    #[serde(default, skip_serializing_if = "Init::is_torch")]
+    pub init: Init,
     /// Sinusoidal features per time input.
     pub time_dim: usize,
     /// How r and t become features: the official scaled low-frequency encoding, or the
@@ -203,6 +209,35 @@ pub enum TdAction {
     OnlineBest,
 }
 
+/// The entropy term β·α·Ĥ(s′) of the TD target, Ĥ(s′) = −log π(a″|s′) for one sample
+/// a″ of the policy whose action the target values ([`TdAction`]), per next state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TdEntropy {
+    /// β = 0: no entropy term.
+    #[default]
+    Off,
+    /// β = +1: the soft Bellman backup of SAC, `min Q̄ + α·Ĥ(s′)`.
+    Bonus,
+    /// β = −1: the official script's default branch (`min Q̄ − e^{log α}·Ĥ(s′)`).
+    Penalty,
+}
+
+impl TdEntropy {
+    fn is_off(&self) -> bool {
+        *self == TdEntropy::Off
+    }
+
+    /// β: the sign of the entropy term (0 when off).
+    fn sign(self) -> f64 {
+        match self {
+            TdEntropy::Off => 0.0,
+            TdEntropy::Bonus => 1.0,
+            TdEntropy::Penalty => -1.0,
+        }
+    }
+}
+
 /// How the per-sample flow loss reduces over action dimensions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -274,7 +309,7 @@ impl FlameConfig {
             t_max: 0.995,
             adaptive_loss_power: 0.0,
             q_grad_weight: 1.0,
-            entropy_in_td: false,
+            td_entropy: TdEntropy::Off,
             autotune: true,
             init_alpha: 1.0,
             target_entropy_scale: 3.0,
@@ -283,6 +318,7 @@ impl FlameConfig {
             entropy_states: 64,
             policy_hidden: vec![256, 256, 256],
             critic_hidden: vec![256, 256, 256],
+            init: Init::Torch,
             time_dim: 16,
             time_embedding: TimeEmbedding::Scaled,
             alpha_every: 100,
@@ -458,12 +494,13 @@ impl Flame {
         let mut sizes = vec![obs_dim + act_dim + 2 * config.time_dim];
         sizes.extend_from_slice(&config.policy_hidden);
         sizes.push(act_dim);
-        let policy = Mlp::new(
+        let policy = Mlp::with_init(
             MlpShape {
                 sizes,
                 activation: Activation::Mish,
                 members: 1,
             },
+            config.init,
             device,
         );
         let policy_adam = Adam::new(AdamConfig::with_lr(config.lr), &policy.params);
@@ -473,6 +510,7 @@ impl Flame {
             act_dim,
             &config.critic_hidden,
             Activation::Mish,
+            config.init,
             AdamConfig::with_lr(config.critic_learning_rate()),
             config.tau,
             device,
@@ -568,8 +606,9 @@ impl Flame {
         Tensor::randn([n, self.act_dim as i64], (Kind::Float, self.device)) * self.config.noise_std
     }
 
-    /// Entropy estimate Ĥ = −mean log π from the flow chain on `obs`.
-    fn entropy(&self, params: &Tensor, obs: &Tensor) -> f64 {
+    /// Per-state entropy estimates `−log π(a|s)` `[B]`, one chain sample per state of
+    /// `obs`.
+    fn state_entropies(&self, params: &Tensor, obs: &Tensor) -> Tensor {
         let field = PolicyField {
             flame: self,
             params,
@@ -583,7 +622,14 @@ impl Flame {
             self.config.entropy_steps,
             self.config.log_det,
         );
-        -log_prob.mean(Kind::Float).double_value(&[])
+        -log_prob
+    }
+
+    /// Entropy estimate Ĥ = −mean log π from the flow chain on `obs`.
+    fn entropy(&self, params: &Tensor, obs: &Tensor) -> f64 {
+        self.state_entropies(params, obs)
+            .mean(Kind::Float)
+            .double_value(&[])
     }
 
     /// The Q-reweighted regression target for anchors `x_t` at times `(r, t)` (no grad),
@@ -654,6 +700,35 @@ impl Flame {
         (v_bar - (t - r) * du_dt, ess)
     }
 
+    /// The critics' TD target `c·r + γ(1 − term)·[min Q̄(s′, a′) + β·α·Ĥ(s′)]` `[B, 1]`.
+    fn td_target(&self, batch: &Batch) -> Tensor {
+        let c = &self.config;
+        let b = batch.obs.size()[0];
+        let alpha = self.alpha_value();
+        tch::no_grad(|| {
+            let (next_action, next_policy) = match c.td_action {
+                TdAction::EmaSample => (
+                    self.sample(
+                        Weights::Copy(&self.ema),
+                        &batch.next_obs,
+                        &self.base_noise(b),
+                    ),
+                    &self.ema,
+                ),
+                TdAction::OnlineBest => (
+                    self.best_of_particles(Weights::Online, &batch.next_obs, alpha * c.noise_scale),
+                    &self.policy.params,
+                ),
+            };
+            let mut bootstrap = self.critic.target_min_q(&batch.next_obs, &next_action);
+            if c.td_entropy != TdEntropy::Off {
+                let entropies = self.state_entropies(next_policy, &batch.next_obs);
+                bootstrap += entropies.unsqueeze(1) * (c.td_entropy.sign() * alpha);
+            }
+            &batch.rew * c.reward_scale + (1.0 - &batch.term) * c.gamma * bootstrap
+        })
+    }
+
     /// Best of N_p samples by the online min Q, with `explore_std` Gaussian noise added
     /// (0: none), clipped to the action box: training-time acting, and the official TD
     /// target's next action ([`TdAction::OnlineBest`]).
@@ -717,23 +792,7 @@ impl Agent for Flame {
         let alpha = self.alpha_value();
 
         // 1. Critic: `critic_steps` Adam steps towards the TD target.
-        let y = tch::no_grad(|| {
-            let next_action = match c.td_action {
-                TdAction::EmaSample => self.sample(
-                    Weights::Copy(&self.ema),
-                    &batch.next_obs,
-                    &self.base_noise(b),
-                ),
-                TdAction::OnlineBest => {
-                    self.best_of_particles(Weights::Online, &batch.next_obs, alpha * c.noise_scale)
-                }
-            };
-            let mut bootstrap = self.critic.target_min_q(&batch.next_obs, &next_action);
-            if c.entropy_in_td {
-                bootstrap += alpha * self.entropy(&self.ema, &batch.next_obs);
-            }
-            &batch.rew * c.reward_scale + (1.0 - &batch.term) * c.gamma * bootstrap
-        });
+        let y = self.td_target(batch);
         let (q_loss, q_mean) = self
             .critic
             .train_step(&batch.obs, &batch.act, &y, c.critic_steps);
@@ -848,11 +907,18 @@ impl Agent for Flame {
         } else {
             0.0
         };
-        let states = (c.entropy_states as usize).min(batch);
-        let entropy =
-            c.entropy_steps as f64 * 2.0 * (policy(self.act_dim * states) + policy(states));
+        let chain = |states: usize| {
+            c.entropy_steps as f64 * 2.0 * (policy(self.act_dim * states) + policy(states))
+        };
+        let entropy = chain((c.entropy_states as usize).min(batch));
+        // The TD target's entropy term: a chain on every next state, every update.
+        let td_entropy = if c.td_entropy == TdEntropy::Off {
+            0.0
+        } else {
+            chain(batch)
+        };
         let delayed = critic(batch * k) + jvp + 3.0 * policy(batch) + q_grad;
-        every + delayed / c.policy_frequency as f64 + entropy / c.alpha_every as f64
+        every + td_entropy + delayed / c.policy_frequency as f64 + entropy / c.alpha_every as f64
     }
 
     fn set_progress(&mut self, fraction: f64) {
@@ -957,6 +1023,42 @@ mod tests {
             next_obs: Tensor::randn([b, obs_dim], opts),
             term: Tensor::zeros([b, 1], opts),
         }
+    }
+
+    /// The TD target's entropy term shifts each next state's bootstrap by β·γ·α·Ĥ(s′):
+    /// on many copies of one state the mean shift matches the mean entropy estimate, with
+    /// opposite signs for the bonus and the penalty. (The comparison is of means over
+    /// 2048 copies, so it holds whatever other tests draw from torch's generator.)
+    #[test]
+    fn td_entropy_term_adds_or_subtracts_the_next_state_entropy() {
+        let mut agent = small(5, 3);
+        agent.log_alpha = 0.5f64.ln();
+        let n = 2048;
+        let opts = (Kind::Float, Device::Cpu);
+        let state = Tensor::randn([1, 5], opts);
+        let copies = Batch {
+            next_obs: state.repeat([n, 1]),
+            obs: state.repeat([n, 1]),
+            ..batch(n, 5, 3)
+        };
+        let mean_target = |agent: &mut Flame, term: TdEntropy| {
+            agent.config.td_entropy = term;
+            agent.td_target(&copies).mean(Kind::Float).double_value(&[])
+        };
+        let off = mean_target(&mut agent, TdEntropy::Off);
+        let bonus = mean_target(&mut agent, TdEntropy::Bonus);
+        let penalty = mean_target(&mut agent, TdEntropy::Penalty);
+        let entropy = tch::no_grad(|| agent.entropy(&agent.policy.params, &copies.next_obs));
+        let expected = agent.config.gamma * 0.5 * entropy;
+        assert!(expected.abs() > 0.5, "a visible shift: {expected}");
+        assert!(
+            (bonus - off - expected).abs() < 0.1,
+            "{off} {bonus} {expected}"
+        );
+        assert!(
+            (penalty - off + expected).abs() < 0.1,
+            "{off} {penalty} {expected}"
+        );
     }
 
     /// The weighted single target equals the weighted mean of the K per-candidate

@@ -29,8 +29,8 @@ use tch::{Device, Kind, Tensor};
 use super::{validate_common, Agent, UpdateStats};
 use crate::critic::TwinCritic;
 use crate::mlp::{
-    checkpoint_entries, restore_entries, step_count, Activation, Adam, AdamConfig, Mlp, MlpShape,
-    ParamGrad,
+    checkpoint_entries, restore_entries, step_count, Activation, Adam, AdamConfig, Init, Mlp,
+    MlpShape, ParamGrad,
 };
 use crate::replay::Batch;
 use sim::run_dir::Normalizer;
@@ -214,6 +214,7 @@ impl Sac {
             act_dim,
             &config.critic_hidden,
             config.activation,
+            Init::Torch,
             AdamConfig::with_lr(config.q_lr),
             config.tau,
             device,

@@ -174,6 +174,13 @@ pub fn load_run(dir: &Path) -> Result<Run> {
             ] {
                 map.remove(key);
             }
+            // Runs before `td_entropy` wrote `entropy_in_td: false`, which is today's
+            // default (`td_entropy` off, left out of config.json).
+            if let Some(flame) = map.get_mut("flame").and_then(Value::as_object_mut) {
+                if flame.get("entropy_in_td") == Some(&Value::Bool(false)) {
+                    flame.remove("entropy_in_td");
+                }
+            }
         }
         t.to_string()
     });
