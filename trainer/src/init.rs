@@ -64,6 +64,7 @@ pub fn init(out: &Path, opts: &InitOptions) -> Result<RunConfig> {
         time_dim: opts.time_dim,
         // What `trainer train` uses (FlameConfig's default).
         time_embedding: TimeEmbedding::Scaled,
+        time_mlp: false,
     };
     FlowPolicyNet::new(&vs.root(), shape.clone());
     vs.save(run.weights())

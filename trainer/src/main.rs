@@ -281,6 +281,10 @@ struct TrainArgs {
     /// FLAME: how the flow times become features [scaled].
     #[arg(long, value_enum)]
     time_embedding: Option<sim::float_policy::TimeEmbedding>,
+    /// FLAME: pass each time embedding through a learned MLP (d → 2d → d, mish) before
+    /// the trunk, as the official network [off].
+    #[arg(long)]
+    time_mlp: bool,
     /// FLAME-M: where the training anchors put the noise; `official` is the official
     /// MeanFlow code's t = 1-clean anchors beside a sampler that starts from noise at
     /// (0, 1) [consistent].
@@ -350,6 +354,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             time_embedding <- time_embedding, time_convention <- time_convention,
             td_entropy <- td_entropy, init <- init);
         f.critic_lr = a.q_lr.or(f.critic_lr);
+        f.time_mlp |= a.time_mlp;
         if a.no_autotune {
             f.autotune = false;
         }
@@ -384,7 +389,7 @@ fn sac_only_flags(a: &TrainArgs) -> [(&'static str, bool); 3] {
 }
 
 /// The flags only FLAME-M / FLAME-R have, and whether each was given.
-fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 25] {
+fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 26] {
     [
         ("--lr", a.lr.is_some()),
         ("--final-policy-lr", a.final_policy_lr.is_some()),
@@ -396,6 +401,7 @@ fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 25] {
         ("--q-grad-weight", a.q_grad_weight.is_some()),
         ("--td-entropy", a.td_entropy.is_some()),
         ("--init", a.init.is_some()),
+        ("--time-mlp", a.time_mlp),
         ("--entropy-steps", a.entropy_steps.is_some()),
         ("--log-det", a.log_det.is_some()),
         ("--entropy-states", a.entropy_states.is_some()),

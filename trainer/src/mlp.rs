@@ -252,7 +252,22 @@ impl Mlp {
             chunks.push(b);
         }
         let params = Tensor::cat(&chunks, 0);
-        let leaves = Self::views(&shape, &layout, &params)
+        let leaves = Self::leaves_of(&shape, &layout, &params);
+        Self {
+            shape,
+            params,
+            leaves,
+            layout,
+        }
+    }
+
+    /// Per layer `(weight, bias)` leaves that require grad and share `params`' storage.
+    fn leaves_of(
+        shape: &MlpShape,
+        layout: &[(i64, i64, i64, i64)],
+        params: &Tensor,
+    ) -> Vec<(Tensor, Tensor)> {
+        Self::views(shape, layout, params)
             .into_iter()
             .map(|(w, b)| {
                 (
@@ -260,13 +275,7 @@ impl Mlp {
                     b.detach().set_requires_grad(true),
                 )
             })
-            .collect();
-        Self {
-            shape,
-            params,
-            leaves,
-            layout,
-        }
+            .collect()
     }
 
     /// Per layer (weight, bias) views into a flat parameter vector.
@@ -472,10 +481,33 @@ impl Mlp {
     /// Gradient of `loss` with respect to the parameters, as one flat vector laid out
     /// like `params`.
     pub fn grad(&self, loss: &Tensor) -> Tensor {
-        let inputs: Vec<&Tensor> = self.leaves.iter().flat_map(|(w, b)| [w, b]).collect();
+        Self::joint_grad(&[self], loss)
+    }
+
+    /// `∂loss/∂params` of several networks from one backward pass, their flat gradients
+    /// concatenated in the order given (the layout of [`Mlp::share_storage`]'s buffer).
+    pub fn joint_grad(nets: &[&Mlp], loss: &Tensor) -> Tensor {
+        let inputs: Vec<&Tensor> = nets
+            .iter()
+            .flat_map(|net| net.leaves.iter().flat_map(|(w, b)| [w, b]))
+            .collect();
         let grads = Tensor::run_backward(&[loss], &inputs, false, false);
         let flat: Vec<Tensor> = grads.iter().map(|g| g.view([-1])).collect();
         Tensor::cat(&flat, 0)
+    }
+
+    /// Moves the parameters (values kept) into `storage`, a flat tensor of
+    /// [`MlpShape::num_params`] elements: typically a slice of one buffer that several
+    /// networks share, so a single optimizer, EMA and checkpoint entry cover them all.
+    pub fn share_storage(&mut self, mut storage: Tensor) {
+        assert_eq!(
+            storage.size(),
+            self.params.size(),
+            "storage of another size"
+        );
+        tch::no_grad(|| storage.copy_(&self.params));
+        self.leaves = Self::leaves_of(&self.shape, &self.layout, &storage);
+        self.params = storage;
     }
 
     /// A detached copy of the parameters (a Polyak target's starting point).

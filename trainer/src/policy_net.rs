@@ -51,6 +51,8 @@ pub struct FlowPolicyNet {
     pub shape: PolicyShape,
     hidden: Vec<nn::Linear>,
     output: nn::Linear,
+    /// With `shape.time_mlp`: r's and t's `Linear(d → 2d) → mish → Linear(2d → d)`.
+    time_mlps: Vec<[nn::Linear; 2]>,
 }
 
 impl FlowPolicyNet {
@@ -72,22 +74,46 @@ impl FlowPolicyNet {
             shape.act_dim as i64,
             Default::default(),
         );
+        let d = shape.time_dim as i64;
+        let time_mlps = if shape.time_mlp {
+            ["time_r", "time_t"]
+                .iter()
+                .map(|net| {
+                    let layer = |k: usize, i, o| {
+                        nn::linear(path / *net / k.to_string(), i, o, Default::default())
+                    };
+                    [layer(0, d, 2 * d), layer(1, 2 * d, d)]
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             shape,
             hidden,
             output,
+            time_mlps,
+        }
+    }
+
+    /// The trunk's features of a time input: its embedding, through time MLP `net`
+    /// (0: r, 1: t) where the network has them.
+    fn time_features(&self, net: usize, time: &Tensor) -> Tensor {
+        let features = time_features_tensor(time, self.shape.time_dim, self.shape.time_embedding);
+        match self.time_mlps.get(net) {
+            Some([inner, outer]) => outer.forward(&inner.forward(&features).mish()),
+            None => features,
         }
     }
 
     /// `u(z, r, t | s)` for a batch: `obs_norm [B, obs]`, `z [B, act]`, `r, t [B, 1]`.
     pub fn forward(&self, obs_norm: &Tensor, z: &Tensor, r: &Tensor, t: &Tensor) -> Tensor {
-        let (d, embedding) = (self.shape.time_dim, self.shape.time_embedding);
         let mut x = Tensor::cat(
             &[
                 obs_norm,
                 z,
-                &time_features_tensor(r, d, embedding),
-                &time_features_tensor(t, d, embedding),
+                &self.time_features(0, r),
+                &self.time_features(1, t),
             ],
             1,
         );
@@ -108,11 +134,13 @@ mod tests {
     #[test]
     fn folded_float_policy_matches_tch_forward() {
         for embedding in [TimeEmbedding::Raw, TimeEmbedding::Scaled] {
-            folded_float_policy_matches_tch_forward_with(embedding);
+            for time_mlp in [false, true] {
+                folded_float_policy_matches_tch_forward_with(embedding, time_mlp);
+            }
         }
     }
 
-    fn folded_float_policy_matches_tch_forward_with(time_embedding: TimeEmbedding) {
+    fn folded_float_policy_matches_tch_forward_with(time_embedding: TimeEmbedding, time_mlp: bool) {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let shape = PolicyShape {
@@ -121,6 +149,7 @@ mod tests {
             hidden: vec![16, 16],
             time_dim: 8,
             time_embedding,
+            time_mlp,
         };
         let net = FlowPolicyNet::new(&vs.root(), shape.clone());
         let meta = PolicyMeta {
@@ -152,7 +181,7 @@ mod tests {
             let expect = (z[c] - u[c]).clamp(-1.0, 1.0);
             assert!(
                 (a[c] - expect).abs() < 1e-5,
-                "{time_embedding:?} {c}: {} vs {}",
+                "{time_embedding:?} time MLP {time_mlp} {c}: {} vs {}",
                 a[c],
                 expect
             );

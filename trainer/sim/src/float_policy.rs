@@ -103,6 +103,11 @@ pub struct PolicyShape {
     /// How the times become features (runs before it existed used [`TimeEmbedding::Raw`]).
     #[serde(default)]
     pub time_embedding: TimeEmbedding,
+    /// Each time input's features pass through a learned MLP before the trunk (the
+    /// official FLAME network): `Linear(d → 2d) → mish → Linear(2d → d)`, tensors
+    /// `time_r.{0,1}.*` and `time_t.{0,1}.*`. Left out of config.json when absent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub time_mlp: bool,
 }
 
 /// Largest width a policy network may declare: far above any task's (Humanoid observes
@@ -143,6 +148,24 @@ impl PolicyShape {
         }
         layers.push(("output".to_string(), self.act_dim, width));
         layers
+    }
+
+    /// The time MLPs' tensor names and shapes `(name, out, in)`: r's two layers, then
+    /// t's (none without [`PolicyShape::time_mlp`]).
+    fn time_layers(&self) -> Vec<(String, usize, usize)> {
+        if !self.time_mlp {
+            return Vec::new();
+        }
+        let d = self.time_dim;
+        ["time_r", "time_t"]
+            .iter()
+            .flat_map(|net| {
+                [
+                    (format!("{net}.0"), 2 * d, d),
+                    (format!("{net}.1"), d, 2 * d),
+                ]
+            })
+            .collect()
     }
 }
 
@@ -321,12 +344,18 @@ impl FloatPolicy {
     ) -> Result<Self> {
         shape.validate()?;
         let expected = shape.layers();
+        let time_layers = shape.time_layers();
+        let count = 2 * (expected.len() + time_layers.len());
         ensure!(
-            tensors.len() == 2 * expected.len(),
-            "the policy weights hold {} tensors, the {:?} network has {}",
+            tensors.len() == count,
+            "the policy weights hold {} tensors, the {:?} network{} has {count}",
             tensors.len(),
             shape.hidden,
-            2 * expected.len()
+            if shape.time_mlp {
+                " with time MLPs"
+            } else {
+                ""
+            },
         );
         let tensor = |name: &str, dims: &[usize]| -> Result<Vec<f32>> {
             let t = (tensors.iter().find(|t| t.name == name))
@@ -344,21 +373,41 @@ impl FloatPolicy {
             );
             Ok(t.values.clone())
         };
-        let mut layers = expected
-            .iter()
-            .map(|(name, out_dim, in_dim)| {
-                Ok(DenseF32 {
-                    in_dim: *in_dim,
-                    out_dim: *out_dim,
-                    weight: tensor(&format!("{name}.weight"), &[*out_dim, *in_dim])?,
-                    bias: tensor(&format!("{name}.bias"), &[*out_dim])?,
+        let dense = |layers: &[(String, usize, usize)]| {
+            layers
+                .iter()
+                .map(|(name, out_dim, in_dim)| {
+                    Ok(DenseF32 {
+                        in_dim: *in_dim,
+                        out_dim: *out_dim,
+                        weight: tensor(&format!("{name}.weight"), &[*out_dim, *in_dim])?,
+                        bias: tensor(&format!("{name}.bias"), &[*out_dim])?,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>>>()
+        };
+        let mut layers = dense(&expected)?;
+        let time_mlps = dense(&time_layers)?;
         let output = layers.pop().expect("the output layer is always listed");
         let steps = flow_steps(meta.algorithm, nfe);
         ensure!(!steps.is_empty(), "at least one flow step");
-        let (first, step_biases) = fold_time_inputs(&layers[0], shape, &steps);
+        let features = |net: usize, time: f64| {
+            let embedding = shape.time_embedding.features(time, shape.time_dim);
+            match time_mlps.get(2 * net..2 * net + 2) {
+                Some([inner, outer]) => {
+                    let hidden = inner.apply(&embedding, &inner.bias);
+                    let hidden: Vec<f64> =
+                        hidden.iter().map(|&v| Activation::Mish.apply(v)).collect();
+                    outer.apply(&hidden, &outer.bias)
+                }
+                _ => embedding,
+            }
+        };
+        let step_features: Vec<Vec<f64>> = steps
+            .iter()
+            .map(|&(r, t)| features(0, r).into_iter().chain(features(1, t)).collect())
+            .collect();
+        let (first, step_biases) = fold_time_inputs(&layers[0], shape, &step_features);
         layers[0] = first;
         let policy = Self {
             meta,
@@ -475,26 +524,25 @@ impl FloatPolicy {
 
 /// Splits the network's first layer (input `[obs, z, emb(r), emb(t)]`) into its
 /// `[obs, z]` columns and one bias per flow step: the layer's bias plus the time columns
-/// applied to that step's constant `emb(r), emb(t)`, summed in f64.
+/// applied to that step's constant time features `[f(r), f(t)]` (the embeddings, through
+/// the time MLPs where the network has them), summed in f64.
 fn fold_time_inputs(
     first: &DenseF32,
     shape: &PolicyShape,
-    steps: &[(f64, f64)],
+    step_features: &[Vec<f64>],
 ) -> (DenseF32, Vec<Vec<f32>>) {
     let direct = shape.obs_dim + shape.act_dim;
     let row = |c: usize| &first.weight[c * first.in_dim..(c + 1) * first.in_dim];
-    let step_biases = steps
+    let step_biases = step_features
         .iter()
-        .map(|&(r, t)| {
-            let embed = |x| shape.time_embedding.features(x, shape.time_dim);
-            let feats: Vec<f64> = embed(r).into_iter().chain(embed(t)).collect();
+        .map(|feats| {
             (0..first.out_dim)
                 .map(|c| {
                     let time_columns = &row(c)[direct..];
                     (first.bias[c] as f64
                         + time_columns
                             .iter()
-                            .zip(&feats)
+                            .zip(feats.iter())
                             .map(|(&w, &f)| w as f64 * f)
                             .sum::<f64>()) as f32
                 })
@@ -542,6 +590,7 @@ mod tests {
             hidden: vec![4, 4],
             time_dim: 2,
             time_embedding: TimeEmbedding::Raw,
+            time_mlp: false,
         }
     }
 

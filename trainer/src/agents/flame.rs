@@ -152,6 +152,11 @@ pub struct FlameConfig {
     /// Adam steps per critic per update with the same gradient (the official code: 2).
     #[serde(default = "one")]
     pub critic_steps: usize,
+    /// Pass each time embedding through a learned MLP `Linear(d → 2d) → mish →
+    /// Linear(2d → d)` before the trunk, as the official network does (off: the
+    /// embedding enters the trunk directly). Left out of config.json when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub time_mlp: bool,
     /// How the flow times (r, t) are drawn: `nested` (t uniform, r uniform below it) or
     /// `sorted` (two uniforms, t the larger, as the official code).
     #[serde(default)]
@@ -321,6 +326,7 @@ impl FlameConfig {
             init: Init::Torch,
             time_dim: 16,
             time_embedding: TimeEmbedding::Scaled,
+            time_mlp: false,
             alpha_every: 100,
             weight_temperature: WeightTemperature::ExpAlpha,
             td_action: TdAction::OnlineBest,
@@ -427,10 +433,15 @@ pub struct Flame {
     algorithm: Algorithm,
     obs_dim: usize,
     act_dim: usize,
-    /// `[s, z, emb(r), emb(t)] → u`.
+    /// The trunk `[s, z, f(r), f(t)] → u`.
     policy: Mlp,
+    /// With `time_mlp`: the time MLPs `emb(r) → f(r)`, `emb(t) → f(t)` (else f = emb).
+    time_nets: Vec<Mlp>,
+    /// Every policy parameter in one buffer (the trunk, then the time MLPs), which the
+    /// networks' parameters are views of: one Adam, EMA and checkpoint entry for all.
+    params: Tensor,
     policy_adam: Adam,
-    /// EMA of `policy.params`: acts and computes TD targets.
+    /// EMA of `params`: acts and computes TD targets.
     ema: Tensor,
     critic: TwinCritic,
     log_alpha: f64,
@@ -446,7 +457,8 @@ pub struct Flame {
 enum Weights<'a> {
     /// The online parameters, differentiable (policy gradients).
     Online,
-    /// A detached copy (the EMA acting policy), no gradient.
+    /// A detached copy of all policy parameters (laid out as `Flame::params`, e.g. the
+    /// EMA acting policy), no gradient.
     Copy(&'a Tensor),
 }
 
@@ -472,13 +484,14 @@ impl VelocityField for PolicyField<'_> {
             Algorithm::FlameM => r,
             Algorithm::FlameR => t,
         };
-        let input = self.flame.policy_input(&obs, z, r, t);
+        let flame = self.flame;
+        let input = flame.policy_input(Weights::Copy(self.params), &obs, z, r, t);
         let zeros = |n: usize| Tensor::zeros([z.size()[0], n as i64], (Kind::Float, z.device()));
-        let d = self.flame.config.time_dim;
-        let input_dot = Tensor::cat(&[&zeros(self.flame.obs_dim), z_dot, &zeros(2 * d)], 1);
-        self.flame
+        let d = flame.config.time_dim;
+        let input_dot = Tensor::cat(&[&zeros(flame.obs_dim), z_dot, &zeros(2 * d)], 1);
+        flame
             .policy
-            .forward_with_tangent(self.params, &input, &input_dot)
+            .forward_with_tangent(&flame.trunk_params(self.params), &input, &input_dot)
     }
 }
 
@@ -494,17 +507,33 @@ impl Flame {
         let mut sizes = vec![obs_dim + act_dim + 2 * config.time_dim];
         sizes.extend_from_slice(&config.policy_hidden);
         sizes.push(act_dim);
-        let policy = Mlp::with_init(
-            MlpShape {
-                sizes,
-                activation: Activation::Mish,
-                members: 1,
-            },
-            config.init,
-            device,
-        );
-        let policy_adam = Adam::new(AdamConfig::with_lr(config.lr), &policy.params);
-        let ema = policy.detached_copy();
+        let mish = |sizes| MlpShape {
+            sizes,
+            activation: Activation::Mish,
+            members: 1,
+        };
+        let mut policy = Mlp::with_init(mish(sizes), config.init, device);
+        let d = config.time_dim;
+        let mut time_nets: Vec<Mlp> = (0..if config.time_mlp { 2 } else { 0 })
+            .map(|_| Mlp::with_init(mish(vec![d, 2 * d, d]), config.init, device))
+            .collect();
+        let params = if time_nets.is_empty() {
+            policy.params.shallow_clone()
+        } else {
+            let parts: Vec<&Tensor> = std::iter::once(&policy.params)
+                .chain(time_nets.iter().map(|net| &net.params))
+                .collect();
+            let all = Tensor::cat(&parts, 0);
+            let mut offset = 0;
+            for net in std::iter::once(&mut policy).chain(time_nets.iter_mut()) {
+                let n = net.shape.num_params();
+                net.share_storage(all.narrow(0, offset, n));
+                offset += n;
+            }
+            all
+        };
+        let policy_adam = Adam::new(AdamConfig::with_lr(config.lr), &params);
+        let ema = params.copy();
         let critic = TwinCritic::new(
             obs_dim,
             act_dim,
@@ -528,6 +557,8 @@ impl Flame {
             obs_dim,
             act_dim,
             policy,
+            time_nets,
+            params,
             policy_adam,
             ema,
             critic,
@@ -559,17 +590,79 @@ impl Flame {
         }
     }
 
-    fn policy_input(&self, obs: &Tensor, z: &Tensor, r: &Tensor, t: &Tensor) -> Tensor {
+    /// The trunk's slice of a flat vector of all policy parameters (`params`, the EMA).
+    fn trunk_params(&self, params: &Tensor) -> Tensor {
+        params.narrow(0, 0, self.policy.shape.num_params())
+    }
+
+    /// Time MLP `net`'s slice (0: r's, 1: t's) of a flat vector of all policy parameters.
+    fn time_net_params(&self, params: &Tensor, net: usize) -> Tensor {
+        let each = self.time_nets[net].shape.num_params();
+        params.narrow(0, self.policy.shape.num_params() + net as i64 * each, each)
+    }
+
+    /// The trunk's features `f(time)` of flow times `[B, 1]`: the embedding, through
+    /// time MLP `net` (0: r, 1: t) where the policy has them.
+    fn time_features(&self, weights: Weights<'_>, net: usize, time: &Tensor) -> Tensor {
         let (d, embedding) = (self.config.time_dim, self.config.time_embedding);
-        Tensor::cat(
-            &[
-                obs,
-                z,
-                &time_features_tensor(r, d, embedding),
-                &time_features_tensor(t, d, embedding),
-            ],
-            1,
-        )
+        let features = time_features_tensor(time, d, embedding);
+        match (self.time_nets.get(net), weights) {
+            (None, _) => features,
+            (Some(mlp), Weights::Online) => mlp.forward(&features),
+            (Some(mlp), Weights::Copy(params)) => {
+                mlp.forward_with(&self.time_net_params(params, net), &features)
+            }
+        }
+    }
+
+    /// `f(t)` and its derivative along `t_dot` `[B, 1]`, for the parameters `params`.
+    fn time_features_with_tangent(
+        &self,
+        params: &Tensor,
+        t: &Tensor,
+        t_dot: &Tensor,
+    ) -> (Tensor, Tensor) {
+        let (d, embedding) = (self.config.time_dim, self.config.time_embedding);
+        let features = time_features_tensor(t, d, embedding);
+        let features_dot = time_features_derivative(t, t_dot, d, embedding);
+        match self.time_nets.get(1) {
+            None => (features, features_dot),
+            Some(mlp) => {
+                mlp.forward_with_tangent(&self.time_net_params(params, 1), &features, &features_dot)
+            }
+        }
+    }
+
+    /// The trunk's input `[s, z, f(r), f(t)]`.
+    fn policy_input(
+        &self,
+        weights: Weights<'_>,
+        obs: &Tensor,
+        z: &Tensor,
+        r: &Tensor,
+        t: &Tensor,
+    ) -> Tensor {
+        let (f_r, f_t) = (
+            self.time_features(weights, 0, r),
+            self.time_features(weights, 1, t),
+        );
+        Tensor::cat(&[obs, z, &f_r, &f_t], 1)
+    }
+
+    /// `u(z, r, t | s)` with `weights`.
+    fn velocity(
+        &self,
+        weights: Weights<'_>,
+        obs: &Tensor,
+        z: &Tensor,
+        r: &Tensor,
+        t: &Tensor,
+    ) -> Tensor {
+        let input = self.policy_input(weights, obs, z, r, t);
+        match weights {
+            Weights::Online => self.policy.forward(&input),
+            Weights::Copy(params) => self.policy.forward_with(&self.trunk_params(params), &input),
+        }
     }
 
     fn column(&self, n: i64, value: f64) -> Tensor {
@@ -585,11 +678,7 @@ impl Flame {
         let step = 1.0 / self.config.nfe as f64;
         let mut z = z.shallow_clone();
         for (r, t) in flow_steps(self.algorithm, self.config.nfe) {
-            let input = self.policy_input(obs, &z, &self.column(n, r), &self.column(n, t));
-            let u = match weights {
-                Weights::Online => self.policy.forward(&input),
-                Weights::Copy(params) => self.policy.forward_with(params, &input),
-            };
+            let u = self.velocity(weights, obs, &z, &self.column(n, r), &self.column(n, t));
             z = &z - u * step;
         }
         z.clamp(-1.0, 1.0)
@@ -677,27 +766,37 @@ impl Flame {
             return (v_bar, ess);
         }
         // d/dt u(x_t, r, t) along (ẋ, ṙ, ṫ) = (v̄, 0, 1): one JVP for all K candidates.
-        let input = self.policy_input(obs, x_t, r, t);
+        let (_, du_dt) = self.velocity_with_time_tangent(&self.params, obs, x_t, r, t, &v_bar);
+        (v_bar - (t - r) * du_dt, ess)
+    }
+
+    /// `(u(z, r, t | s), d/dτ u(z + τ·ż, r, t + τ | s))` for the parameters `params`:
+    /// MeanFlow's total derivative along `(ż, 0, 1)`, exact (forward mode).
+    fn velocity_with_time_tangent(
+        &self,
+        params: &Tensor,
+        obs: &Tensor,
+        z: &Tensor,
+        r: &Tensor,
+        t: &Tensor,
+        z_dot: &Tensor,
+    ) -> (Tensor, Tensor) {
+        let b = z.size()[0];
+        let f_r = self.time_features(Weights::Copy(params), 0, r);
+        let (f_t, f_t_dot) = self.time_features_with_tangent(params, t, &self.column(b, 1.0));
+        let input = Tensor::cat(&[obs, z, &f_r, &f_t], 1);
         let zeros = |n: usize| Tensor::zeros([b, n as i64], (Kind::Float, self.device));
-        let time = self.config.time_dim;
         let input_dot = Tensor::cat(
             &[
                 &zeros(self.obs_dim),
-                &v_bar,
-                &zeros(time),
-                &time_features_derivative(
-                    t,
-                    &self.column(b, 1.0),
-                    time,
-                    self.config.time_embedding,
-                ),
+                z_dot,
+                &zeros(self.config.time_dim),
+                &f_t_dot,
             ],
             1,
         );
-        let (_, du_dt) = self
-            .policy
-            .forward_with_tangent(&self.policy.params, &input, &input_dot);
-        (v_bar - (t - r) * du_dt, ess)
+        self.policy
+            .forward_with_tangent(&self.trunk_params(params), &input, &input_dot)
     }
 
     /// The critics' TD target `c·r + γ(1 − term)·[min Q̄(s′, a′) + β·α·Ĥ(s′)]` `[B, 1]`.
@@ -717,7 +816,7 @@ impl Flame {
                 ),
                 TdAction::OnlineBest => (
                     self.best_of_particles(Weights::Online, &batch.next_obs, alpha * c.noise_scale),
-                    &self.policy.params,
+                    &self.params,
                 ),
             };
             let mut bootstrap = self.critic.target_min_q(&batch.next_obs, &next_action);
@@ -814,9 +913,7 @@ impl Agent for Flame {
         let noise = Tensor::randn_like(&batch.act);
         let x_t = (1.0 - &s) * &batch.act + &s * noise;
         let (target, ess) = tch::no_grad(|| self.flow_target(&batch.obs, &x_t, (&r, &t, &s)));
-        let u = self
-            .policy
-            .forward(&self.policy_input(&batch.obs, &x_t, &r, &t));
+        let u = self.velocity(Weights::Online, &batch.obs, &x_t, &r, &t);
         // ‖u − target‖² per state; logged as `flow_loss` whatever the reduction, so runs
         // compare.
         let squared_norm = (u - target).square().sum_dim_intlist(1, false, Kind::Float);
@@ -834,11 +931,14 @@ impl Agent for Flame {
             None => flow_term,
         };
         self.policy_adam.config.lr = self.policy_lr();
-        let grad = self.policy.grad(&loss);
-        self.policy_adam.step(&self.policy.params, &grad);
+        let nets: Vec<&Mlp> = std::iter::once(&self.policy)
+            .chain(&self.time_nets)
+            .collect();
+        let grad = Mlp::joint_grad(&nets, &loss);
+        self.policy_adam.step(&self.params, &grad);
         tch::no_grad(|| {
             self.ema
-                .copy_(&(&self.ema * (1.0 - c.tau) + &self.policy.params * c.tau));
+                .copy_(&(&self.ema * (1.0 - c.tau) + &self.params * c.tau));
         });
         self.critic.polyak();
         stats.extend([
@@ -854,7 +954,7 @@ impl Agent for Flame {
         // estimate is the costliest part of a policy update: it is made only then).
         if update.is_multiple_of(c.alpha_every) {
             let states = batch.obs.narrow(0, 0, c.entropy_states.min(b));
-            let entropy = tch::no_grad(|| self.entropy(&self.policy.params, &states));
+            let entropy = tch::no_grad(|| self.entropy(&self.params, &states));
             if c.autotune {
                 let grad = entropy - self.target_entropy;
                 self.alpha_adam
@@ -931,7 +1031,7 @@ impl Agent for Flame {
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = self.critic.state("critic");
-        let buffers = [("params", &self.policy.params), ("ema", &self.ema)];
+        let buffers = [("params", &self.params), ("ema", &self.ema)];
         out.extend(checkpoint_entries("policy", &buffers, &self.policy_adam));
         out.extend(self.alpha_adam.entries(self.log_alpha));
         out
@@ -940,33 +1040,40 @@ impl Agent for Flame {
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         self.critic.load_state("critic", state)?;
         let buffers: &mut [(&str, &mut Tensor)] =
-            &mut [("params", &mut self.policy.params), ("ema", &mut self.ema)];
+            &mut [("params", &mut self.params), ("ema", &mut self.ema)];
         restore_entries("policy", buffers, &mut self.policy_adam, state)?;
         self.log_alpha = self.alpha_adam.restore(state)?;
         Ok(())
     }
 
     /// The EMA (acting) policy in `policy_net::FlowPolicyNet`'s layout, which
-    /// `trainer export` loads: `hidden{i}.{weight,bias}`, `output.{weight,bias}`,
-    /// weights `[out, in]`.
+    /// `trainer export` loads: `hidden{i}.{weight,bias}`, `output.{weight,bias}` and the
+    /// time MLPs' `time_{r,t}.{0,1}.{weight,bias}`, weights `[out, in]`.
     fn policy_tensors(&self) -> Vec<(String, Tensor)> {
-        let layers = self.policy.layer_views(&self.ema);
+        let named = |name: String, (w, b): (Tensor, Tensor)| {
+            [
+                (format!("{name}.weight"), w.tr().contiguous()),
+                (format!("{name}.bias"), b.copy()),
+            ]
+        };
+        let layers = self.policy.layer_views(&self.trunk_params(&self.ema));
         let last = layers.len() - 1;
-        layers
-            .into_iter()
-            .enumerate()
-            .flat_map(|(i, (w, b))| {
-                let name = if i == last {
-                    "output".to_string()
-                } else {
-                    format!("hidden{i}")
-                };
-                [
-                    (format!("{name}.weight"), w.tr().contiguous()),
-                    (format!("{name}.bias"), b.copy()),
-                ]
-            })
-            .collect()
+        let trunk = layers.into_iter().enumerate().flat_map(|(i, layer)| {
+            let name = if i == last {
+                "output".to_string()
+            } else {
+                format!("hidden{i}")
+            };
+            named(name, layer)
+        });
+        let time = self.time_nets.iter().enumerate().flat_map(|(net, mlp)| {
+            let prefix = ["time_r", "time_t"][net];
+            mlp.layer_views(&self.time_net_params(&self.ema, net))
+                .into_iter()
+                .enumerate()
+                .flat_map(move |(k, layer)| named(format!("{prefix}.{k}"), layer))
+        });
+        trunk.chain(time).collect()
     }
 
     /// FLAME, like SAC here, consumes raw observations (identity normalizer).
@@ -1012,6 +1119,21 @@ mod tests {
 
     fn small(obs_dim: usize, act_dim: usize) -> Flame {
         small_with(Algorithm::FlameM, obs_dim, act_dim)
+    }
+
+    /// [`small`] with the official network's time MLPs.
+    fn small_with_time_mlp(obs_dim: usize, act_dim: usize) -> Flame {
+        let small = small(obs_dim, act_dim);
+        Flame::new(
+            FlameConfig {
+                time_mlp: true,
+                ..small.config
+            },
+            Algorithm::FlameM,
+            obs_dim,
+            act_dim,
+            Device::Cpu,
+        )
     }
 
     fn batch(b: i64, obs_dim: i64, act_dim: i64) -> Batch {
@@ -1066,7 +1188,11 @@ mod tests {
     /// `Σ w_k ‖u − tgt_k‖²` have the same gradient (Σ w_k = 1).
     #[test]
     fn single_jvp_target_equals_the_weighted_per_candidate_targets() {
-        let agent = small(5, 3);
+        single_jvp_target_equals_per_candidate_targets(&small(5, 3));
+        single_jvp_target_equals_per_candidate_targets(&small_with_time_mlp(5, 3));
+    }
+
+    fn single_jvp_target_equals_per_candidate_targets(agent: &Flame) {
         let (b, d) = (4i64, 3i64);
         let opts = (Kind::Float, Device::Cpu);
         let obs = Tensor::randn([b, 5], opts);
@@ -1090,26 +1216,10 @@ mod tests {
         let w = (q / agent.weight_temperature())
             .softmax(1, Kind::Float)
             .detach();
-        let input = agent.policy_input(&obs, &x_t, &r, &t);
-        let time = agent.config.time_dim;
-        let dt =
-            time_features_derivative(&t, &agent.column(b, 1.0), time, agent.config.time_embedding);
         let mut weighted = Tensor::zeros([b, d], opts);
         for j in 0..k {
             let v = velocities.select(1, j);
-            let input_dot = Tensor::cat(
-                &[
-                    &Tensor::zeros([b, 5], opts),
-                    &v,
-                    &Tensor::zeros([b, time as i64], opts),
-                    &dt,
-                ],
-                1,
-            );
-            let (_, du) =
-                agent
-                    .policy
-                    .forward_with_tangent(&agent.policy.params, &input, &input_dot);
+            let (_, du) = agent.velocity_with_time_tangent(&agent.params, &obs, &x_t, &r, &t, &v);
             let target = &v - (&t - &r) * du;
             weighted += w.select(1, j).unsqueeze(1) * target;
         }
@@ -1118,6 +1228,66 @@ mod tests {
             err < 1e-4,
             "single vs per-candidate targets differ by {err}"
         );
+    }
+
+    /// The MeanFlow tangent `d/dτ u(z + τ·ż, r, t + τ)` equals a central difference of
+    /// the velocity, with and without the time MLPs (whose tangent is carried through
+    /// their layers).
+    #[test]
+    fn time_tangent_matches_a_finite_difference() {
+        for agent in [small(5, 3), small_with_time_mlp(5, 3)] {
+            let opts = (Kind::Float, Device::Cpu);
+            let (b, h) = (6i64, 1e-2);
+            let obs = Tensor::randn([b, 5], opts);
+            let z = Tensor::randn([b, 3], opts) * 0.5;
+            let z_dot = Tensor::randn([b, 3], opts);
+            let t = Tensor::rand([b, 1], opts) * 0.8 + 0.1;
+            let r = &t * Tensor::rand([b, 1], opts);
+            let params = Weights::Copy(&agent.params);
+            let (tangent, difference) = tch::no_grad(|| {
+                let (_, tangent) =
+                    agent.velocity_with_time_tangent(&agent.params, &obs, &z, &r, &t, &z_dot);
+                let at = |tau: f64| {
+                    let u = agent.velocity(params, &obs, &(&z + &z_dot * tau), &r, &(&t + tau));
+                    u.to_kind(Kind::Double)
+                };
+                (tangent.to_kind(Kind::Double), (at(h) - at(-h)) / (2.0 * h))
+            });
+            let err = (tangent - &difference).abs().max().double_value(&[]);
+            let scale = difference.abs().max().double_value(&[]);
+            assert!(
+                err < 1e-2 * scale.max(1.0),
+                "time MLP {}: tangent off by {err} (scale {scale})",
+                agent.config.time_mlp
+            );
+        }
+    }
+
+    /// With the time MLPs, a policy update moves the trunk and both time MLPs (one
+    /// buffer, one Adam), and the checkpoint holds them all.
+    #[test]
+    fn time_mlps_train_and_checkpoint_with_the_trunk() {
+        let mut agent = small_with_time_mlp(6, 2);
+        let before = agent.params.copy();
+        for update in 0..2 {
+            agent.update(&batch(32, 6, 2), update);
+        }
+        let trunk = agent.policy.shape.num_params();
+        let each = agent.time_nets[0].shape.num_params();
+        assert_eq!(agent.params.size()[0], trunk + 2 * each);
+        let moved = |from: i64, n: i64| {
+            let delta = agent.params.narrow(0, from, n) - before.narrow(0, from, n);
+            delta.abs().max().double_value(&[]) > 0.0
+        };
+        assert!(moved(0, trunk) && moved(trunk, each) && moved(trunk + each, each));
+        // The networks' own parameters are views of the shared buffer.
+        assert!(agent.time_nets[1]
+            .params
+            .equal(&agent.params.narrow(0, trunk + each, each)));
+        let state: HashMap<String, Tensor> = agent.state().into_iter().collect();
+        let mut other = small_with_time_mlp(6, 2);
+        other.load_state(&state).unwrap();
+        assert!(other.time_nets[0].params.equal(&agent.time_nets[0].params));
     }
 
     #[test]
@@ -1180,7 +1350,11 @@ mod tests {
     /// runs from either load the same way.
     #[test]
     fn exported_tensors_load_into_the_export_network() {
-        let agent = small(5, 3);
+        exported_tensors_load_into_the_export_network_of(&small(5, 3));
+        exported_tensors_load_into_the_export_network_of(&small_with_time_mlp(5, 3));
+    }
+
+    fn exported_tensors_load_into_the_export_network_of(agent: &Flame) {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let net = FlowPolicyNet::new(
             &vs.root(),
@@ -1190,6 +1364,7 @@ mod tests {
                 hidden: vec![32, 32],
                 time_dim: 8,
                 time_embedding: agent.config.time_embedding,
+                time_mlp: agent.config.time_mlp,
             },
         );
         let path =
@@ -1202,9 +1377,7 @@ mod tests {
         let opts = (Kind::Float, Device::Cpu);
         let (obs, z) = (Tensor::randn([4, 5], opts), Tensor::randn([4, 3], opts));
         let (r, t) = (agent.column(4, 0.0), agent.column(4, 1.0));
-        let expect = agent
-            .policy
-            .forward_with(&agent.ema, &agent.policy_input(&obs, &z, &r, &t));
+        let expect = agent.velocity(Weights::Copy(&agent.ema), &obs, &z, &r, &t);
         let got = net.forward(&obs, &z, &r, &t);
         assert!((got - expect).abs().max().double_value(&[]) < 1e-5);
     }
@@ -1379,6 +1552,7 @@ mod tests {
                 hidden: vec![32, 32],
                 time_dim: 8,
                 time_embedding: agent.config.time_embedding,
+                time_mlp: false,
             };
             let path = std::env::temp_dir().join(format!(
                 "flame-deployed-{}-{:?}.safetensors",

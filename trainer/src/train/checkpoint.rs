@@ -106,17 +106,18 @@ impl Trainer {
 
     pub(super) fn run_config(&self) -> Result<RunConfig> {
         let raw = TimeEmbedding::Raw;
-        let (hidden, time_dim, time_embedding, noise_std, nfe) =
+        let (hidden, time_dim, time_embedding, time_mlp, noise_std, nfe) =
             match (&self.config.sac, &self.config.flame) {
                 (_, Some(f)) => (
                     f.policy_hidden.clone(),
                     f.time_dim,
                     f.time_embedding,
+                    f.time_mlp,
                     f.noise_std as f32,
                     f.nfe,
                 ),
-                (Some(s), None) => (s.policy_hidden.clone(), 0, raw, 0.5, 1),
-                (None, None) => (Vec::new(), 0, raw, 0.5, 1),
+                (Some(s), None) => (s.policy_hidden.clone(), 0, raw, false, 0.5, 1),
+                (None, None) => (Vec::new(), 0, raw, false, 0.5, 1),
             };
         Ok(RunConfig {
             algo: self.config.algo,
@@ -128,6 +129,7 @@ impl Trainer {
                 hidden,
                 time_dim,
                 time_embedding,
+                time_mlp,
             },
             nfe,
             noise_std,
