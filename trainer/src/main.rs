@@ -188,7 +188,7 @@ struct TrainArgs {
     /// Discount γ [0.99].
     #[arg(long)]
     gamma: Option<f64>,
-    /// Polyak rate τ [0.005].
+    /// Polyak rate τ [sac 0.005; flame-m 0.02; flame-r 0.005].
     #[arg(long)]
     tau: Option<f64>,
     /// Critic learning rate [sac 1e-3; flame --lr].

@@ -68,7 +68,11 @@ pub struct FlameConfig {
     pub nfe: usize,
     /// Discount γ (0.99).
     pub gamma: f64,
-    /// Polyak rate of the critic targets and of the EMA acting policy (0.005).
+    /// Polyak rate of the critic targets and of the EMA acting policy, applied every
+    /// `policy_frequency` updates (FLAME-M 0.02; the official code and FLAME-R 0.005).
+    /// The critic's value scale approaches its fixed point with a time constant of
+    /// `policy_frequency / (τ·(1 − γ))` updates: 40,000 at 0.005 (200k env steps at one
+    /// update per 5), 10,000 at 0.02; docs/ablations.md has the runs that chose 0.02.
     pub tau: f64,
     /// Policy Adam learning rate at the start, and the critics' unless `critic_lr` (3e-4).
     pub lr: f64,
@@ -299,7 +303,7 @@ impl FlameConfig {
         let mean_flow = Self {
             nfe: 1,
             gamma: 0.99,
-            tau: 0.005,
+            tau: 0.02,
             lr: 3e-4,
             final_policy_lr: default_final_policy_lr(),
             critic_lr: None,
@@ -346,7 +350,8 @@ impl FlameConfig {
                 entropy_steps: 20,
                 log_det: LogDet::Trace,
                 // The official rectified-flow agent (rf2_sac_ent): one critic step,
-                // weights softmax(Q/α).
+                // weights softmax(Q/α); its τ too (no FLAME-R run has tested 0.02).
+                tau: 0.005,
                 critic_steps: 1,
                 weight_temperature: WeightTemperature::Alpha,
                 ..mean_flow
