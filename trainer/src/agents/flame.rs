@@ -489,14 +489,9 @@ impl VelocityField for PolicyField<'_> {
             Algorithm::FlameM => r,
             Algorithm::FlameR => t,
         };
-        let flame = self.flame;
-        let input = flame.policy_input(Weights::Copy(self.params), &obs, z, r, t);
-        let zeros = |n: usize| Tensor::zeros([z.size()[0], n as i64], (Kind::Float, z.device()));
-        let d = flame.config.time_dim;
-        let input_dot = Tensor::cat(&[&zeros(flame.obs_dim), z_dot, &zeros(2 * d)], 1);
-        flame
-            .policy
-            .forward_with_tangent(&flame.trunk_params(self.params), &input, &input_dot)
+        // The chain moves z at fixed times: no time tangent.
+        self.flame
+            .velocity_with_tangent(self.params, &obs, z, r, t, z_dot, 0.0)
     }
 }
 
@@ -638,8 +633,8 @@ impl Flame {
         }
     }
 
-    /// The trunk's input `[s, z, f(r), f(t)]`.
-    fn policy_input(
+    /// `u(z, r, t | s)` with `weights`: the trunk on `[s, z, f(r), f(t)]`.
+    fn velocity(
         &self,
         weights: Weights<'_>,
         obs: &Tensor,
@@ -651,19 +646,7 @@ impl Flame {
             self.time_features(weights, 0, r),
             self.time_features(weights, 1, t),
         );
-        Tensor::cat(&[obs, z, &f_r, &f_t], 1)
-    }
-
-    /// `u(z, r, t | s)` with `weights`.
-    fn velocity(
-        &self,
-        weights: Weights<'_>,
-        obs: &Tensor,
-        z: &Tensor,
-        r: &Tensor,
-        t: &Tensor,
-    ) -> Tensor {
-        let input = self.policy_input(weights, obs, z, r, t);
+        let input = Tensor::cat(&[obs, z, &f_r, &f_t], 1);
         match weights {
             Weights::Online => self.policy.forward(&input),
             Weights::Copy(params) => self.policy.forward_with(&self.trunk_params(params), &input),
@@ -771,13 +754,15 @@ impl Flame {
             return (v_bar, ess);
         }
         // d/dt u(x_t, r, t) along (ẋ, ṙ, ṫ) = (v̄, 0, 1): one JVP for all K candidates.
-        let (_, du_dt) = self.velocity_with_time_tangent(&self.params, obs, x_t, r, t, &v_bar);
+        let (_, du_dt) = self.velocity_with_tangent(&self.params, obs, x_t, r, t, &v_bar, 1.0);
         (v_bar - (t - r) * du_dt, ess)
     }
 
-    /// `(u(z, r, t | s), d/dτ u(z + τ·ż, r, t + τ | s))` for the parameters `params`:
-    /// MeanFlow's total derivative along `(ż, 0, 1)`, exact (forward mode).
-    fn velocity_with_time_tangent(
+    /// `(u(z, r, t | s), d/dτ u(z + τ·ż, r, t + τ·ṫ | s))` for the parameters `params`,
+    /// exact (forward mode): ṫ = 1 is MeanFlow's total derivative along `(ż, 0, 1)`,
+    /// ṫ = 0 the Jacobian-vector product in z alone (the entropy chain).
+    #[allow(clippy::too_many_arguments)]
+    fn velocity_with_tangent(
         &self,
         params: &Tensor,
         obs: &Tensor,
@@ -785,10 +770,11 @@ impl Flame {
         r: &Tensor,
         t: &Tensor,
         z_dot: &Tensor,
+        t_dot: f64,
     ) -> (Tensor, Tensor) {
         let b = z.size()[0];
         let f_r = self.time_features(Weights::Copy(params), 0, r);
-        let (f_t, f_t_dot) = self.time_features_with_tangent(params, t, &self.column(b, 1.0));
+        let (f_t, f_t_dot) = self.time_features_with_tangent(params, t, &self.column(b, t_dot));
         let input = Tensor::cat(&[obs, z, &f_r, &f_t], 1);
         let zeros = |n: usize| Tensor::zeros([b, n as i64], (Kind::Float, self.device));
         let input_dot = Tensor::cat(
@@ -1224,7 +1210,7 @@ mod tests {
         let mut weighted = Tensor::zeros([b, d], opts);
         for j in 0..k {
             let v = velocities.select(1, j);
-            let (_, du) = agent.velocity_with_time_tangent(&agent.params, &obs, &x_t, &r, &t, &v);
+            let (_, du) = agent.velocity_with_tangent(&agent.params, &obs, &x_t, &r, &t, &v, 1.0);
             let target = &v - (&t - &r) * du;
             weighted += w.select(1, j).unsqueeze(1) * target;
         }
@@ -1251,7 +1237,7 @@ mod tests {
             let params = Weights::Copy(&agent.params);
             let (tangent, difference) = tch::no_grad(|| {
                 let (_, tangent) =
-                    agent.velocity_with_time_tangent(&agent.params, &obs, &z, &r, &t, &z_dot);
+                    agent.velocity_with_tangent(&agent.params, &obs, &z, &r, &t, &z_dot, 1.0);
                 let at = |tau: f64| {
                     let u = agent.velocity(params, &obs, &(&z + &z_dot * tau), &r, &(&t + tau));
                     u.to_kind(Kind::Double)
