@@ -9,6 +9,11 @@
 #                                          # in parallel for WALL_S seconds each, export
 #                                          # the flow policies, pack each run directory
 #                                          # into OUT/<run>.tar.gz
+#   scripts/gpu_train.sh graphs OUT        # on the GPU machine (~3 min): CUDA graphs —
+#                                          # the self-check of `trainer devices`, `trainer
+#                                          # bench` of SAC and FLAME-M eager and with
+#                                          # --cuda-graph, and one short run each way whose
+#                                          # curves should agree; all output in OUT/
 #
 # RUNS lists the runs as ALGO:SEED[:FLAG,VALUE,...] (default "flame-m:0 flame-r:0 sac:0");
 # the flags go to `trainer train` and are named in the run directory, e.g.
@@ -31,14 +36,19 @@ pack() {
     du -sh "$stage"
 }
 
-run() {
-    local wall=$1 out=$2
-    local device=${DEVICE:-cuda}
+# On the GPU machine: the staged binary on that machine's own torch; sets $trainer.
+use_staged_trainer() {
     local torch_lib
     torch_lib=$(${PYTHON:-python3} -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
     export LD_LIBRARY_PATH="$torch_lib:$PWD/$stage/lib"
     export FLAME_MUJOCO_ASSETS="$PWD/$stage/assets"
-    local trainer="$PWD/$stage/trainer"
+    trainer="$PWD/$stage/trainer"
+}
+
+run() {
+    local wall=$1 out=$2
+    local device=${DEVICE:-cuda}
+    use_staged_trainer
     mkdir -p "$out" runs
     "$trainer" devices | tee "$out/devices.txt"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >>"$out/devices.txt" 2>&1 || true
@@ -86,8 +96,32 @@ run() {
     ls -la "$out"
 }
 
+# The device checks of `--cuda-graph` (issue 18), in one call: does a graph record and
+# replay, how fast are the updates eager and replayed, and does a replayed run learn like
+# the eager one (same seed; the same numbers up to kernel choice).
+graphs() {
+    local out=$1
+    use_staged_trainer
+    mkdir -p "$out"
+    "$trainer" devices | tee "$out/devices.txt"
+    for graph in "" --cuda-graph; do
+        timeout 120 "$trainer" bench --device cuda --algo sac,flame-m --updates 500 \
+            --loop-steps 500 $graph 2>&1 | tee -a "$out/bench.txt" || echo "bench $graph failed: $?"
+    done
+    for graph in "" --cuda-graph; do
+        local dir="$out/ip-flame-m${graph:+-graph}"
+        rm -rf "$dir"
+        timeout 120 "$trainer" train --algo flame-m --env InvertedPendulum-v5 --device cuda \
+            --steps 4000 --num-envs 1 --learning-starts 1000 --eval-every 1000 \
+            --eval-episodes 5 --policy-frequency 1 --candidates 16 --particles 8 \
+            --progress-every 0 --out "$dir" $graph >"$dir.log" 2>&1 || echo "run $graph failed: $?"
+        grep "eval @" "$dir.log" || tail -5 "$dir.log"
+    done
+}
+
 case "${1:-}" in
 pack) pack ;;
 run) run "${2:?wall seconds}" "${3:?output directory}" ;;
-*) echo "usage: $0 pack | run WALL_S OUT" >&2 && exit 2 ;;
+graphs) graphs "${2:?output directory}" ;;
+*) echo "usage: $0 pack | run WALL_S OUT | graphs OUT" >&2 && exit 2 ;;
 esac

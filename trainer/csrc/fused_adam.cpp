@@ -8,7 +8,6 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adam.h>
-#include <ATen/ops/scalar_tensor.h>
 
 #include <cstring>
 #include <exception>
@@ -25,19 +24,20 @@ const char* remember(const char* message) {
 }  // namespace
 
 // Adam (no weight decay, no AMSGrad) on `params` with gradient `grad` and moments `m`,
-// `v`, at step `step` (1 on the first call: the bias corrections use it; the kernel does
-// not change it). Returns null, or a message when libtorch refused the call (a dtype or
-// device it has no kernel for). The kernel does not check that the four tensors have
-// the same size and layout: it walks raw pointers over the parameters' length, so the
-// caller checks that first.
+// `v`. `steps` is the step count as a one-element float32 tensor on the parameters'
+// device (1 on the first call; the bias corrections use it, the kernel does not change
+// it) and `lr` the learning rate as a one-element tensor: both are read by the kernel
+// where it runs, so a CUDA graph that captured this call uses their values at each
+// replay. Returns null, or a message when libtorch refused the call (a dtype or device it
+// has no kernel for). The kernel does not check that the four tensors have the same size
+// and layout: it walks raw pointers over the parameters' length, so the caller checks
+// that first.
 extern "C" const char* flame_fused_adam_step(const at::Tensor* params, const at::Tensor* grad,
-                                             const at::Tensor* m, const at::Tensor* v, double step,
-                                             double lr, double beta1, double beta2,
-                                             double eps) {
+                                             const at::Tensor* m, const at::Tensor* v,
+                                             const at::Tensor* steps, const at::Tensor* lr,
+                                             double beta1, double beta2, double eps) {
   try {
-    // torch.optim.Adam keeps the step as a float32 tensor beside the parameters.
-    at::Tensor steps = at::scalar_tensor(step, params->options().dtype(at::kFloat));
-    at::_fused_adam_({*params}, {*grad}, {*m}, {*v}, {}, {steps}, lr, beta1, beta2,
+    at::_fused_adam_({*params}, {*grad}, {*m}, {*v}, {}, {*steps}, *lr, beta1, beta2,
                      /*weight_decay=*/0.0, eps, /*amsgrad=*/false, /*maximize=*/false);
     return nullptr;
   } catch (const c10::Error& e) {

@@ -273,7 +273,7 @@ mod tests {
         let _ = by_hand.train_step(&obs, &act, &y, 1);
         let grad = by_hand.grad.flat.copy();
         by_hand.adam.step(&by_hand.net.params, &grad);
-        assert_eq!(twice.adam.steps, 2);
+        assert_eq!(twice.adam.steps(), 2);
         assert!(twice.net.params.equal(&by_hand.net.params));
     }
 

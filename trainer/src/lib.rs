@@ -5,6 +5,7 @@
 
 pub mod agents;
 pub mod critic;
+pub mod cuda_graph;
 pub mod export;
 pub mod flame;
 pub mod init;

@@ -92,6 +92,9 @@ enum Command {
         /// Minibatch size.
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
+        /// Record each update variant as a CUDA graph and replay it (CUDA devices only).
+        #[arg(long)]
+        cuda_graph: bool,
     },
     /// List the tasks with their dimensions; with --bench, also measure env steps/s.
     Envs {
@@ -102,7 +105,8 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         bench_steps: usize,
     },
-    /// List the devices libtorch sees (cpu, cuda:N).
+    /// List the devices libtorch sees (cpu, cuda:N); for each CUDA device, whether a CUDA
+    /// graph records and replays there (what `--cuda-graph` needs).
     Devices,
     /// Results table (results.md, also printed) and learning curves
     /// (learning_curves.png) from training run directories, with the paper's numbers.
@@ -231,6 +235,11 @@ struct TrainArgs {
     /// evaluation, checkpoint, summary). With --resume: the new budget.
     #[arg(long)]
     max_wall: Option<f64>,
+    /// Record each variant of the update (critic only; with the policy; with α) as a
+    /// CUDA graph after a few eager updates, and replay it: one launch per update instead
+    /// of hundreds. CUDA devices only. May be given with --resume.
+    #[arg(long)]
+    cuda_graph: bool,
     /// FLAME: initial policy learning rate, and the critics' unless --q-lr [3e-4].
     #[arg(long)]
     lr: Option<f64>,
@@ -334,6 +343,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         device <- device, threads <- threads, progress_secs <- progress_every);
     c.inject_nan_at_update = a.inject_nan_at_update;
     c.max_wall_s = a.max_wall;
+    c.cuda_graph = a.cuda_graph;
     refuse_flags_of_the_other_algorithm(a, algo)?;
     if let Some(f) = c.flame.as_mut() {
         macro_rules! set_flame {
@@ -469,7 +479,7 @@ fn refuse_flags_with_resume(a: &TrainArgs) -> Result<()> {
     let mut all = given.iter().chain(&sac_only).chain(&flame_only);
     if let Some((flag, _)) = all.find(|(_, g)| *g) {
         anyhow::bail!(
-            "{flag} cannot be combined with --resume: a resumed run keeps its own configuration (only --steps, --max-wall and --threads may change)"
+            "{flag} cannot be combined with --resume: a resumed run keeps its own configuration (only --steps, --max-wall, --threads and --cuda-graph may change)"
         );
     }
     Ok(())
@@ -479,7 +489,10 @@ fn train(a: &TrainArgs) -> Result<()> {
     let mut t = match &a.resume {
         Some(dir) => {
             refuse_flags_with_resume(a)?;
-            let t = Trainer::resume(dir, a.steps, a.max_wall, a.threads)?;
+            let mut t = Trainer::resume(dir, a.steps, a.max_wall, a.threads)?;
+            if a.cuda_graph {
+                t.use_cuda_graph()?;
+            }
             eprintln!(
                 "resuming {} at env step {} of {}",
                 dir.display(),
@@ -510,6 +523,7 @@ fn run(cli: Cli) -> Result<()> {
             threads,
             device,
             batch_size,
+            cuda_graph,
         } => {
             anyhow::ensure!(updates > 0, "--updates must be positive");
             anyhow::ensure!(batch_size > 0, "--batch-size must be positive");
@@ -521,6 +535,7 @@ fn run(cli: Cli) -> Result<()> {
                 c.batch_size = batch_size;
                 c.buffer_size = 100_000;
                 c.threads = threads;
+                c.cuda_graph = cuda_graph;
                 println!("{}", bench_agent(c, updates, loop_steps, peak)?);
             }
         }
@@ -596,7 +611,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Devices => {
             for d in trainer::devices() {
-                println!("{d}");
+                match trainer::train::parse_device(&d)? {
+                    tch::Device::Cpu => println!("{d}"),
+                    cuda => match trainer::cuda_graph::self_check(cuda) {
+                        Ok(()) => println!("{d} (CUDA graphs: recorded and replayed)"),
+                        Err(e) => println!("{d} (CUDA graphs unavailable: {e:#})"),
+                    },
+                }
             }
         }
         Command::Results {

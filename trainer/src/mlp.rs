@@ -565,11 +565,22 @@ impl AdamConfig {
 
 /// Adam (as torch.optim.Adam, no weight decay) on one flat parameter tensor; its state
 /// is two tensors and a step count, all saved in checkpoints.
+///
+/// The step count and the learning rate live on the parameters' device, as
+/// `torch.optim.Adam(capturable=True)` keeps them: a step increments the count there and
+/// the kernel reads both there, so an update recorded in a CUDA graph
+/// ([`crate::cuda_graph`]) steps with the right bias corrections and learning rate at every
+/// replay, and no step reads anything back to the host.
 pub struct Adam {
     pub config: AdamConfig,
     pub m: Tensor,
     pub v: Tensor,
-    pub steps: i64,
+    /// Steps taken, one float32 element (exact to 2²⁴ steps; torch.optim keeps it so).
+    steps: Tensor,
+    /// The learning rate the next step uses (`config.lr` until [`Adam::set_lr`]); float64
+    /// on the CPU, where libtorch's kernel reads it as a double (the steps then equal those
+    /// of a host learning rate bit for bit), float32 on CUDA, whose kernel reads floats.
+    lr: Tensor,
 }
 
 extern "C" {
@@ -579,8 +590,8 @@ extern "C" {
         grad: *const c_void,
         m: *const c_void,
         v: *const c_void,
-        step: f64,
-        lr: f64,
+        steps: *const c_void,
+        lr: *const c_void,
         beta1: f64,
         beta2: f64,
         eps: f64,
@@ -589,12 +600,40 @@ extern "C" {
 
 impl Adam {
     pub fn new(config: AdamConfig, params: &Tensor) -> Self {
+        let device = params.device();
+        let lr_kind = match device {
+            Device::Cpu => Kind::Double,
+            _ => Kind::Float,
+        };
         Self {
             config,
             m: params.zeros_like(),
             v: params.zeros_like(),
-            steps: 0,
+            steps: Tensor::zeros([1], (Kind::Float, device)),
+            lr: Tensor::full([1], config.lr, (lr_kind, device)),
         }
+    }
+
+    /// The steps taken (reads the device count: not for use inside an update).
+    pub fn steps(&self) -> i64 {
+        self.steps.double_value(&[0]) as i64
+    }
+
+    /// Sets the step count (a restored checkpoint; tests).
+    pub fn set_steps(&mut self, steps: i64) {
+        let _ = self.steps.fill_(steps as f64);
+    }
+
+    /// The step count as a one-element float32 tensor on the device, for schedules that
+    /// are computed there.
+    pub fn steps_tensor(&self) -> &Tensor {
+        &self.steps
+    }
+
+    /// The learning rate of the next steps, from a one-element tensor on the device
+    /// (copied in place, so a graph that captured this keeps reading the new value).
+    pub fn set_lr(&mut self, lr: &Tensor) {
+        tch::no_grad(|| self.lr.copy_(lr));
     }
 
     /// One step: `params ← params − lr·m̂/(√v̂ + ε)` with bias-corrected moments, by
@@ -610,11 +649,9 @@ impl Adam {
     /// the parameters' length), so the check is here.
     pub fn step(&mut self, params: &Tensor, grad: &Tensor) {
         let c = self.config;
-        self.steps += 1;
         assert!(
             params.is_contiguous(),
-            "fused Adam step {}: the parameters are not contiguous",
-            self.steps
+            "fused Adam step: the parameters are not contiguous"
         );
         for (name, t) in [("gradient", grad), ("m", &self.m), ("v", &self.v)] {
             assert!(
@@ -622,8 +659,7 @@ impl Adam {
                     && t.kind() == params.kind()
                     && t.device() == params.device()
                     && t.is_contiguous(),
-                "fused Adam step {}: the {name} ({:?} {:?} on {:?}) does not match the contiguous parameters ({:?} {:?} on {:?})",
-                self.steps,
+                "fused Adam step: the {name} ({:?} {:?} on {:?}) does not match the contiguous parameters ({:?} {:?} on {:?})",
                 t.size(),
                 t.kind(),
                 t.device(),
@@ -633,6 +669,7 @@ impl Adam {
             );
         }
         let error = tch::no_grad(|| {
+            let _ = self.steps.g_add_scalar_(1.0);
             // SAFETY: each pointer is a live `at::Tensor` handle owned by a `Tensor`
             // borrowed for the whole call; the C++ side copies the handles and returns
             // null or a NUL-terminated message in a thread-local buffer.
@@ -642,8 +679,8 @@ impl Adam {
                     grad.as_ptr().cast(),
                     self.m.as_ptr().cast(),
                     self.v.as_ptr().cast(),
-                    self.steps as f64,
-                    c.lr,
+                    self.steps.as_ptr().cast(),
+                    self.lr.as_ptr().cast(),
                     c.beta1,
                     c.beta2,
                     c.eps,
@@ -652,7 +689,7 @@ impl Adam {
             }
         });
         if let Some(error) = error {
-            panic!("fused Adam step {}: {error}", self.steps);
+            panic!("fused Adam step: {error}");
         }
     }
 }
@@ -703,7 +740,7 @@ pub fn checkpoint_entries(
         (format!("{prefix}.adam_v"), adam.v.shallow_clone()),
         (
             format!("{prefix}.adam_steps"),
-            Tensor::from_slice(&[adam.steps]),
+            Tensor::from_slice(&[adam.steps()]),
         ),
     ]);
     out
@@ -736,7 +773,10 @@ pub fn restore_entries(
         }
         Ok(())
     })?;
-    adam.steps = step_count(&format!("{prefix}.adam_steps"), get("adam_steps")?)?;
+    adam.set_steps(step_count(
+        &format!("{prefix}.adam_steps"),
+        get("adam_steps")?,
+    )?);
     Ok(())
 }
 
@@ -909,7 +949,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "fused Adam step 1: the gradient ([5] Float on Cpu) does not match")]
+    #[should_panic(expected = "fused Adam step: the gradient ([5] Float on Cpu) does not match")]
     fn adam_names_a_gradient_of_the_wrong_size() {
         let params = Tensor::zeros([6], (Kind::Float, Device::Cpu));
         let mut adam = Adam::new(AdamConfig::with_lr(1e-2), &params);
@@ -918,9 +958,7 @@ mod tests {
 
     /// What libtorch refuses comes back through the C++ shim as a message, not an abort.
     #[test]
-    #[should_panic(
-        expected = "fused Adam step 1: \"fused_adam_kernel\" not implemented for 'Long'"
-    )]
+    #[should_panic(expected = "fused Adam step: \"fused_adam_kernel\" not implemented for 'Long'")]
     fn adam_reports_what_libtorch_refuses() {
         let params = Tensor::zeros([6], (Kind::Int64, Device::Cpu));
         let mut adam = Adam::new(AdamConfig::with_lr(1e-2), &params);
@@ -956,7 +994,7 @@ mod tests {
     fn malformed_checkpoint_entries_are_named() {
         let net = Mlp::new(shape(1), Device::Cpu);
         let mut adam = Adam::new(AdamConfig::with_lr(1e-3), &net.params);
-        adam.steps = 7;
+        adam.set_steps(7);
         let good: HashMap<String, Tensor> =
             checkpoint_entries("net", &[("params", &net.params)], &adam)
                 .into_iter()
@@ -1007,7 +1045,7 @@ mod tests {
         let mut restored_adam = Adam::new(AdamConfig::with_lr(1e-3), &restored.params);
         let buffers: &mut [(&str, &mut Tensor)] = &mut [("params", &mut restored.params)];
         restore_entries("net", buffers, &mut restored_adam, &good).unwrap();
-        assert_eq!(restored_adam.steps, 7);
+        assert_eq!(restored_adam.steps(), 7);
         assert!(restored.params.equal(&net.params));
     }
 }

@@ -80,6 +80,10 @@ fn invalid_train_flags_are_refused() {
         ),
         (vec!["train", "--steps", "10"], "--out"),
         (
+            vec!["train", "--cuda-graph", "--out", out],
+            "--cuda-graph records the update's CUDA kernels, and this run is on --device cpu: use --device cuda",
+        ),
+        (
             vec![
                 "train",
                 "--algo",
@@ -202,6 +206,12 @@ fn sac_run_has_its_outputs_resumes_and_is_refused_by_export() {
     let (ok, _, err) = trainer(&["train", "--resume", out, "--seed", "3"]);
     assert!(
         !ok && err.contains("--seed cannot be combined with --resume"),
+        "{err}"
+    );
+    // CUDA graphs may be asked for on resume, and are refused on this CPU run.
+    let (ok, _, err) = trainer(&["train", "--resume", out, "--cuda-graph"]);
+    assert!(
+        !ok && err.contains("--cuda-graph records the update's CUDA kernels"),
         "{err}"
     );
     // Extending the budget continues the run, on another thread count if asked.

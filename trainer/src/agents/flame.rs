@@ -45,7 +45,7 @@ use runtime::blob::Algorithm;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::sac::ScalarAdam;
+use super::temperature::Temperature;
 use super::{validate_common, Agent, UpdateStats};
 use crate::critic::TwinCritic;
 use crate::flame::entropy::{chain_log_prob, LogDet, VelocityField};
@@ -449,11 +449,11 @@ pub struct Flame {
     /// EMA of `params`: acts and computes TD targets.
     ema: Tensor,
     critic: TwinCritic,
-    log_alpha: f64,
-    alpha_adam: ScalarAdam,
+    temperature: Temperature,
     target_entropy: f64,
-    /// Fraction of the run's env steps done, for the policy learning-rate decay.
-    progress: f64,
+    /// Fraction of the run's env steps done, for the policy learning-rate decay (one
+    /// float64 element on the device, set before each update).
+    progress: Tensor,
     device: Device,
 }
 
@@ -545,12 +545,7 @@ impl Flame {
             device,
         );
         Self {
-            log_alpha: config.init_alpha.ln(),
-            alpha_adam: ScalarAdam {
-                m: 0.0,
-                v: 0.0,
-                steps: 0,
-            },
+            temperature: Temperature::new(config.init_alpha, config.alpha_lr, device),
             target_entropy: -config.target_entropy_scale * act_dim as f64,
             config,
             algorithm,
@@ -562,31 +557,33 @@ impl Flame {
             policy_adam,
             ema,
             critic,
-            progress: 0.0,
+            progress: Tensor::zeros([1], (Kind::Double, device)),
             device,
         }
     }
 
-    fn alpha_value(&self) -> f64 {
-        self.log_alpha.exp()
-    }
-
     /// The policy's learning rate: linear from `lr` to `final_policy_lr`, over the run
-    /// or over the official schedule's policy updates ([`LrDecay`]).
-    fn policy_lr(&self) -> f64 {
+    /// or over the official schedule's policy updates ([`LrDecay`]). Computed on the
+    /// device (one float64 element) from the progress and the policy's Adam step count
+    /// there, in the order of the host formula `lr + (final − lr)·clamp(fraction)`.
+    fn policy_lr(&self) -> Tensor {
         let c = &self.config;
         let fraction = match c.lr_decay {
-            LrDecay::Run => self.progress,
-            LrDecay::Updates => (self.policy_adam.steps as f64 - LR_DECAY_BEGIN) / LR_DECAY_SPAN,
+            LrDecay::Run => self.progress.shallow_clone(),
+            LrDecay::Updates => {
+                (self.policy_adam.steps_tensor().to_kind(Kind::Double) - LR_DECAY_BEGIN)
+                    / LR_DECAY_SPAN
+            }
         };
-        c.lr + (c.final_policy_lr - c.lr) * fraction.clamp(0.0, 1.0)
+        fraction.clamp(0.0, 1.0) * (c.final_policy_lr - c.lr) + c.lr
     }
 
-    /// The temperature T of the Q-weights softmax(Q/T).
-    fn weight_temperature(&self) -> f64 {
+    /// The temperature T of the Q-weights softmax(Q/T), zero-dimensional on the device.
+    fn weight_temperature(&self) -> Tensor {
+        let alpha = self.temperature.alpha();
         match self.config.weight_temperature {
-            WeightTemperature::Alpha => self.alpha_value(),
-            WeightTemperature::ExpAlpha => self.alpha_value().exp(),
+            WeightTemperature::Alpha => alpha,
+            WeightTemperature::ExpAlpha => alpha.exp(),
         }
     }
 
@@ -702,11 +699,9 @@ impl Flame {
         -log_prob
     }
 
-    /// Entropy estimate Ĥ = −mean log π from the flow chain on `obs`.
-    fn entropy(&self, params: &Tensor, obs: &Tensor) -> f64 {
-        self.state_entropies(params, obs)
-            .mean(Kind::Float)
-            .double_value(&[])
+    /// Entropy estimate Ĥ = −mean log π from the flow chain on `obs` (a scalar tensor).
+    fn entropy(&self, params: &Tensor, obs: &Tensor) -> Tensor {
+        self.state_entropies(params, obs).mean(Kind::Float)
     }
 
     /// The Q-reweighted regression target for anchors `x_t` at times `(r, t)` (no grad),
@@ -718,7 +713,7 @@ impl Flame {
         obs: &Tensor,
         x_t: &Tensor,
         (r, t, s): (&Tensor, &Tensor, &Tensor),
-    ) -> (Tensor, f64) {
+    ) -> (Tensor, Tensor) {
         let candidates = sample_candidates(x_t, s, self.config.candidates);
         self.flow_target_for(obs, x_t, (r, t, s), &candidates)
     }
@@ -733,7 +728,7 @@ impl Flame {
         x_t: &Tensor,
         (r, t, s): (&Tensor, &Tensor, &Tensor),
         candidates: &Tensor,
-    ) -> (Tensor, f64) {
+    ) -> (Tensor, Tensor) {
         let (b, d) = x_t.size2().expect("x_t is [B, d]");
         let k = candidates.size()[1];
         let velocities = candidate_velocities(x_t, s, candidates);
@@ -747,8 +742,7 @@ impl Flame {
             .square()
             .sum_dim_intlist(1, false, Kind::Float)
             .reciprocal()
-            .mean(Kind::Float)
-            .double_value(&[]);
+            .mean(Kind::Float);
         let v_bar = (weights.unsqueeze(-1) * velocities).sum_dim_intlist(1, false, Kind::Float);
         if self.algorithm == Algorithm::FlameR {
             return (v_bar, ess);
@@ -794,7 +788,7 @@ impl Flame {
     fn td_target(&self, batch: &Batch) -> Tensor {
         let c = &self.config;
         let b = batch.obs.size()[0];
-        let alpha = self.alpha_value();
+        let alpha = self.temperature.alpha();
         tch::no_grad(|| {
             let (next_action, next_policy) = match c.td_action {
                 TdAction::EmaSample => (
@@ -806,23 +800,38 @@ impl Flame {
                     &self.ema,
                 ),
                 TdAction::OnlineBest => (
-                    self.best_of_particles(Weights::Online, &batch.next_obs, alpha * c.noise_scale),
+                    self.best_of_particles(
+                        Weights::Online,
+                        &batch.next_obs,
+                        self.explore_std(&alpha).as_ref(),
+                    ),
                     &self.params,
                 ),
             };
             let mut bootstrap = self.critic.target_min_q(&batch.next_obs, &next_action);
             if c.td_entropy != TdEntropy::Off {
                 let entropies = self.state_entropies(next_policy, &batch.next_obs);
-                bootstrap += entropies.unsqueeze(1) * (c.td_entropy.sign() * alpha);
+                bootstrap += entropies.unsqueeze(1) * (&alpha * c.td_entropy.sign());
             }
             &batch.rew * c.reward_scale + (1.0 - &batch.term) * c.gamma * bootstrap
         })
     }
 
+    /// The exploration noise's standard deviation `α·noise_scale` for temperature
+    /// `alpha`, or none when `noise_scale` is 0.
+    fn explore_std(&self, alpha: &Tensor) -> Option<Tensor> {
+        (self.config.noise_scale > 0.0).then(|| alpha * self.config.noise_scale)
+    }
+
     /// Best of N_p samples by the online min Q, with `explore_std` Gaussian noise added
-    /// (0: none), clipped to the action box: training-time acting, and the official TD
+    /// (none: none), clipped to the action box: training-time acting, and the official TD
     /// target's next action ([`TdAction::OnlineBest`]).
-    fn best_of_particles(&self, weights: Weights<'_>, obs: &Tensor, explore_std: f64) -> Tensor {
+    fn best_of_particles(
+        &self,
+        weights: Weights<'_>,
+        obs: &Tensor,
+        explore_std: Option<&Tensor>,
+    ) -> Tensor {
         tch::no_grad(|| {
             let (n, p, d) = (obs.size()[0], self.config.particles, self.act_dim as i64);
             let obs_p = obs.repeat_interleave_self_int(p, 0, None);
@@ -830,12 +839,22 @@ impl Flame {
             let q = self.critic.min_q_no_grad(&obs_p, &actions).view([n, p]);
             let best = q.argmax(1, true).view([n, 1, 1]).expand([n, 1, d], false);
             let chosen = actions.view([n, p, d]).gather(1, &best, false).view([n, d]);
-            if explore_std > 0.0 {
-                (&chosen + chosen.randn_like() * explore_std).clamp(-1.0, 1.0)
-            } else {
-                chosen
+            match explore_std {
+                Some(std) => (&chosen + chosen.randn_like() * std).clamp(-1.0, 1.0),
+                None => chosen,
             }
         })
+    }
+
+    /// Whether update number `update` takes the policy step (with the EMA and target
+    /// updates), and the temperature step after it.
+    fn branches(&self, update: u64) -> (bool, bool) {
+        let c = &self.config;
+        let policy_step = update.is_multiple_of(c.policy_frequency);
+        (
+            policy_step,
+            policy_step && update.is_multiple_of(c.alpha_every),
+        )
     }
 
     /// The flow times `(r, t)` of a policy update, `[B, 1]` each, r ≤ t ([`TimePairs`];
@@ -868,18 +887,15 @@ impl Flame {
 impl Agent for Flame {
     fn act(&self, obs: &Tensor, explore: bool) -> Tensor {
         let obs = obs.to_device(self.device).to_kind(Kind::Float);
-        let explore_std = if explore {
-            self.alpha_value() * self.config.noise_scale
-        } else {
-            0.0
-        };
-        self.best_of_particles(Weights::Copy(&self.ema), &obs, explore_std)
+        let explore_std = explore
+            .then(|| self.explore_std(&self.temperature.alpha()))
+            .flatten();
+        self.best_of_particles(Weights::Copy(&self.ema), &obs, explore_std.as_ref())
     }
 
     fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats {
         let c = self.config.clone();
         let b = batch.obs.size()[0];
-        let alpha = self.alpha_value();
 
         // 1. Critic: `critic_steps` Adam steps towards the TD target.
         let y = self.td_target(batch);
@@ -887,11 +903,12 @@ impl Agent for Flame {
             .critic
             .train_step(&batch.obs, &batch.act, &y, c.critic_steps);
         let mut stats = vec![
-            ("q_loss", q_loss.double_value(&[])),
-            ("q_mean", q_mean.double_value(&[])),
-            ("alpha", alpha),
+            ("q_loss", q_loss),
+            ("q_mean", q_mean),
+            ("alpha", self.temperature.alpha()),
         ];
-        if !update.is_multiple_of(c.policy_frequency) {
+        let (policy_step, alpha_step) = self.branches(update);
+        if !policy_step {
             return stats;
         }
 
@@ -921,7 +938,7 @@ impl Agent for Flame {
             Some(q) => flow_term + c.q_grad_weight * q,
             None => flow_term,
         };
-        self.policy_adam.config.lr = self.policy_lr();
+        self.policy_adam.set_lr(&self.policy_lr());
         let nets: Vec<&Mlp> = std::iter::once(&self.policy)
             .chain(&self.time_nets)
             .collect();
@@ -933,23 +950,19 @@ impl Agent for Flame {
         });
         self.critic.polyak();
         stats.extend([
-            (
-                "flow_loss",
-                squared_norm.mean(Kind::Float).double_value(&[]),
-            ),
+            ("flow_loss", squared_norm.detach().mean(Kind::Float)),
             ("q_weight_ess", ess),
         ]);
-        stats.extend(q_term.map(|q| ("q_pi", -q.double_value(&[]))));
+        stats.extend(q_term.map(|q| ("q_pi", -q.detach())));
 
         // 3. Temperature from the entropy estimate, every `alpha_every` updates (the
         // estimate is the costliest part of a policy update: it is made only then).
-        if update.is_multiple_of(c.alpha_every) {
+        if alpha_step {
             let states = batch.obs.narrow(0, 0, c.entropy_states.min(b));
             let entropy = tch::no_grad(|| self.entropy(&self.params, &states));
             if c.autotune {
-                let grad = entropy - self.target_entropy;
-                self.alpha_adam
-                    .step(&mut self.log_alpha, grad, AdamConfig::with_lr(c.alpha_lr));
+                self.temperature
+                    .step(&(entropy.to_kind(Kind::Double) - self.target_entropy));
             }
             stats.push(("entropy", entropy));
         }
@@ -1012,19 +1025,24 @@ impl Agent for Flame {
         every + td_entropy + delayed / c.policy_frequency as f64 + entropy / c.alpha_every as f64
     }
 
+    fn update_variant(&self, update: u64) -> u64 {
+        let (policy_step, alpha_step) = self.branches(update);
+        u64::from(policy_step) | u64::from(alpha_step) << 1
+    }
+
     fn set_progress(&mut self, fraction: f64) {
-        self.progress = fraction;
+        let _ = self.progress.fill_(fraction);
     }
 
     fn alpha(&self) -> f64 {
-        self.alpha_value()
+        self.temperature.value()
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = self.critic.state("critic");
         let buffers = [("params", &self.params), ("ema", &self.ema)];
         out.extend(checkpoint_entries("policy", &buffers, &self.policy_adam));
-        out.extend(self.alpha_adam.entries(self.log_alpha));
+        out.extend(self.temperature.entries());
         out
     }
 
@@ -1033,8 +1051,7 @@ impl Agent for Flame {
         let buffers: &mut [(&str, &mut Tensor)] =
             &mut [("params", &mut self.params), ("ema", &mut self.ema)];
         restore_entries("policy", buffers, &mut self.policy_adam, state)?;
-        self.log_alpha = self.alpha_adam.restore(state)?;
-        Ok(())
+        self.temperature.restore(state)
     }
 
     /// The EMA (acting) policy in `policy_net::FlowPolicyNet`'s layout, which
@@ -1145,7 +1162,7 @@ mod tests {
     #[test]
     fn td_entropy_term_adds_or_subtracts_the_next_state_entropy() {
         let mut agent = small(5, 3);
-        agent.log_alpha = 0.5f64.ln();
+        agent.temperature = Temperature::new(0.5, agent.config.alpha_lr, Device::Cpu);
         let n = 2048;
         let opts = (Kind::Float, Device::Cpu);
         let state = Tensor::randn([1, 5], opts);
@@ -1161,7 +1178,8 @@ mod tests {
         let off = mean_target(&mut agent, TdEntropy::Off);
         let bonus = mean_target(&mut agent, TdEntropy::Bonus);
         let penalty = mean_target(&mut agent, TdEntropy::Penalty);
-        let entropy = tch::no_grad(|| agent.entropy(&agent.policy.params, &copies.next_obs));
+        let entropy = tch::no_grad(|| agent.entropy(&agent.policy.params, &copies.next_obs))
+            .double_value(&[]);
         let expected = agent.config.gamma * 0.5 * entropy;
         assert!(expected.abs() > 0.5, "a visible shift: {expected}");
         assert!(
@@ -1299,7 +1317,10 @@ mod tests {
         let alpha = agent.alpha();
         for update in 0..4 {
             let stats = agent.update(&batch(32, 6, 2), update);
-            assert!(stats.iter().all(|(_, v)| v.is_finite()), "{stats:?}");
+            assert!(
+                stats.iter().all(|(_, v)| v.double_value(&[]).is_finite()),
+                "{stats:?}"
+            );
         }
         assert!(
             (agent.policy.params.copy() - before)
@@ -1312,6 +1333,45 @@ mod tests {
         let a = agent.act(&Tensor::randn([5, 6], (Kind::Float, Device::Cpu)), true);
         assert_eq!(a.size(), [5, 2]);
         assert!(a.abs().max().double_value(&[]) <= 1.0);
+    }
+
+    /// A CUDA graph replays an update on the storage it recorded: every tensor the update
+    /// changes must change in place, never be rebound to a new tensor. Holds it for the
+    /// policy, its EMA, both Adams (moments, step count, learning rate's inputs), the
+    /// critics and the progress, over every update variant (critic only, with the
+    /// policy, with α).
+    #[test]
+    fn updates_change_the_state_in_place() {
+        let mut agent = small(6, 2);
+        agent.config.alpha_every = 2;
+        let storage = |agent: &Flame| {
+            [
+                &agent.params,
+                &agent.ema,
+                &agent.policy_adam.m,
+                &agent.policy_adam.v,
+                agent.policy_adam.steps_tensor(),
+                &agent.critic.net.params,
+                &agent.critic.adam.m,
+                &agent.critic.adam.v,
+                agent.critic.adam.steps_tensor(),
+                &agent.progress,
+            ]
+            .map(|t| t.data_ptr() as usize)
+        };
+        let before = storage(&agent);
+        let values = agent.params.copy();
+        for update in 0..4 {
+            agent.set_progress(update as f64 / 4.0);
+            agent.update(&batch(32, 6, 2), update);
+        }
+        assert_eq!(storage(&agent), before);
+        assert!(!agent.params.equal(&values), "the updates moved the policy");
+        assert_eq!(
+            agent.policy_adam.steps(),
+            2,
+            "policy steps at updates 0 and 2"
+        );
     }
 
     #[test]
@@ -1468,11 +1528,14 @@ mod tests {
             (75_000, end),
             (200_000, end),
         ] {
-            agent.policy_adam.steps = steps;
-            assert!((agent.policy_lr() - expect).abs() < 1e-12, "{steps}");
+            agent.policy_adam.set_steps(steps);
+            let got = agent.policy_lr().double_value(&[0]);
+            assert!((got - expect).abs() < 1e-12, "{steps}");
         }
         agent.config.lr_decay = LrDecay::Run;
-        assert!((agent.policy_lr() - (lr + 0.9 * (end - lr))).abs() < 1e-12);
+        let got = agent.policy_lr().double_value(&[0]);
+        // Bit for bit the host formula the schedule had before it moved to the device.
+        assert_eq!(got, lr + (end - lr) * 0.9f64.clamp(0.0, 1.0));
     }
 
     /// α (and the entropy estimate behind it) moves only every `alpha_every` updates;
@@ -1490,7 +1553,7 @@ mod tests {
             let ess = stats
                 .iter()
                 .find(|(k, _)| *k == "q_weight_ess")
-                .map(|s| s.1);
+                .map(|s| s.1.double_value(&[]));
             if update % 2 == 0 {
                 let k = agent.config.candidates as f64;
                 assert!(
@@ -1503,7 +1566,10 @@ mod tests {
         let moved: Vec<bool> = alphas.windows(2).map(|w| w[0] != w[1]).collect();
         assert_eq!(moved, [true, false, false, false, true, false]);
         agent.config.weight_temperature = WeightTemperature::ExpAlpha;
-        assert_eq!(agent.weight_temperature(), agent.alpha().exp());
+        assert_eq!(
+            agent.weight_temperature().double_value(&[]),
+            agent.alpha().exp()
+        );
     }
 
     /// A separate critic learning rate reaches the critics' Adam, survives config.json,

@@ -9,6 +9,7 @@
 
 pub mod flame;
 pub mod sac;
+mod temperature;
 
 use std::collections::HashMap;
 
@@ -18,9 +19,12 @@ use tch::Tensor;
 use crate::replay::Batch;
 use sim::run_dir::Normalizer;
 
-/// Named scalars from one update (losses, α, Q means); the loop checks them for NaN/Inf,
-/// shows them in the progress line and writes them to the metrics.
-pub type UpdateStats = Vec<(&'static str, f64)>;
+/// Named scalars from one update (losses, α, Q means) as one-element tensors on the
+/// agent's device: an update never reads them back, so it runs without a host
+/// synchronization (and can be recorded in a CUDA graph). The loop reads them after the
+/// update, checks them for NaN/Inf, shows them in the progress line and writes them to
+/// the metrics.
+pub type UpdateStats = Vec<(&'static str, Tensor)>;
 
 pub trait Agent {
     /// Actions in [-1, 1]^d for a batch of raw observations `[n, obs]`: stochastic
@@ -39,6 +43,11 @@ pub trait Agent {
     /// One gradient update on a replay minibatch; `update` counts updates from 0 (agents
     /// with delayed policy updates key them on it).
     fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats;
+
+    /// Which branches update number `update` takes, as a small number: updates with the
+    /// same variant launch the same kernels on tensors of the same shapes, so one CUDA
+    /// graph per variant records them all (`--cuda-graph`).
+    fn update_variant(&self, update: u64) -> u64;
 
     /// Matmul FLOPs of one update on a minibatch of `batch` states, averaged over the
     /// updates that skip the delayed policy step (backward passes count twice the

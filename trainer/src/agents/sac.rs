@@ -12,7 +12,8 @@
 //! Differences from CleanRL, all numerically neutral or documented here:
 //! - the α step reuses the actor step's `log π` (detached) instead of drawing a fresh
 //!   sample from the just-updated actor: one actor forward less per step;
-//! - α is optimized in f64 on the host (a scalar Adam) rather than as a torch tensor;
+//! - α is optimized as CleanRL does it (torch's Adam on a log α tensor), but in float64
+//!   and on the device ([`Temperature`]), so an update never reads the host;
 //! - the critic and actor gradients are written out by hand ([`TwinCritic::train_step`],
 //!   [`Sac::actor_loss_gradient`]) instead of taken by autograd: the same derivatives
 //!   (tests hold them to autograd's), without a graph per step, which is most of the
@@ -22,15 +23,16 @@
 
 use std::collections::HashMap;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::temperature::Temperature;
 use super::{validate_common, Agent, UpdateStats};
 use crate::critic::TwinCritic;
 use crate::mlp::{
-    checkpoint_entries, restore_entries, step_count, Activation, Adam, AdamConfig, Init, Mlp,
-    MlpShape, ParamGrad,
+    checkpoint_entries, restore_entries, Activation, Adam, AdamConfig, Init, Mlp, MlpShape,
+    ParamGrad,
 };
 use crate::replay::Batch;
 use sim::run_dir::Normalizer;
@@ -95,58 +97,6 @@ impl Default for SacConfig {
     }
 }
 
-/// Adam on one f64 scalar (log α).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ScalarAdam {
-    pub(crate) m: f64,
-    pub(crate) v: f64,
-    pub(crate) steps: i64,
-}
-
-impl ScalarAdam {
-    /// Checkpoint entries of log α and this optimizer: `alpha.state` = [log α, m, v] and
-    /// `alpha.adam_steps`.
-    pub(crate) fn entries(&self, log_alpha: f64) -> Vec<(String, Tensor)> {
-        vec![
-            (
-                "alpha.state".to_string(),
-                Tensor::from_slice(&[log_alpha, self.m, self.v]),
-            ),
-            (
-                "alpha.adam_steps".to_string(),
-                Tensor::from_slice(&[self.steps]),
-            ),
-        ]
-    }
-
-    /// Restores [`ScalarAdam::entries`]; returns log α.
-    pub(crate) fn restore(&mut self, state: &HashMap<String, Tensor>) -> Result<f64> {
-        let get = |name: &str| {
-            state
-                .get(name)
-                .with_context(|| format!("checkpoint lacks {name}"))
-        };
-        let a = Vec::<f64>::try_from(get("alpha.state")?)?;
-        anyhow::ensure!(
-            a.len() == 3,
-            "checkpoint alpha.state has {} values",
-            a.len()
-        );
-        (self.m, self.v) = (a[1], a[2]);
-        self.steps = step_count("alpha.adam_steps", get("alpha.adam_steps")?)?;
-        Ok(a[0])
-    }
-
-    pub(crate) fn step(&mut self, x: &mut f64, grad: f64, c: AdamConfig) {
-        self.steps += 1;
-        self.m = c.beta1 * self.m + (1.0 - c.beta1) * grad;
-        self.v = c.beta2 * self.v + (1.0 - c.beta2) * grad * grad;
-        let m_hat = self.m / (1.0 - c.beta1.powi(self.steps as i32));
-        let v_hat = self.v / (1.0 - c.beta2.powi(self.steps as i32));
-        *x -= c.lr * m_hat / (v_hat.sqrt() + c.eps);
-    }
-}
-
 impl SacConfig {
     /// Refuses values the agent cannot run with, naming the flag.
     pub fn validate(&self) -> Result<()> {
@@ -180,8 +130,7 @@ pub struct Sac {
     /// Where the actor step writes its gradient.
     actor_grad: ParamGrad,
     critic: TwinCritic,
-    log_alpha: f64,
-    alpha_adam: ScalarAdam,
+    temperature: Temperature,
     target_entropy: f64,
     /// Σ_i log(action_scale_i): CleanRL's log-prob correction for env-unit actions.
     log_scale_sum: f64,
@@ -225,16 +174,20 @@ impl Sac {
             actor_adam,
             actor_grad,
             critic,
-            log_alpha: config.init_alpha.ln(),
-            alpha_adam: ScalarAdam {
-                m: 0.0,
-                v: 0.0,
-                steps: 0,
-            },
+            temperature: Temperature::new(config.init_alpha, config.alpha_lr, device),
             target_entropy: -config.target_entropy_scale * act_dim as f64,
             log_scale_sum: action_scale.iter().map(|s| s.ln()).sum(),
             config,
         }
+    }
+
+    /// Whether update number `update` takes the actor (and α) steps, and the Polyak step.
+    fn branches(&self, update: u64) -> (bool, bool) {
+        let c = &self.config;
+        (
+            update.is_multiple_of(c.policy_frequency),
+            update.is_multiple_of(c.target_frequency),
+        )
     }
 
     /// Mean and log σ of the pre-tanh Gaussian.
@@ -270,10 +223,6 @@ impl Sac {
         (a, log_pi)
     }
 
-    fn alpha_value(&self) -> f64 {
-        self.log_alpha.exp()
-    }
-
     /// The actor loss `mean(α·log π(a|s) − min Q(s, a))` at `a = tanh(μ + σ·ε)` for the
     /// noise ε `[B, d]`, and its gradient in the actor's parameters, by hand (no autograd
     /// graph: see [`Mlp::backward`]). With `x = μ + σ·ε`, `log σ` from `p` as in
@@ -285,7 +234,12 @@ impl Sac {
     ///
     /// Writes the gradient into `self.actor_grad`; returns the loss and the mean log π.
     /// `tests::actor_gradient_equals_autograd` holds it to autograd's on the same loss.
-    fn actor_loss_gradient(&mut self, obs: &Tensor, eps: &Tensor, alpha: f64) -> (Tensor, Tensor) {
+    fn actor_loss_gradient(
+        &mut self,
+        obs: &Tensor,
+        eps: &Tensor,
+        alpha: &Tensor,
+    ) -> (Tensor, Tensor) {
         let (out, tape) = self.actor.forward_taped(obs);
         tch::no_grad(|| {
             let d = self.act_dim as i64;
@@ -295,7 +249,7 @@ impl Sac {
             let (q_grad, min_q) = self.critic.min_q_action_gradient(obs, &a, -1.0 / rows);
             let loss = (&log_pi * alpha - min_q).mean(Kind::Float);
             let a2 = a.square();
-            let grad_a = q_grad + &a * (2.0 * alpha / rows) / (a2.neg() + (1.0 + 1e-6));
+            let grad_a = q_grad + &a * (alpha * 2.0 / rows) / (a2.neg() + (1.0 + 1e-6));
             let grad_x = grad_a * (a2.neg() + 1.0);
             let grad_log_std = &grad_x * eps * log_std.exp() - alpha / rows;
             let half_range = 0.5 * (self.config.log_std_max - self.config.log_std_min);
@@ -336,42 +290,44 @@ impl Agent for Sac {
 
     fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats {
         let c = self.config.clone();
-        let alpha = self.alpha_value();
+        let alpha = self.temperature.alpha();
 
         // 1. Critic: soft TD target from the target critics and a fresh a′ ~ π(·|s′).
         let y = tch::no_grad(|| {
             let (next_a, next_log_pi) = self.sample(&batch.next_obs);
-            let next_v = self.critic.target_min_q(&batch.next_obs, &next_a) - next_log_pi * alpha;
+            let next_v = self.critic.target_min_q(&batch.next_obs, &next_a) - next_log_pi * &alpha;
             &batch.rew * c.reward_scale + (1.0 - &batch.term) * c.gamma * next_v
         });
         let (q_loss, q_mean) = self.critic.train_step(&batch.obs, &batch.act, &y, 1);
-        let mut stats = vec![
-            ("q_loss", q_loss.double_value(&[])),
-            ("q_mean", q_mean.double_value(&[])),
-        ];
+        let mut stats = vec![("q_loss", q_loss), ("q_mean", q_mean)];
+
+        let (actor_step, target_step) = self.branches(update);
 
         // 2. Actor and α, delayed with CleanRL's compensation loop.
-        if update.is_multiple_of(c.policy_frequency) {
-            let (mut pi_loss, mut alpha_loss, mut entropy) = (0.0, 0.0, 0.0);
+        if actor_step {
+            let mut last = None;
             for _ in 0..c.policy_frequency {
-                let alpha = self.alpha_value();
+                let alpha = self.temperature.alpha();
                 // The noise of CleanRL's `rsample`, drawn as `sample` draws it.
                 let shape = [batch.obs.size()[0], self.act_dim as i64];
                 let eps = Tensor::randn(shape, (Kind::Float, batch.obs.device()));
-                let (loss, mean_log_pi) = self.actor_loss_gradient(&batch.obs, &eps, alpha);
+                let (loss, mean_log_pi) = self.actor_loss_gradient(&batch.obs, &eps, &alpha);
                 self.actor_adam
                     .step(&self.actor.params, &self.actor_grad.flat);
-                let mean_log_pi = mean_log_pi.double_value(&[]);
-                pi_loss = loss.double_value(&[]);
-                entropy = -mean_log_pi;
+                // loss = mean(−exp(log α)·(log π + H̄)); d/d log α = −α·mean(log π + H̄)
+                let gap = mean_log_pi.to_kind(Kind::Double) + self.target_entropy;
+                let alpha_loss = -(&alpha * gap);
                 if c.autotune {
-                    // loss = mean(−exp(log α)·(log π + H̄)); d/d log α = −α·mean(log π + H̄)
-                    let gap = mean_log_pi + self.target_entropy;
-                    alpha_loss = -alpha * gap;
-                    let cfg = AdamConfig::with_lr(c.alpha_lr);
-                    self.alpha_adam.step(&mut self.log_alpha, -alpha * gap, cfg);
+                    self.temperature.step(&alpha_loss);
                 }
+                last = Some((loss, alpha_loss, -mean_log_pi));
             }
+            let (pi_loss, alpha_loss, entropy) = last.expect("policy_frequency ≥ 1");
+            let alpha_loss = if c.autotune {
+                alpha_loss
+            } else {
+                alpha_loss.zeros_like()
+            };
             stats.extend([
                 ("pi_loss", pi_loss),
                 ("alpha_loss", alpha_loss),
@@ -380,15 +336,20 @@ impl Agent for Sac {
         }
 
         // 3. Targets.
-        if update.is_multiple_of(self.config.target_frequency) {
+        if target_step {
             self.critic.polyak();
         }
-        stats.push(("alpha", self.alpha_value()));
+        stats.push(("alpha", self.temperature.alpha()));
         stats
     }
 
+    fn update_variant(&self, update: u64) -> u64 {
+        let (actor_step, target_step) = self.branches(update);
+        u64::from(actor_step) | u64::from(target_step) << 1
+    }
+
     fn alpha(&self) -> f64 {
-        self.alpha_value()
+        self.temperature.value()
     }
 
     fn state(&self) -> Vec<(String, Tensor)> {
@@ -398,7 +359,7 @@ impl Agent for Sac {
             &[("params", &self.actor.params)],
             &self.actor_adam,
         ));
-        out.extend(self.alpha_adam.entries(self.log_alpha));
+        out.extend(self.temperature.entries());
         out
     }
 
@@ -406,8 +367,7 @@ impl Agent for Sac {
         self.critic.load_state("critic", state)?;
         let buffers: &mut [(&str, &mut Tensor)] = &mut [("params", &mut self.actor.params)];
         restore_entries("actor", buffers, &mut self.actor_adam, state)?;
-        self.log_alpha = self.alpha_adam.restore(state)?;
-        Ok(())
+        self.temperature.restore(state)
     }
 
     fn policy_tensors(&self) -> Vec<(String, Tensor)> {
@@ -442,12 +402,12 @@ mod tests {
         );
         let obs = Tensor::randn([rows, obs_dim as i64], opts);
         let eps = Tensor::randn([rows, act_dim as i64], opts);
-        let alpha = 0.3;
-        let (loss, mean_log_pi) = sac.actor_loss_gradient(&obs, &eps, alpha);
+        let alpha = Tensor::from(0.3f64);
+        let (loss, mean_log_pi) = sac.actor_loss_gradient(&obs, &eps, &alpha);
 
         let (mean, log_std) = sac.gaussian(&obs);
         let (a, log_pi) = sac.squash(&mean, &log_std, &eps);
-        let expected_loss = (&log_pi * alpha - sac.critic.min_q(&obs, &a)).mean(Kind::Float);
+        let expected_loss = (&log_pi * &alpha - sac.critic.min_q(&obs, &a)).mean(Kind::Float);
         let expected = sac.actor.grad(&expected_loss);
         let err = (&sac.actor_grad.flat - &expected)
             .abs()

@@ -17,6 +17,13 @@ use crate::replay::ReplayBuffer;
 use crate::threads::Threads;
 
 impl Trainer {
+    /// Records and replays the updates as CUDA graphs from now on (`--cuda-graph` given
+    /// with `--resume`: like the thread count, it changes the speed, not the run).
+    pub fn use_cuda_graph(&mut self) -> Result<()> {
+        self.config.cuda_graph = true;
+        self.config.validate()
+    }
+
     /// Reopens a run from its last checkpoint; `steps` and `max_wall_s` optionally
     /// replace the budgets, `threads` the libtorch thread count (which does not move a
     /// run off its trajectory: one and two threads train bit-identical agents, see
@@ -90,6 +97,7 @@ impl Trainer {
         let trainer = Self {
             eval_envs: Vec::new(),
             tuner,
+            graphs: None,
             config,
             agent,
             replay,

@@ -53,6 +53,10 @@ pub struct TrainConfig {
     /// evaluation, checkpoint and summary (None: no limit). For fixed time budgets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wall_s: Option<f64>,
+    /// Record each variant of the agent's update as a CUDA graph and replay it
+    /// (`--cuda-graph`; CUDA devices only). Changes the speed, not what an update computes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cuda_graph: bool,
     /// Testing aid: poison the loss of this update (0-based) to exercise the NaN guard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_nan_at_update: Option<u64>,
@@ -89,6 +93,7 @@ impl TrainConfig {
             sac: (algo == Algo::Sac).then(SacConfig::default),
             flame: algo.blob_algorithm().ok().map(FlameConfig::for_algorithm),
             max_wall_s: None,
+            cuda_graph: false,
             inject_nan_at_update: None,
         }
     }
@@ -109,6 +114,11 @@ impl TrainConfig {
             "--checkpoint-every must be at least 1"
         );
         self.threads.validate()?;
+        ensure!(
+            !self.cuda_graph || self.device.starts_with("cuda"),
+            "--cuda-graph records the update's CUDA kernels, and this run is on --device {}: use --device cuda, or leave --cuda-graph off (the CPU runs the same update eagerly)",
+            self.device
+        );
         ensure!(
             self.progress_secs.is_finite() && self.progress_secs >= 0.0,
             "--progress-every must be a non-negative number of seconds"

@@ -43,11 +43,13 @@ use tch::{Device, Tensor};
 use crate::agents::Agent;
 use crate::replay::ReplayBuffer;
 use crate::threads::{ThreadTuner, Threads};
+use graphs::UpdateGraphs;
 
 mod bench;
 mod checkpoint;
 mod config;
 mod evaluate;
+mod graphs;
 
 pub use bench::{bench_agent, matmul_peak_gflops, AgentBench};
 pub use checkpoint::checkpoint_dir;
@@ -170,6 +172,8 @@ pub struct Trainer {
     run: Option<RunDir>,
     /// Chooses the intra-op thread count under `--threads auto` on the CPU.
     tuner: Option<ThreadTuner>,
+    /// The recorded updates under `--cuda-graph` (made at the first update).
+    graphs: Option<UpdateGraphs>,
 }
 
 impl Trainer {
@@ -214,6 +218,7 @@ impl Trainer {
         let trainer = Self {
             eval_envs: Vec::new(),
             tuner,
+            graphs: None,
             config,
             agent,
             replay,
@@ -375,7 +380,24 @@ impl Trainer {
         self.agent
             .set_progress(self.state.env_steps as f64 / self.config.steps as f64);
         let start = Instant::now();
-        let mut stats = self.agent.update(&batch, u);
+        let stats = if self.config.cuda_graph {
+            let graphs = match &mut self.graphs {
+                Some(graphs) => graphs,
+                None => self.graphs.insert(UpdateGraphs::new(
+                    self.device,
+                    self.config.batch_size,
+                    self.spec.obs_dim,
+                    self.spec.act_dim,
+                )?),
+            };
+            graphs.update(self.agent.as_mut(), &batch, u)?
+        } else {
+            self.agent.update(&batch, u)
+        };
+        let mut stats: Vec<(&str, f64)> = stats
+            .into_iter()
+            .map(|(name, value)| (name, value.double_value(&[])))
+            .collect();
         if let Some(threads) = self.tuner.as_mut().and_then(|t| t.record(start.elapsed())) {
             tch::set_num_threads(threads as i32);
         }
