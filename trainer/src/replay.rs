@@ -33,6 +33,9 @@ pub struct ReplayBuffer {
     pub capacity: usize,
     /// Next row to overwrite once full.
     pos: usize,
+    /// Transitions pushed since this buffer was made or loaded (not saved): how a
+    /// [`DeviceReplay`] knows which rows are new.
+    pushes: u64,
     obs: Vec<f32>,
     act: Vec<f32>,
     rew: Vec<f32>,
@@ -55,6 +58,7 @@ impl ReplayBuffer {
             act_dim,
             capacity,
             pos: 0,
+            pushes: 0,
             obs: Vec::new(),
             act: Vec::new(),
             rew: Vec::new(),
@@ -93,15 +97,20 @@ impl ReplayBuffer {
             self.term[i] = term;
         }
         self.pos = (self.pos + 1) % self.capacity;
+        self.pushes += 1;
     }
 
     /// `batch` rows drawn uniformly with replacement (as CleanRL's buffer does).
     pub fn sample(&self, batch: usize, rng: &mut impl Rng, device: Device) -> Batch {
+        self.gather(&self.sample_indices(batch, rng), device)
+    }
+
+    /// The row indices [`ReplayBuffer::sample`] gathers, drawn the same way.
+    pub fn sample_indices(&self, batch: usize, rng: &mut impl Rng) -> Vec<usize> {
         assert!(!self.is_empty(), "sampling an empty replay buffer");
-        let idx: Vec<usize> = (0..batch)
+        (0..batch)
             .map(|_| rng.random_range(0..self.len()))
-            .collect();
-        self.gather(&idx, device)
+            .collect()
     }
 
     /// The rows `idx` as a batch.
@@ -222,6 +231,7 @@ impl ReplayBuffer {
             act_dim,
             capacity,
             pos,
+            pushes: 0,
             obs: read(len * obs_dim)?,
             act: read(len * act_dim)?,
             rew: read(len)?,
@@ -231,22 +241,153 @@ impl ReplayBuffer {
     }
 }
 
+/// A copy of a replay buffer's rows on a device, from which minibatches are gathered there
+/// by row index: under `--cuda-graph` only a minibatch's indices cross to the device,
+/// and the gather is part of the recorded update. Kept up to date by
+/// [`DeviceReplay::sync`], which copies the rows pushed since the last call.
+pub struct DeviceReplay {
+    /// `[capacity, width]` each: obs, act, rew, next_obs, term.
+    columns: [Tensor; 5],
+    /// The host buffer's `pushes` at the last sync (None: never synced).
+    synced: Option<u64>,
+}
+
+impl DeviceReplay {
+    /// Room for every row of `host` on `device` (nothing copied yet).
+    pub fn new(host: &ReplayBuffer, device: Device) -> Self {
+        let column = |width: usize| {
+            Tensor::zeros(
+                [host.capacity as i64, width as i64],
+                (tch::Kind::Float, device),
+            )
+        };
+        Self {
+            columns: [
+                column(host.obs_dim),
+                column(host.act_dim),
+                column(1),
+                column(host.obs_dim),
+                column(1),
+            ],
+            synced: None,
+        }
+    }
+
+    /// Copies the rows `host` gained (or overwrote) since the last sync; everything on the
+    /// first sync, or when more rows than the capacity were pushed in between.
+    pub fn sync(&mut self, host: &ReplayBuffer) {
+        let (len, cap) = (host.len(), host.capacity);
+        let new = match self.synced {
+            Some(synced) if host.pushes - synced < cap as u64 => (host.pushes - synced) as usize,
+            _ => len,
+        };
+        // The `new` most recent rows end just before `host.pos` (mod capacity), in at
+        // most two contiguous ranges.
+        let end = if len < cap { len } else { host.pos };
+        let ranges = if new <= end {
+            [(end - new, new), (0, 0)]
+        } else {
+            [(cap - (new - end), new - end), (0, end)]
+        };
+        let widths = [host.obs_dim, host.act_dim, 1, host.obs_dim, 1];
+        let data = [&host.obs, &host.act, &host.rew, &host.next_obs, &host.term];
+        tch::no_grad(|| {
+            for ((column, width), data) in self.columns.iter().zip(widths).zip(data) {
+                for (start, n) in ranges.into_iter().filter(|&(_, n)| n > 0) {
+                    let rows = Tensor::from_slice(&data[start * width..(start + n) * width])
+                        .view([n as i64, width as i64]);
+                    column.narrow(0, start as i64, n as i64).copy_(&rows);
+                }
+            }
+        });
+        self.synced = Some(host.pushes);
+    }
+
+    /// Gathers the rows `indices` (int64 `[B]` on the device) into `batch`'s tensors, in
+    /// place: no host involvement, so a CUDA graph can record it.
+    pub fn gather_into(&self, indices: &Tensor, batch: &Batch) {
+        let outputs = [
+            &batch.obs,
+            &batch.act,
+            &batch.rew,
+            &batch.next_obs,
+            &batch.term,
+        ];
+        tch::no_grad(|| {
+            for (column, out) in self.columns.iter().zip(outputs) {
+                let _ = column.index_select_out(out, 0, indices);
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    /// The device copy gathers exactly the host's minibatch, through filling, the first
+    /// overwrite, wrap-arounds, syncs after one push or after more pushes than the
+    /// capacity, and a loaded buffer (its push count restarts).
+    #[test]
+    fn device_copy_gathers_the_host_rows() {
+        let capacity = 7;
+        let mut rb = ReplayBuffer::new(2, 1, capacity);
+        let mut copy = DeviceReplay::new(&rb, Device::Cpu);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut k = 0usize;
+        let check = |rb: &ReplayBuffer, copy: &DeviceReplay, rng: &mut rand::rngs::StdRng| {
+            let idx = rb.sample_indices(32, rng);
+            let expected = rb.gather(&idx, Device::Cpu);
+            let got = rb.gather(&vec![0; idx.len()], Device::Cpu);
+            let indices = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
+            copy.gather_into(&indices, &got);
+            for (g, e) in [
+                (&got.obs, &expected.obs),
+                (&got.act, &expected.act),
+                (&got.rew, &expected.rew),
+                (&got.next_obs, &expected.next_obs),
+                (&got.term, &expected.term),
+            ] {
+                assert!(g.equal(e), "{g} vs {e}");
+            }
+        };
+        for pushes in [3, 1, 2, 4, 1, 9, 6, 7, 2] {
+            for _ in 0..pushes {
+                push_row(&mut rb, k);
+                k += 1;
+            }
+            copy.sync(&rb);
+            check(&rb, &copy, &mut rng);
+        }
+        let path = std::env::temp_dir().join(format!("device-replay-{}.bin", std::process::id()));
+        rb.save(&path).unwrap();
+        let mut loaded = ReplayBuffer::load(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let mut copy = DeviceReplay::new(&loaded, Device::Cpu);
+        copy.sync(&loaded);
+        check(&loaded, &copy, &mut rng);
+        loaded.push(&[1.5, 2.5], &[0.5], 3.0, &[4.5, 5.5], true);
+        copy.sync(&loaded);
+        check(&loaded, &copy, &mut rng);
+    }
+
+    /// Pushes row `k` of the tests' sequence (distinct values in every column).
+    fn push_row(rb: &mut ReplayBuffer, k: usize) {
+        let x = k as f32;
+        rb.push(
+            &[x, -x],
+            &[x / 100.0],
+            10.0 * x,
+            &[x + 0.5, -x - 0.5],
+            k.is_multiple_of(3),
+        );
+    }
+
     fn filled(capacity: usize, n: usize) -> ReplayBuffer {
         let mut rb = ReplayBuffer::new(2, 1, capacity);
         for k in 0..n {
-            let x = k as f32;
-            rb.push(
-                &[x, -x],
-                &[x / 100.0],
-                10.0 * x,
-                &[x + 0.5, -x - 0.5],
-                k % 3 == 0,
-            );
+            push_row(&mut rb, k);
         }
         rb
     }

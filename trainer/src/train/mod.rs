@@ -373,25 +373,23 @@ impl Trainer {
     fn update(&mut self) -> Result<()> {
         let u = self.state.updates;
         let mut rng = StdRng::seed_from_u64(derive_seed(self.config.seed, SEED_SAMPLE, u));
-        let batch = self
-            .replay
-            .sample(self.config.batch_size, &mut rng, self.device);
-        torch_seed(derive_seed(self.config.seed, SEED_UPDATE, u));
-        self.agent
-            .set_progress(self.state.env_steps as f64 / self.config.steps as f64);
-        let start = Instant::now();
+        let rows = self.config.batch_size;
+        let start;
         let stats = if self.config.cuda_graph {
+            let indices = self.replay.sample_indices(rows, &mut rng);
+            self.prepare_update(u);
+            start = Instant::now();
             let graphs = match &mut self.graphs {
                 Some(graphs) => graphs,
-                None => self.graphs.insert(UpdateGraphs::new(
-                    self.device,
-                    self.config.batch_size,
-                    self.spec.obs_dim,
-                    self.spec.act_dim,
-                )?),
+                None => self
+                    .graphs
+                    .insert(UpdateGraphs::new(self.device, &self.replay, rows)?),
             };
-            graphs.update(self.agent.as_mut(), &batch, u)?
+            graphs.update(self.agent.as_mut(), &self.replay, &indices, u)?
         } else {
+            let batch = self.replay.sample(rows, &mut rng, self.device);
+            self.prepare_update(u);
+            start = Instant::now();
             self.agent.update(&batch, u)
         };
         let mut stats: Vec<(&str, f64)> = stats
@@ -427,6 +425,13 @@ impl Trainer {
         }
         self.state.updates += 1;
         Ok(())
+    }
+
+    /// Before update `u`: torch's generator reseeded for it, and the run's progress set.
+    fn prepare_update(&mut self, u: u64) {
+        torch_seed(derive_seed(self.config.seed, SEED_UPDATE, u));
+        self.agent
+            .set_progress(self.state.env_steps as f64 / self.config.steps as f64);
     }
 
     fn to_env_units(&self, actions: &[f32]) -> Vec<f64> {
