@@ -98,6 +98,7 @@ impl Trainer {
             eval_envs: Vec::new(),
             tuner,
             graphs: None,
+            act_graph: None,
             config,
             agent,
             replay,

@@ -1,7 +1,9 @@
 //! `--cuda-graph`: each variant of the agent's update (the branches it takes: critic
 //! only, with the policy, with α, with the targets; [`Agent::update_variant`]) is run
 //! eagerly a few times, then recorded once as a CUDA graph ([`crate::cuda_graph`]) and
-//! replayed for every later update of that variant.
+//! replayed for every later update of that variant. The training loop's exploring action
+//! (FLAME: N_p samples through the sampler and the critics, every vector step) is
+//! recorded the same way ([`ActGraph`]).
 //!
 //! The replay buffer has a copy on the device ([`DeviceReplay`]): the host draws a
 //! minibatch's row indices exactly as the eager loop does and copies only them; the
@@ -20,15 +22,71 @@ use crate::agents::{Agent, UpdateStats};
 use crate::cuda_graph::CudaGraph;
 use crate::replay::{Batch, DeviceReplay, ReplayBuffer};
 
-/// Eager updates of a variant before it is recorded (PyTorch's recipe warms up on the
-/// side stream for a few iterations, so lazy initializations happen before capture).
-pub const WARMUP_UPDATES: usize = 3;
+/// Eager calls of a piece of work before it is recorded (PyTorch's recipe warms up on
+/// the side stream for a few iterations, so lazy initializations happen before capture).
+pub const WARMUP_CALLS: usize = 3;
 
-enum Variant {
-    /// This many warm-up updates have run.
-    WarmingUp(CudaGraph, usize),
-    /// Recorded; the stats tensors that every replay overwrites.
-    Recorded(CudaGraph, UpdateStats),
+/// Outputs of recorded work: tensors in the graph's memory, which every replay
+/// overwrites; callers get aliases of them.
+trait Outputs {
+    fn alias(&self) -> Self;
+}
+
+impl Outputs for Tensor {
+    fn alias(&self) -> Self {
+        self.shallow_clone()
+    }
+}
+
+impl Outputs for UpdateStats {
+    fn alias(&self) -> Self {
+        self.iter().map(|(k, v)| (*k, v.shallow_clone())).collect()
+    }
+}
+
+/// One piece of work on fixed inputs: run eagerly [`WARMUP_CALLS`] times, then recorded,
+/// then replayed.
+struct Recording<T> {
+    graph: CudaGraph,
+    stage: Stage<T>,
+}
+
+enum Stage<T> {
+    /// This many eager calls so far.
+    WarmingUp(usize),
+    /// Recorded, with the outputs every replay overwrites.
+    Recorded(T),
+}
+
+impl<T: Outputs> Recording<T> {
+    fn new(device: Device) -> Result<Self> {
+        Ok(Self {
+            graph: CudaGraph::new(device)?,
+            stage: Stage::WarmingUp(0),
+        })
+    }
+
+    /// The work's outputs for this call: from an eager warm-up call, or from a replay.
+    fn run(&mut self, work: impl FnMut() -> T) -> Result<T> {
+        match &self.stage {
+            Stage::WarmingUp(calls) if *calls < WARMUP_CALLS => {
+                let out = self.graph.warm_up(work)?;
+                self.stage = Stage::WarmingUp(calls + 1);
+                Ok(out)
+            }
+            Stage::WarmingUp(_) => {
+                let recorded = self.graph.record(work)?;
+                self.graph.replay()?;
+                let out = recorded.alias();
+                self.stage = Stage::Recorded(recorded);
+                Ok(out)
+            }
+            Stage::Recorded(recorded) => {
+                self.graph.replay()?;
+                Ok(recorded.alias())
+            }
+        }
+    }
 }
 
 /// The inputs of an update as a recorded update reads them: the replay's device copy,
@@ -76,7 +134,7 @@ impl StaticInputs {
 pub struct UpdateGraphs {
     device: Device,
     inputs: StaticInputs,
-    variants: HashMap<u64, Variant>,
+    variants: HashMap<u64, Recording<UpdateStats>>,
 }
 
 impl UpdateGraphs {
@@ -104,36 +162,37 @@ impl UpdateGraphs {
     ) -> Result<UpdateStats> {
         self.inputs.load(replay, indices);
         let key = agent.update_variant(update);
+        let variant = match self.variants.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Recording::new(self.device)?),
+        };
         let inputs = &self.inputs;
-        let mut work = || inputs.update(agent, update);
-        let variant = match self.variants.remove(&key) {
-            Some(variant) => variant,
-            None => Variant::WarmingUp(CudaGraph::new(self.device)?, 0),
-        };
-        let (variant, stats) = match variant {
-            Variant::WarmingUp(mut graph, n) if n < WARMUP_UPDATES => {
-                let stats = graph.warm_up(&mut work)?;
-                (Variant::WarmingUp(graph, n + 1), stats)
-            }
-            Variant::WarmingUp(mut graph, _) => {
-                let stats = graph.record(&mut work)?;
-                graph.replay()?;
-                let copies = shallow_copies(&stats);
-                (Variant::Recorded(graph, stats), copies)
-            }
-            Variant::Recorded(graph, stats) => {
-                graph.replay()?;
-                let copies = shallow_copies(&stats);
-                (Variant::Recorded(graph, stats), copies)
-            }
-        };
-        self.variants.insert(key, variant);
-        Ok(stats)
+        variant.run(|| inputs.update(agent, update))
     }
 }
 
-fn shallow_copies(stats: &UpdateStats) -> UpdateStats {
-    stats.iter().map(|(k, v)| (*k, v.shallow_clone())).collect()
+/// The training loop's exploring action on `[num_envs, obs]` observations, recorded.
+pub struct ActGraph {
+    obs: Tensor,
+    recording: Recording<Tensor>,
+}
+
+impl ActGraph {
+    /// For `rows` observations of width `obs_dim` on `device` (refused unless CUDA).
+    pub fn new(device: Device, rows: usize, obs_dim: usize) -> Result<Self> {
+        Ok(Self {
+            recording: Recording::new(device)?,
+            obs: Tensor::zeros([rows as i64, obs_dim as i64], (Kind::Float, device)),
+        })
+    }
+
+    /// `agent.act(obs, explore = true)`: eagerly while warming up, then replayed. The
+    /// caller reseeds the generator before, as for the eager call.
+    pub fn act(&mut self, agent: &dyn Agent, obs: &Tensor) -> Result<Tensor> {
+        tch::no_grad(|| self.obs.copy_(obs));
+        let fixed = &self.obs;
+        self.recording.run(|| agent.act(fixed, true))
+    }
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use tch::{Device, Tensor};
 use crate::agents::Agent;
 use crate::replay::ReplayBuffer;
 use crate::threads::{ThreadTuner, Threads};
-use graphs::UpdateGraphs;
+use graphs::{ActGraph, UpdateGraphs};
 
 mod bench;
 mod checkpoint;
@@ -174,6 +174,8 @@ pub struct Trainer {
     tuner: Option<ThreadTuner>,
     /// The recorded updates under `--cuda-graph` (made at the first update).
     graphs: Option<UpdateGraphs>,
+    /// The recorded exploring action under `--cuda-graph` (made at the first action).
+    act_graph: Option<ActGraph>,
 }
 
 impl Trainer {
@@ -219,6 +221,7 @@ impl Trainer {
             eval_envs: Vec::new(),
             tuner,
             graphs: None,
+            act_graph: None,
             config,
             agent,
             replay,
@@ -336,7 +339,18 @@ impl Trainer {
             let o = Tensor::from_slice(&obs)
                 .view([n as i64, obs_dim as i64])
                 .to_device(self.device);
-            let a = self.agent.act(&o, true).to_device(Device::Cpu).contiguous();
+            let a = if self.config.cuda_graph {
+                let graph = match &mut self.act_graph {
+                    Some(graph) => graph,
+                    None => self
+                        .act_graph
+                        .insert(ActGraph::new(self.device, n, obs_dim)?),
+                };
+                graph.act(self.agent.as_ref(), &o)?
+            } else {
+                self.agent.act(&o, true)
+            };
+            let a = a.to_device(Device::Cpu).contiguous();
             Vec::<f32>::try_from(a.view([-1]))?
         };
         let env_actions = self.to_env_units(&actions);
