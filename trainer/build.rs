@@ -18,6 +18,7 @@ fn compile_libtorch_shims() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     let cxx11_abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    println!("cargo:rerun-if-changed=csrc/last_error.h");
     let mut build = cc::Build::new();
     for file in ["csrc/fused_adam.cpp", "csrc/cuda_graph.cpp"] {
         println!("cargo:rerun-if-changed={file}");

@@ -12,8 +12,9 @@
 // CUDA backend, or its CUDA headers are not found, build.rs leaves FLAME_CUDA_GRAPHS
 // undefined and every entry point answers with the reason instead.
 
-#include <cstring>
 #include <exception>
+
+#include "last_error.h"
 
 #ifdef FLAME_CUDA_GRAPHS
 #include <ATen/cuda/CUDAGraph.h>
@@ -24,16 +25,7 @@
 #include <optional>
 #endif
 
-namespace {
-// The message of the last failure on this thread; valid until the next failing call.
-thread_local char last_error[1024];
-
-const char* remember(const char* message) {
-  std::strncpy(last_error, message, sizeof(last_error) - 1);
-  last_error[sizeof(last_error) - 1] = '\0';
-  return last_error;
-}
-}  // namespace
+using flame_shim::remember;
 
 #ifdef FLAME_CUDA_GRAPHS
 

@@ -9,19 +9,11 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_fused_adam.h>
 
-#include <cstring>
 #include <exception>
 
-namespace {
-// The message of the last failure on this thread; valid until the next failing call.
-thread_local char last_error[1024];
+#include "last_error.h"
 
-const char* remember(const char* message) {
-  std::strncpy(last_error, message, sizeof(last_error) - 1);
-  last_error[sizeof(last_error) - 1] = '\0';
-  return last_error;
-}
-}  // namespace
+using flame_shim::remember;
 
 // Adam (no weight decay, no AMSGrad) on `params` with gradient `grad` and moments `m`,
 // `v`. `steps` is the step count as a one-element float32 tensor on the parameters'

@@ -1094,6 +1094,26 @@ impl Agent for Flame {
 }
 
 #[cfg(test)]
+impl FlameConfig {
+    /// `algorithm`'s defaults with networks and samplers small enough for unit tests:
+    /// two hidden layers of 32, K = 16, N_p = 8, at most 5 flow and entropy-chain steps.
+    pub(crate) fn small_for_tests(algorithm: Algorithm) -> Self {
+        let config = FlameConfig::for_algorithm(algorithm);
+        FlameConfig {
+            candidates: 16,
+            particles: 8,
+            entropy_states: 8,
+            policy_hidden: vec![32, 32],
+            critic_hidden: vec![32, 32],
+            time_dim: 8,
+            nfe: config.nfe.min(5),
+            entropy_steps: config.entropy_steps.min(5),
+            ..config
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy_net::FlowPolicyNet;
@@ -1102,27 +1122,8 @@ mod tests {
 
     fn small_with(algorithm: Algorithm, obs_dim: usize, act_dim: usize) -> Flame {
         tch::manual_seed(0);
-        let config = FlameConfig {
-            candidates: 16,
-            particles: 8,
-            entropy_states: 8,
-            policy_hidden: vec![32, 32],
-            critic_hidden: vec![32, 32],
-            time_dim: 8,
-            ..FlameConfig::for_algorithm(algorithm)
-        };
-        let nfe = config.nfe.min(5);
-        Flame::new(
-            FlameConfig {
-                nfe,
-                entropy_steps: config.entropy_steps.min(5),
-                ..config
-            },
-            algorithm,
-            obs_dim,
-            act_dim,
-            Device::Cpu,
-        )
+        let config = FlameConfig::small_for_tests(algorithm);
+        Flame::new(config, algorithm, obs_dim, act_dim, Device::Cpu)
     }
 
     fn small(obs_dim: usize, act_dim: usize) -> Flame {

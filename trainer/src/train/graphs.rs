@@ -213,15 +213,8 @@ mod tests {
         let flame = |algorithm| {
             move || -> Box<dyn Agent> {
                 let config = FlameConfig {
-                    candidates: 8,
-                    particles: 4,
-                    entropy_states: 8,
-                    policy_hidden: vec![32, 32],
-                    critic_hidden: vec![32, 32],
-                    nfe: if algorithm == Algorithm::FlameM { 1 } else { 3 },
-                    entropy_steps: 3,
                     alpha_every: 4,
-                    ..FlameConfig::for_algorithm(algorithm)
+                    ..FlameConfig::small_for_tests(algorithm)
                 };
                 Box::new(Flame::new(config, algorithm, obs_dim, act_dim, Device::Cpu))
             }
