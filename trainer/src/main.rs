@@ -499,6 +499,14 @@ fn train(a: &TrainArgs) -> Result<()> {
                 t.state.env_steps,
                 t.config.steps
             );
+            // The wall budget counts over all sessions of the run: a longer --steps alone
+            // stops where the old budget ends.
+            if let Some(limit) = t.config.max_wall_s {
+                let left = (limit - t.state.wall_s).max(0.0);
+                eprintln!(
+                    "its wall budget (--max-wall {limit:.0} s over all sessions) has {left:.0} s left; give --max-wall to change it"
+                );
+            }
             t
         }
         None => {

@@ -214,11 +214,26 @@ fn sac_run_has_its_outputs_resumes_and_is_refused_by_export() {
         !ok && err.contains("--cuda-graph records the update's CUDA kernels"),
         "{err}"
     );
-    // Extending the budget continues the run, on another thread count if asked.
-    let (ok, stdout, err) =
-        trainer(&["train", "--resume", out, "--steps", "450", "--threads", "1"]);
+    // Extending the budget continues the run, on another thread count if asked; a wall
+    // budget given now is the run's, and the resume says what is left of it.
+    let (ok, stdout, err) = trainer(&[
+        "train",
+        "--resume",
+        out,
+        "--steps",
+        "450",
+        "--threads",
+        "1",
+        "--max-wall",
+        "3600",
+    ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("450 env steps"), "{stdout}");
+    assert!(
+        err.contains("its wall budget (--max-wall 3600 s over all sessions) has 3")
+            && err.contains(" s left; give --max-wall to change it"),
+        "{err}"
+    );
 
     // A checkpoint whose replay header has its dimension words overwritten with 0xff
     // (once an arithmetic-overflow panic) is refused in one line; the run is untouched.
