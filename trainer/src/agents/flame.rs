@@ -1093,11 +1093,10 @@ impl Agent for Flame {
     }
 }
 
-#[cfg(test)]
 impl FlameConfig {
-    /// `algorithm`'s defaults with networks and samplers small enough for unit tests:
-    /// two hidden layers of 32, K = 16, N_p = 8, at most 5 flow and entropy-chain steps.
-    pub(crate) fn small_for_tests(algorithm: Algorithm) -> Self {
+    /// `algorithm`'s defaults with networks and samplers small enough for tests: two
+    /// hidden layers of 32, K = 16, N_p = 8, at most 5 flow and entropy-chain steps.
+    pub fn small_for_tests(algorithm: Algorithm) -> Self {
         let config = FlameConfig::for_algorithm(algorithm);
         FlameConfig {
             candidates: 16,

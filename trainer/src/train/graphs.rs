@@ -91,16 +91,17 @@ impl<T: Outputs> Recording<T> {
 
 /// The inputs of an update as a recorded update reads them: the replay's device copy,
 /// the minibatch's row indices and the minibatch's rows, all in tensors that keep their
-/// storage. Works on any device; on the CPU it is what the tests hold to the eager
-/// update.
-struct StaticInputs {
+/// storage. Works on any device; on the CPU `tests/static_update.rs` holds it to the
+/// eager update.
+pub struct StaticInputs {
     replay: DeviceReplay,
     indices: Tensor,
     batch: Batch,
 }
 
 impl StaticInputs {
-    fn new(device: Device, replay: &ReplayBuffer, rows: usize) -> Self {
+    /// Inputs for minibatches of `rows` transitions from `replay` on `device`.
+    pub fn new(device: Device, replay: &ReplayBuffer, rows: usize) -> Self {
         let zeros = |cols: usize| Tensor::zeros([rows as i64, cols as i64], (Kind::Float, device));
         Self {
             replay: DeviceReplay::new(replay, device),
@@ -117,14 +118,14 @@ impl StaticInputs {
 
     /// Host side, before an update: the rows `replay` gained since the last call, and
     /// this minibatch's row indices, copied to the device.
-    fn load(&mut self, replay: &ReplayBuffer, indices: &[usize]) {
+    pub fn load(&mut self, replay: &ReplayBuffer, indices: &[usize]) {
         self.replay.sync(replay);
         let indices: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
         tch::no_grad(|| self.indices.copy_(&Tensor::from_slice(&indices)));
     }
 
     /// Device side, the work a graph records: the minibatch gathered, then the update.
-    fn update(&self, agent: &mut dyn Agent, update: u64) -> UpdateStats {
+    pub fn update(&self, agent: &mut dyn Agent, update: u64) -> UpdateStats {
         self.replay.gather_into(&self.indices, &self.batch);
         agent.update(&self.batch, update)
     }
@@ -192,89 +193,5 @@ impl ActGraph {
         tch::no_grad(|| self.obs.copy_(obs));
         let fixed = &self.obs;
         self.recording.run(|| agent.act(fixed, true))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::agents::flame::{Flame, FlameConfig};
-    use crate::agents::sac::{Sac, SacConfig};
-    use rand::SeedableRng;
-    use runtime::blob::Algorithm;
-
-    /// The update as a graph records it — the replay copied to the device, the minibatch
-    /// gathered there by index into fixed tensors, the agent's update on those — gives
-    /// bit for bit the numbers of the eager loop's update (host-gathered minibatch, fresh
-    /// tensors), over every update variant, for FLAME-M, FLAME-R and SAC.
-    #[test]
-    fn the_static_update_equals_the_eager_update() {
-        let (obs_dim, act_dim) = (5, 2);
-        let flame = |algorithm| {
-            move || -> Box<dyn Agent> {
-                let config = FlameConfig {
-                    alpha_every: 4,
-                    ..FlameConfig::small_for_tests(algorithm)
-                };
-                Box::new(Flame::new(config, algorithm, obs_dim, act_dim, Device::Cpu))
-            }
-        };
-        let sac = || -> Box<dyn Agent> {
-            let config = SacConfig {
-                policy_hidden: vec![32, 32],
-                critic_hidden: vec![32, 32],
-                ..SacConfig::default()
-            };
-            Box::new(Sac::new(config, obs_dim, act_dim, &[1.0, 2.0], Device::Cpu))
-        };
-        type Maker<'a> = &'a dyn Fn() -> Box<dyn Agent>;
-        let makers: [(&str, Maker); 3] = [
-            ("flame-m", &flame(Algorithm::FlameM)),
-            ("flame-r", &flame(Algorithm::FlameR)),
-            ("sac", &sac),
-        ];
-        for (name, make) in makers {
-            tch::manual_seed(7);
-            let mut eager = make();
-            tch::manual_seed(7);
-            let mut fixed = make();
-            let mut replay = ReplayBuffer::new(obs_dim, act_dim, 40);
-            let mut inputs = StaticInputs::new(Device::Cpu, &replay, 16);
-            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-            let mut push = |replay: &mut ReplayBuffer, n: usize| {
-                for _ in 0..n {
-                    let mut row = |d: usize| {
-                        (0..d)
-                            .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
-                            .collect::<Vec<_>>()
-                    };
-                    let (o, a, n2) = (row(obs_dim), row(act_dim), row(obs_dim));
-                    replay.push(&o, &a, o[0], &n2, o[1] > 0.8);
-                }
-            };
-            push(&mut replay, 30);
-            let mut sample_rng = rand::rngs::StdRng::seed_from_u64(4);
-            for update in 0..8 {
-                let indices = replay.sample_indices(16, &mut sample_rng);
-                let batch = replay.gather(&indices, Device::Cpu);
-                let fraction = update as f64 / 8.0;
-                tch::manual_seed(100 + update as i64);
-                eager.set_progress(fraction);
-                let expected = eager.update(&batch, update);
-                inputs.load(&replay, &indices);
-                tch::manual_seed(100 + update as i64);
-                fixed.set_progress(fraction);
-                let got = inputs.update(fixed.as_mut(), update);
-                for ((k, e), (k2, g)) in expected.iter().zip(&got) {
-                    assert_eq!(k, k2);
-                    assert!(e.equal(g), "{name} update {update}: {k} {e} vs {g}");
-                }
-                // New transitions between updates, past the capacity (the ring wraps).
-                push(&mut replay, 3);
-            }
-            for ((k, e), (_, g)) in eager.state().iter().zip(fixed.state()) {
-                assert!(e.equal(&g), "{name}: {k} differs");
-            }
-        }
     }
 }

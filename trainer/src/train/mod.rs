@@ -56,6 +56,7 @@ pub use checkpoint::checkpoint_dir;
 use config::make_agent;
 pub use config::{parse_device, TrainConfig};
 pub use evaluate::{Acting, EvalRow};
+pub use graphs::StaticInputs;
 
 /// Counters and history: everything of the loop's state besides agent and replay.
 #[derive(Debug, Clone, Serialize, Deserialize)]
