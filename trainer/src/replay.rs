@@ -27,6 +27,26 @@ pub struct Batch {
     pub term: Tensor,
 }
 
+impl Batch {
+    /// `rows` zero rows on `device`: fixed tensors to copy or gather minibatches into.
+    pub fn zeros(rows: usize, obs_dim: usize, act_dim: usize, device: Device) -> Self {
+        let zeros =
+            |width: usize| Tensor::zeros([rows as i64, width as i64], (tch::Kind::Float, device));
+        Self {
+            obs: zeros(obs_dim),
+            act: zeros(act_dim),
+            rew: zeros(1),
+            next_obs: zeros(obs_dim),
+            term: zeros(1),
+        }
+    }
+
+    /// The five tensors in the order of [`ReplayBuffer::columns`].
+    pub fn fields(&self) -> [&Tensor; 5] {
+        [&self.obs, &self.act, &self.rew, &self.next_obs, &self.term]
+    }
+}
+
 pub struct ReplayBuffer {
     pub obs_dim: usize,
     pub act_dim: usize,
@@ -124,13 +144,25 @@ impl ReplayBuffer {
                 .view([idx.len() as i64, dim as i64])
                 .to_device(device)
         };
+        let [obs, act, rew, next_obs, term] = self.columns().map(|(data, dim)| rows(data, dim));
         Batch {
-            obs: rows(&self.obs, self.obs_dim),
-            act: rows(&self.act, self.act_dim),
-            rew: rows(&self.rew, 1),
-            next_obs: rows(&self.next_obs, self.obs_dim),
-            term: rows(&self.term, 1),
+            obs,
+            act,
+            rew,
+            next_obs,
+            term,
         }
+    }
+
+    /// The stored rows of each column with its width, in the order of [`Batch::fields`].
+    fn columns(&self) -> [(&[f32], usize); 5] {
+        [
+            (&self.obs, self.obs_dim),
+            (&self.act, self.act_dim),
+            (&self.rew, 1),
+            (&self.next_obs, self.obs_dim),
+            (&self.term, 1),
+        ]
     }
 
     /// Up to `n` stored observations, evenly spaced (for calibration sets).
@@ -160,8 +192,8 @@ impl ReplayBuffer {
         ] {
             w.write_all(&(v as u64).to_le_bytes())?;
         }
-        for data in [&self.obs, &self.act, &self.rew, &self.next_obs, &self.term] {
-            for v in data.iter() {
+        for (data, _) in self.columns() {
+            for v in data {
                 w.write_all(&v.to_le_bytes())?;
             }
         }
@@ -246,8 +278,8 @@ impl ReplayBuffer {
 /// and the gather is part of the recorded update. Kept up to date by
 /// [`DeviceReplay::sync`], which copies the rows pushed since the last call.
 pub struct DeviceReplay {
-    /// `[capacity, width]` each: obs, act, rew, next_obs, term.
-    columns: [Tensor; 5],
+    /// Every row of the buffer: `[capacity, width]` each.
+    rows: Batch,
     /// The host buffer's `pushes` at the last sync (None: never synced).
     synced: Option<u64>,
 }
@@ -255,20 +287,8 @@ pub struct DeviceReplay {
 impl DeviceReplay {
     /// Room for every row of `host` on `device` (nothing copied yet).
     pub fn new(host: &ReplayBuffer, device: Device) -> Self {
-        let column = |width: usize| {
-            Tensor::zeros(
-                [host.capacity as i64, width as i64],
-                (tch::Kind::Float, device),
-            )
-        };
         Self {
-            columns: [
-                column(host.obs_dim),
-                column(host.act_dim),
-                column(1),
-                column(host.obs_dim),
-                column(1),
-            ],
+            rows: Batch::zeros(host.capacity, host.obs_dim, host.act_dim, device),
             synced: None,
         }
     }
@@ -289,10 +309,8 @@ impl DeviceReplay {
         } else {
             [(cap - (new - end), new - end), (0, end)]
         };
-        let widths = [host.obs_dim, host.act_dim, 1, host.obs_dim, 1];
-        let data = [&host.obs, &host.act, &host.rew, &host.next_obs, &host.term];
         tch::no_grad(|| {
-            for ((column, width), data) in self.columns.iter().zip(widths).zip(data) {
+            for (column, (data, width)) in self.rows.fields().into_iter().zip(host.columns()) {
                 for (start, n) in ranges.into_iter().filter(|&(_, n)| n > 0) {
                     let rows = Tensor::from_slice(&data[start * width..(start + n) * width])
                         .view([n as i64, width as i64]);
@@ -306,15 +324,8 @@ impl DeviceReplay {
     /// Gathers the rows `indices` (int64 `[B]` on the device) into `batch`'s tensors, in
     /// place: no host involvement, so a CUDA graph can record it.
     pub fn gather_into(&self, indices: &Tensor, batch: &Batch) {
-        let outputs = [
-            &batch.obs,
-            &batch.act,
-            &batch.rew,
-            &batch.next_obs,
-            &batch.term,
-        ];
         tch::no_grad(|| {
-            for (column, out) in self.columns.iter().zip(outputs) {
+            for (column, out) in self.rows.fields().into_iter().zip(batch.fields()) {
                 let _ = column.index_select_out(out, 0, indices);
             }
         });

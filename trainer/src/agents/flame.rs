@@ -846,17 +846,6 @@ impl Flame {
         })
     }
 
-    /// Whether update number `update` takes the policy step (with the EMA and target
-    /// updates), and the temperature step after it.
-    fn branches(&self, update: u64) -> (bool, bool) {
-        let c = &self.config;
-        let policy_step = update.is_multiple_of(c.policy_frequency);
-        (
-            policy_step,
-            policy_step && update.is_multiple_of(c.alpha_every),
-        )
-    }
-
     /// The flow times `(r, t)` of a policy update, `[B, 1]` each, r ≤ t ([`TimePairs`];
     /// FLAME-R r = t; FLAME-M r = t with probability `equal_time_fraction`).
     fn flow_times(&self, b: i64) -> (Tensor, Tensor) {
@@ -907,7 +896,7 @@ impl Agent for Flame {
             ("q_mean", q_mean),
             ("alpha", self.temperature.alpha()),
         ];
-        let (policy_step, alpha_step) = self.branches(update);
+        let (policy_step, alpha_step) = self.update_branches(update);
         if !policy_step {
             return stats;
         }
@@ -1025,9 +1014,15 @@ impl Agent for Flame {
         every + td_entropy + delayed / c.policy_frequency as f64 + entropy / c.alpha_every as f64
     }
 
-    fn update_variant(&self, update: u64) -> u64 {
-        let (policy_step, alpha_step) = self.branches(update);
-        u64::from(policy_step) | u64::from(alpha_step) << 1
+    /// The policy step (with the EMA and target updates), and the temperature step
+    /// after it.
+    fn update_branches(&self, update: u64) -> (bool, bool) {
+        let c = &self.config;
+        let policy_step = update.is_multiple_of(c.policy_frequency);
+        (
+            policy_step,
+            policy_step && update.is_multiple_of(c.alpha_every),
+        )
     }
 
     fn set_progress(&mut self, fraction: f64) {

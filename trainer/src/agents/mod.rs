@@ -44,10 +44,11 @@ pub trait Agent {
     /// with delayed policy updates key them on it).
     fn update(&mut self, batch: &Batch, update: u64) -> UpdateStats;
 
-    /// Which branches update number `update` takes, as a small number: updates with the
-    /// same variant launch the same kernels on tensors of the same shapes, so one CUDA
-    /// graph per variant records them all (`--cuda-graph`).
-    fn update_variant(&self, update: u64) -> u64;
+    /// Which of its two delayed branches update number `update` takes (FLAME: the policy
+    /// step, the α step after it; SAC: the actor and α steps, the Polyak step). Updates
+    /// that take the same branches launch the same kernels on tensors of the same shapes,
+    /// so one CUDA graph per pair records them all (`--cuda-graph`).
+    fn update_branches(&self, update: u64) -> (bool, bool);
 
     /// Matmul FLOPs of one update on a minibatch of `batch` states, averaged over the
     /// updates that skip the delayed policy step (backward passes count twice the

@@ -181,15 +181,6 @@ impl Sac {
         }
     }
 
-    /// Whether update number `update` takes the actor (and α) steps, and the Polyak step.
-    fn branches(&self, update: u64) -> (bool, bool) {
-        let c = &self.config;
-        (
-            update.is_multiple_of(c.policy_frequency),
-            update.is_multiple_of(c.target_frequency),
-        )
-    }
-
     /// Mean and log σ of the pre-tanh Gaussian.
     fn gaussian(&self, obs: &Tensor) -> (Tensor, Tensor) {
         self.gaussian_head(&self.actor.forward(obs))
@@ -301,7 +292,7 @@ impl Agent for Sac {
         let (q_loss, q_mean) = self.critic.train_step(&batch.obs, &batch.act, &y, 1);
         let mut stats = vec![("q_loss", q_loss), ("q_mean", q_mean)];
 
-        let (actor_step, target_step) = self.branches(update);
+        let (actor_step, target_step) = self.update_branches(update);
 
         // 2. Actor and α, delayed with CleanRL's compensation loop.
         if actor_step {
@@ -343,9 +334,13 @@ impl Agent for Sac {
         stats
     }
 
-    fn update_variant(&self, update: u64) -> u64 {
-        let (actor_step, target_step) = self.branches(update);
-        u64::from(actor_step) | u64::from(target_step) << 1
+    /// The actor (and α) steps, and the Polyak step.
+    fn update_branches(&self, update: u64) -> (bool, bool) {
+        let c = &self.config;
+        (
+            update.is_multiple_of(c.policy_frequency),
+            update.is_multiple_of(c.target_frequency),
+        )
     }
 
     fn alpha(&self) -> f64 {

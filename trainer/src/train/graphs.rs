@@ -1,5 +1,5 @@
 //! `--cuda-graph`: each variant of the agent's update (the branches it takes: critic
-//! only, with the policy, with α, with the targets; [`Agent::update_variant`]) is run
+//! only, with the policy, with α, with the targets; [`Agent::update_branches`]) is run
 //! eagerly a few times, then recorded once as a CUDA graph ([`crate::cuda_graph`]) and
 //! replayed for every later update of that variant. The training loop's exploring action
 //! (FLAME: N_p samples through the sampler and the critics, every vector step) is
@@ -102,17 +102,10 @@ pub struct StaticInputs {
 impl StaticInputs {
     /// Inputs for minibatches of `rows` transitions from `replay` on `device`.
     pub fn new(device: Device, replay: &ReplayBuffer, rows: usize) -> Self {
-        let zeros = |cols: usize| Tensor::zeros([rows as i64, cols as i64], (Kind::Float, device));
         Self {
             replay: DeviceReplay::new(replay, device),
             indices: Tensor::zeros([rows as i64], (Kind::Int64, device)),
-            batch: Batch {
-                obs: zeros(replay.obs_dim),
-                act: zeros(replay.act_dim),
-                rew: zeros(1),
-                next_obs: zeros(replay.obs_dim),
-                term: zeros(1),
-            },
+            batch: Batch::zeros(rows, replay.obs_dim, replay.act_dim, device),
         }
     }
 
@@ -135,20 +128,18 @@ impl StaticInputs {
 pub struct UpdateGraphs {
     device: Device,
     inputs: StaticInputs,
-    variants: HashMap<u64, Recording<UpdateStats>>,
+    variants: HashMap<(bool, bool), Recording<UpdateStats>>,
 }
 
 impl UpdateGraphs {
-    /// Graphs for minibatches of `rows` transitions from `replay` on `device` (refused
-    /// unless CUDA).
-    pub fn new(device: Device, replay: &ReplayBuffer, rows: usize) -> Result<Self> {
-        // Refuses a CPU device with the reason, before any tensor is made.
-        drop(CudaGraph::new(device)?);
-        Ok(Self {
+    /// Graphs for minibatches of `rows` transitions from `replay` on `device` (each
+    /// variant's graph refuses a CPU device when it is made, at its first update).
+    pub fn new(device: Device, replay: &ReplayBuffer, rows: usize) -> Self {
+        Self {
             device,
             inputs: StaticInputs::new(device, replay, rows),
             variants: HashMap::new(),
-        })
+        }
     }
 
     /// Update number `update` of `agent` on the rows `indices` of `replay`: eagerly while
@@ -162,7 +153,7 @@ impl UpdateGraphs {
         update: u64,
     ) -> Result<UpdateStats> {
         self.inputs.load(replay, indices);
-        let key = agent.update_variant(update);
+        let key = agent.update_branches(update);
         let variant = match self.variants.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(Recording::new(self.device)?),

@@ -398,7 +398,7 @@ impl Trainer {
                 Some(graphs) => graphs,
                 None => self
                     .graphs
-                    .insert(UpdateGraphs::new(self.device, &self.replay, rows)?),
+                    .insert(UpdateGraphs::new(self.device, &self.replay, rows)),
             };
             graphs.update(self.agent.as_mut(), &self.replay, &indices, u)?
         } else {
