@@ -9,7 +9,7 @@ use sim::run_dir::Algo;
 use trainer::export::{export, ExportOptions};
 use trainer::init::{init, InitOptions};
 use trainer::threads::Threads;
-use trainer::train::{bench_agent, TrainConfig, Trainer};
+use trainer::train::{bench_agent, group_runs, SeedGroup, TrainConfig, Trainer};
 
 #[derive(Parser)]
 #[command(
@@ -95,6 +95,10 @@ enum Command {
         /// Record each update variant as a CUDA graph and replay it (CUDA devices only).
         #[arg(long)]
         cuda_graph: bool,
+        /// Seeds in one process, each its own agent, replay and envs, stepped in turn as
+        /// `trainer train --seeds` runs them: rates per seed and for all.
+        #[arg(long, default_value_t = 1)]
+        seeds: usize,
     },
     /// List the tasks with their dimensions; with --bench, also measure env steps/s.
     Envs {
@@ -148,6 +152,10 @@ struct TrainArgs {
     /// [0]
     #[arg(long)]
     seed: Option<u64>,
+    /// Train several seeds in one process, in lockstep, each a run of its own in
+    /// OUT/seed-N (e.g. 0,1,2,3,4); `--resume OUT` resumes them all.
+    #[arg(long, value_delimiter = ',', conflicts_with = "seed")]
+    seeds: Option<Vec<u64>>,
     /// Run directory to create.
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
@@ -452,6 +460,7 @@ fn refuse_flags_with_resume(a: &TrainArgs) -> Result<()> {
         ("--algo", a.algo.is_some()),
         ("--env", a.env.is_some()),
         ("--seed", a.seed.is_some()),
+        ("--seeds", a.seeds.is_some()),
         ("--num-envs", a.num_envs.is_some()),
         ("--updates-per-step", a.updates_per_step.is_some()),
         ("--learning-starts", a.learning_starts.is_some()),
@@ -486,38 +495,58 @@ fn refuse_flags_with_resume(a: &TrainArgs) -> Result<()> {
 }
 
 fn train(a: &TrainArgs) -> Result<()> {
-    let mut t = match &a.resume {
+    let mut group = match &a.resume {
         Some(dir) => {
             refuse_flags_with_resume(a)?;
-            let mut t = Trainer::resume(dir, a.steps, a.max_wall, a.threads)?;
+            let is_group = !dir.join("config.json").exists() && !group_runs(dir)?.is_empty();
+            let mut group = if is_group {
+                SeedGroup::resume(dir, a.steps, a.max_wall, a.threads)?
+            } else {
+                SeedGroup {
+                    trainers: vec![Trainer::resume(dir, a.steps, a.max_wall, a.threads)?],
+                }
+            };
             if a.cuda_graph {
-                t.use_cuda_graph()?;
+                group.use_cuda_graph()?;
             }
-            eprintln!(
-                "resuming {} at env step {} of {}",
-                dir.display(),
-                t.state.env_steps,
-                t.config.steps
-            );
-            // The wall budget counts over all sessions of the run: a longer --steps alone
-            // stops where the old budget ends.
-            if let Some(limit) = t.config.max_wall_s {
-                let left = (limit - t.state.wall_s).max(0.0);
-                eprintln!(
-                    "its wall budget (--max-wall {limit:.0} s over all sessions) has {left:.0} s left; give --max-wall to change it"
-                );
+            for t in &group.trainers {
+                announce_resume(t);
             }
-            t
+            group
         }
         None => {
             let c = train_config(a)?;
             let out = a.out.as_ref().expect("clap requires --out");
-            Trainer::new(c, Some(out))?
+            match &a.seeds {
+                Some(seeds) => SeedGroup::new(c, seeds, out)?,
+                None => SeedGroup {
+                    trainers: vec![Trainer::new(c, Some(out))?],
+                },
+            }
         }
     };
-    let summary = t.run()?;
-    println!("{summary}");
+    for summary in group.run()? {
+        println!("{summary}");
+    }
     Ok(())
+}
+
+/// Where a resumed run stands, and what is left of its wall budget.
+fn announce_resume(t: &Trainer) {
+    eprintln!(
+        "resuming {} at env step {} of {}",
+        t.summary().run_dir.display(),
+        t.state.env_steps,
+        t.config.steps
+    );
+    // The wall budget counts over all sessions of the run: a longer --steps alone stops
+    // where the old budget ends.
+    if let Some(limit) = t.config.max_wall_s {
+        let left = (limit - t.state.wall_s).max(0.0);
+        eprintln!(
+            "its wall budget (--max-wall {limit:.0} s over all sessions) has {left:.0} s left; give --max-wall to change it"
+        );
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -532,6 +561,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             batch_size,
             cuda_graph,
+            seeds,
         } => {
             anyhow::ensure!(updates > 0, "--updates must be positive");
             anyhow::ensure!(batch_size > 0, "--batch-size must be positive");
@@ -544,7 +574,7 @@ fn run(cli: Cli) -> Result<()> {
                 c.buffer_size = 100_000;
                 c.threads = threads;
                 c.cuda_graph = cuda_graph;
-                println!("{}", bench_agent(c, updates, loop_steps, peak)?);
+                println!("{}", bench_agent(c, updates, loop_steps, peak, seeds)?);
             }
         }
         Command::Init {
@@ -657,16 +687,33 @@ fn run(cli: Cli) -> Result<()> {
 /// unbounded spinning (one run each, alternating; the machine is shared and noisy).
 const GOMP_SPIN_COUNT: &str = "30000";
 
-/// libgomp reads its wait policy once when it loads (before `main`), so set a bounded
-/// spin ([`GOMP_SPIN_COUNT`]) and re-exec once; `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`
-/// from the user take precedence. Spinning costs when another process holds a core:
-/// every region then waits for a descheduled peer (two SAC benches at once: 7
+/// Intel MKL's strict conditional numerical reproducibility: the same matmul bits on any
+/// thread count. Without it, on an AVX-512 machine, MKL splits a long reduction (a weight
+/// gradient over FLAME's 25,600 candidate rows, or 8,192) across the threads, and one
+/// and two threads differ in the last bits — then `--threads auto`, which changes the
+/// count while training, moves a run off its seed's curve and a resume off the
+/// uninterrupted run. Measured on the 2-core Xeon (AVX-512): such a product differs by up
+/// to 4e-4 between one and two threads by default, not at all with this mode.
+const MKL_REPRODUCIBLE: &str = "AUTO,STRICT";
+
+/// libgomp reads its wait policy and MKL its reproducibility mode once, when they load
+/// (before `main`), so set a bounded spin ([`GOMP_SPIN_COUNT`]) and
+/// [`MKL_REPRODUCIBLE`] and re-exec once; `OMP_WAIT_POLICY`, `GOMP_SPINCOUNT` or
+/// `MKL_CBWR` from the user take precedence. Spinning costs when another process holds
+/// a core: every region then waits for a descheduled peer (two SAC benches at once: 7
 /// updates/s each against ~90 passive). `--threads auto` notices and runs on one
 /// thread, where there are no regions to wait for ([`trainer::threads`]).
-fn reexec_with_bounded_openmp_spin() {
+fn reexec_with_library_settings() {
     use std::os::unix::process::CommandExt;
-    if std::env::var_os("OMP_WAIT_POLICY").is_some() || std::env::var_os("GOMP_SPINCOUNT").is_some()
-    {
+    let set = |name: &str| std::env::var_os(name).is_some();
+    let mut missing = Vec::new();
+    if !set("OMP_WAIT_POLICY") && !set("GOMP_SPINCOUNT") {
+        missing.push(("GOMP_SPINCOUNT", GOMP_SPIN_COUNT));
+    }
+    if !set("MKL_CBWR") {
+        missing.push(("MKL_CBWR", MKL_REPRODUCIBLE));
+    }
+    if missing.is_empty() {
         return;
     }
     let Ok(exe) = std::env::current_exe() else {
@@ -675,7 +722,7 @@ fn reexec_with_bounded_openmp_spin() {
     // `exec` returns only on failure; then carry on in this process.
     let _ = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
-        .env("GOMP_SPINCOUNT", GOMP_SPIN_COUNT)
+        .envs(missing)
         .exec();
 }
 
@@ -705,7 +752,7 @@ fn keep_freed_memory() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Train(_) | Command::Bench { .. }) {
-        reexec_with_bounded_openmp_spin();
+        reexec_with_library_settings();
         keep_freed_memory();
     }
     match run(cli) {

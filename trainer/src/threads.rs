@@ -14,8 +14,10 @@
 //!
 //! Switching the count does not change the numbers here: runs on each candidate count
 //! give bit-identical agents (`tests/train_loop.rs` checks it on the machine it runs on),
-//! so a tuned run still follows its seed's curve and resumes onto it. `--threads N` fixes
-//! the count.
+//! so a tuned run still follows its seed's curve and resumes onto it. On AVX-512 machines
+//! that needs MKL's strict reproducibility mode (`MKL_CBWR=AUTO,STRICT`, which `trainer`
+//! sets for itself and `.cargo/config.toml` for `cargo test`): by default MKL splits long
+//! matmul reductions across threads there. `--threads N` fixes the count.
 
 use std::str::FromStr;
 use std::time::Duration;

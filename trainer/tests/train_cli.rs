@@ -256,6 +256,51 @@ fn sac_run_has_its_outputs_resumes_and_is_refused_by_export() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--seeds 0,1`: one process trains both seeds, each a run of its own in OUT/seed-N;
+/// `--resume OUT` continues both; `trainer results OUT` averages them.
+#[test]
+fn seeds_train_in_one_process_resume_together_and_average() {
+    let dir = scratch("seeds");
+    let out = dir.to_str().unwrap();
+    let (ok, _, err) = tiny_train("sac", &["--seeds", "0,0"], out);
+    assert!(!ok && err.contains("names a seed twice"), "{err}");
+    let (ok, _, err) = tiny_train("sac", &["--seeds", "0,1", "--seed", "2"], out);
+    assert!(!ok && err.contains("--seed"), "{err}");
+    let (ok, stdout, err) = tiny_train(
+        "sac",
+        &[
+            "--seeds",
+            "0,1",
+            "--eval-episodes",
+            "2",
+            "--checkpoint-every",
+            "150",
+        ],
+        out,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(stdout.matches("final eval return").count(), 2, "{stdout}");
+    for seed in [0, 1] {
+        let run = dir.join(format!("seed-{seed}"));
+        let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+        assert!(summary.contains(&format!("\"seed\": {seed}")), "{summary}");
+    }
+    let (ok, _, err) = trainer(&["train", "--resume", out, "--seeds", "0,1"]);
+    assert!(
+        !ok && err.contains("--seeds cannot be combined with --resume"),
+        "{err}"
+    );
+    let (ok, stdout, err) = trainer(&["train", "--resume", out, "--steps", "450"]);
+    assert!(ok, "{err}");
+    assert_eq!(stdout.matches("450 env steps").count(), 2, "{stdout}");
+    assert_eq!(err.matches("resuming").count(), 2, "{err}");
+    let results = dir.join("results");
+    let (ok, stdout, err) = trainer(&["results", out, "--out", results.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("mean of 2 runs"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A FLAME run's evaluations report the int8 runtime beside the float policy: the
 /// acting policy quantized at each evaluation and run from z = 0 on the same episodes.
 #[test]

@@ -2,7 +2,8 @@
 //! from training run directories (`trainer train`, see [`crate::train`]) so that no number
 //! in them is typed by hand.
 //!
-//! Per run it reads `config.json` (algorithm, task, seed, device), `metrics.jsonl` (one
+//! A seed group's directory (`trainer train --seeds`) stands for its `seed-N` runs. Per
+//! run it reads `config.json` (algorithm, task, seed, device), `metrics.jsonl` (one
 //! evaluation per line), `summary.json` when the run finished, and every
 //! `*.report.json` fidelity report `trainer export` left in the directory (more with
 //! `--blob RUN=BLOB`). Everything is read as generic JSON, so rows with fields this
@@ -74,7 +75,7 @@ pub fn results(runs: &[PathBuf], opts: &ResultsOptions) -> Result<String> {
         !opts.milestones.is_empty() && opts.milestones.iter().all(|&m| m > 0),
         "--milestones must be positive env-step counts"
     );
-    let mut loaded = runs
+    let mut loaded = expand_groups(runs)?
         .iter()
         .map(|d| load_run(d))
         .collect::<Result<Vec<_>>>()?;
@@ -98,6 +99,21 @@ pub fn results(runs: &[PathBuf], opts: &ResultsOptions) -> Result<String> {
         learning_curves(&opts.out.join("diagnostics.png"), &diagnostics)?;
     }
     Ok(md)
+}
+
+/// The run directories: each seed group (`trainer train --seeds`) stands for its seed
+/// runs, which are then averaged like any runs of one setup.
+fn expand_groups(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut runs = Vec::new();
+    for dir in dirs {
+        let members = crate::train::group_runs(dir)?;
+        if dir.join("config.json").is_file() || members.is_empty() {
+            runs.push(dir.clone());
+        } else {
+            runs.extend(members);
+        }
+    }
+    Ok(runs)
 }
 
 /// `--blob RUN=BLOB`.

@@ -1,14 +1,16 @@
 //! `trainer bench`: an agent's update throughput at its configured sizes (median and best
-//! of timed windows, against the matmul peak), and the whole loop's env steps/s.
+//! of timed windows, against the matmul peak), and the whole loop's env steps/s; with
+//! `--seeds S`, per seed and for all S seeds of one process stepped in lockstep, as
+//! `trainer train --seeds` runs them.
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use serde::Serialize;
 use sim::run_dir::Algo;
 use tch::{Device, Tensor};
 
-use super::{TrainConfig, Trainer};
+use super::{Pace, TrainConfig, Trainer};
 
 /// `trainer bench` for one agent: update throughput at the configured sizes, and env
 /// steps/s of the whole training loop (acting, env stepping, storing, updating).
@@ -17,13 +19,17 @@ pub struct AgentBench {
     pub algo: Algo,
     pub env_id: String,
     pub batch_size: usize,
+    /// Seeds in the process, each its own agent, replay and envs, stepped in turn.
+    pub seeds: usize,
     /// The thread count the timed updates ran on ([`Trainer::threads_label`]).
     pub threads: String,
-    /// The median of the [`BENCH_WINDOWS`] windows' update rates.
+    /// The median of the [`BENCH_WINDOWS`] windows' update rates, per seed.
     pub updates_per_s: f64,
-    /// The fastest window's update rate: the machine's rate with the least interference,
-    /// measured the way [`matmul_peak_gflops`] measures the peak (best of several).
+    /// The fastest window's update rate per seed: the machine's rate with the least
+    /// interference, measured the way [`matmul_peak_gflops`] measures the peak (best of
+    /// several).
     pub best_updates_per_s: f64,
+    /// The training loop's rates, per seed.
     pub loop_env_steps_per_s: f64,
     pub loop_updates_per_s: f64,
     /// Matmul FLOPs per update ([`Agent::flops_per_update`]).
@@ -33,9 +39,9 @@ pub struct AgentBench {
 }
 
 impl AgentBench {
-    /// Matmul GFLOP/s the updates reached at `updates_per_s`.
+    /// Matmul GFLOP/s all seeds' updates reached at `updates_per_s` per seed.
     pub fn gflops(&self, updates_per_s: f64) -> f64 {
-        updates_per_s * self.flops_per_update / 1e9
+        self.seeds as f64 * updates_per_s * self.flops_per_update / 1e9
     }
 
     /// Percent of the measured matmul peak at `updates_per_s`.
@@ -46,9 +52,16 @@ impl AgentBench {
 
 impl std::fmt::Display for AgentBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seeds = match self.seeds {
+            1 => String::new(),
+            s => format!(
+                ", {s} seeds: {:.1} updates/s for all (per seed:)",
+                s as f64 * self.updates_per_s
+            ),
+        };
         write!(
             f,
-            "{:<8} {:<20} batch {} on {}: {:>7.1} updates/s (median of {BENCH_WINDOWS} windows, best {:.1}); training loop {:>7.1} env steps/s ({:.1} updates/s); {:.3} GFLOP/update → {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s matmul peak (best window {:.0}%)",
+            "{:<8} {:<20} batch {} on {}{seeds}: {:>7.1} updates/s (median of {BENCH_WINDOWS} windows, best {:.1}); training loop {:>7.1} env steps/s ({:.1} updates/s); {:.3} GFLOP/update → {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s matmul peak (best window {:.0}%)",
             self.algo.name(),
             self.env_id,
             self.batch_size,
@@ -112,49 +125,78 @@ fn median_and_best(rates: &[f64]) -> (f64, f64) {
     (median, sorted[n - 1])
 }
 
+/// `trainer bench` for one agent at `config`'s sizes, with `seeds` seeds (from
+/// `config.seed` on) in one process, as `trainer train --seeds` steps them.
 pub fn bench_agent(
     mut config: TrainConfig,
     updates: usize,
     loop_steps: u64,
     peak_gflops: f64,
+    seeds: usize,
 ) -> Result<AgentBench> {
+    ensure!(seeds > 0, "--seeds must be positive");
     config.progress_secs = 0.0;
     let warm = (config.batch_size as u64).max(1000);
     config.learning_starts = warm;
     config.steps = warm + loop_steps;
-    let mut t = Trainer::new(config, None)?;
-    // Warm-up transitions (random actions), no updates yet.
-    t.config.learning_starts = u64::MAX;
-    t.run_until(warm, false)?;
-    t.config.learning_starts = warm;
-    for _ in 0..10 {
-        t.update()?;
+    let mut group = (config.seed..config.seed + seeds as u64)
+        .map(|seed| {
+            let mut c = config.clone();
+            c.seed = seed;
+            Trainer::new(c, None)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for t in group.iter_mut().skip(1) {
+        t.tuner = None;
+    }
+    // Warm-up transitions (random actions), no updates yet; then a few untimed updates
+    // (under --cuda-graph: the eager warm-ups and the recording).
+    for t in &mut group {
+        t.config.learning_starts = u64::MAX;
+        t.run_until(warm, false)?;
+        t.config.learning_starts = warm;
+        for _ in 0..10 {
+            t.update()?;
+        }
     }
     // Under `--threads auto`, time the count the tuner settles on, as training runs
     // (its first probes take about half a second of updates).
-    while t.tuner.as_ref().is_some_and(|tuner| !tuner.decided()) {
-        t.update()?;
+    while group[0]
+        .tuner
+        .as_ref()
+        .is_some_and(|tuner| !tuner.decided())
+    {
+        group.iter_mut().try_for_each(Trainer::update)?;
     }
-    let threads = t.threads_label();
+    let threads = group[0].threads_label();
     let windows = BENCH_WINDOWS.min(updates);
     let mut rates = Vec::with_capacity(windows);
     for k in 0..windows {
         let count = updates * (k + 1) / windows - updates * k / windows;
         let start = Instant::now();
         for _ in 0..count {
-            t.update()?;
+            group.iter_mut().try_for_each(Trainer::update)?;
         }
         rates.push(count as f64 / start.elapsed().as_secs_f64());
     }
     let (updates_per_s, best_updates_per_s) = median_and_best(&rates);
-    let (s0, u0) = (t.state.env_steps, t.state.updates);
+    let (s0, u0) = (group[0].state.env_steps, group[0].state.updates);
+    let mut paces: Vec<Pace> = group.iter().map(|t| Pace::new(&t.state)).collect();
     let start = Instant::now();
-    t.run_until(warm + loop_steps, false)?;
+    let mut stepping = true;
+    while stepping {
+        stepping = false;
+        for (t, pace) in group.iter_mut().zip(&mut paces) {
+            stepping |= t.advance(pace, warm + loop_steps, false)?;
+        }
+    }
     let dt = start.elapsed().as_secs_f64();
+    let t = &group[0];
     Ok(AgentBench {
         algo: t.config.algo,
         env_id: t.config.env_id.clone(),
         batch_size: t.config.batch_size,
+        seeds,
         threads,
         updates_per_s,
         best_updates_per_s,

@@ -11,7 +11,7 @@ use sim::run_dir::Algo;
 use tch::{Device, Tensor};
 
 use super::checkpoint::RUN_DIR_STATES;
-use super::{derive_seed, Trainer, SEED_EVAL};
+use super::{derive_seed, torch_seed, Trainer, SEED_EVAL, SEED_EVAL_NOISE};
 use crate::export;
 use crate::quantize::quantize;
 
@@ -49,7 +49,15 @@ pub struct EvalRow {
 impl Trainer {
     /// Mean, std and mean length of `eval_episodes` deterministic episodes (fixed seeds,
     /// the same at every evaluation), stepped as one batch, acting as `acting` says.
+    /// Torch's generator (FLAME's best-of-N particles) is reseeded for the evaluation's
+    /// env step, so the result depends on the run alone, not on what else the process
+    /// ran before it (another seed of a group, an export).
     pub fn evaluate(&mut self, acting: Acting<'_>) -> Result<(f64, f64, f64)> {
+        torch_seed(derive_seed(
+            self.config.seed,
+            SEED_EVAL_NOISE,
+            self.state.env_steps,
+        ));
         let k = self.config.eval_episodes;
         while self.eval_envs.len() < k {
             self.eval_envs.push(env::make(&self.config.env_id)?);

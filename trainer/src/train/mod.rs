@@ -7,8 +7,8 @@
 //! one update per env step; the FLAME paper 5 envs and one update per vector step.
 //!
 //! Randomness is counter-based, so a checkpoint needs no RNG state: warm-up actions,
-//! minibatch indices and torch's generator (reseeded before each exploring action and
-//! each update) all derive from (run seed, purpose, counter). Together with the
+//! minibatch indices and torch's generator (reseeded before each exploring action, each
+//! update and each evaluation) all derive from (run seed, purpose, counter). Together with the
 //! checkpointed weights, optimizer moments, α, replay buffer, counters and the envs'
 //! [`VecEnvSnapshot`], a resumed run takes exactly the steps the uninterrupted one takes.
 //!
@@ -26,7 +26,8 @@
 //!
 //! This module is the loop itself; `config` holds [`TrainConfig`] and builds the agent,
 //! `evaluate` the three evaluations and the metrics row, `checkpoint` the run directory,
-//! checkpoints and resume, `bench` `trainer bench`.
+//! checkpoints and resume, `seeds` several seeds in one process (`--seeds`), `bench`
+//! `trainer bench`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,7 @@ mod checkpoint;
 mod config;
 mod evaluate;
 mod graphs;
+mod seeds;
 
 pub use bench::{bench_agent, matmul_peak_gflops, AgentBench};
 pub use checkpoint::checkpoint_dir;
@@ -57,6 +59,7 @@ use config::make_agent;
 pub use config::{parse_device, TrainConfig};
 pub use evaluate::{Acting, EvalRow};
 pub use graphs::StaticInputs;
+pub use seeds::{group_runs, seed_dir, SeedGroup};
 
 /// Counters and history: everything of the loop's state besides agent and replay.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +146,7 @@ const SEED_SAMPLE: u64 = 3;
 const SEED_UPDATE: u64 = 4;
 const SEED_INIT: u64 = 5;
 const SEED_EVAL: u64 = 6;
+const SEED_EVAL_NOISE: u64 = 7;
 
 /// A well-mixed seed for (run seed, purpose, counter).
 pub fn derive_seed(seed: u64, purpose: u64, counter: u64) -> u64 {
@@ -157,6 +161,31 @@ pub fn derive_seed(seed: u64, purpose: u64, counter: u64) -> u64 {
 
 fn torch_seed(seed: u64) {
     tch::manual_seed((seed >> 1) as i64);
+}
+
+/// The clocks of one stretch of training (a call of [`Trainer::run_until`], or a seed
+/// group's run): when it started, the run's wall time before it, the last progress line
+/// and the window the update and env-step rates are measured over.
+struct Pace {
+    start: Instant,
+    wall0: f64,
+    last_print: Instant,
+    /// (env steps, updates, when) at the window's start.
+    window: (u64, u64, Instant),
+    /// (updates/s, env steps/s) over the last full window.
+    rates: (f64, f64),
+}
+
+impl Pace {
+    fn new(state: &LoopState) -> Self {
+        Self {
+            start: Instant::now(),
+            wall0: state.wall_s,
+            last_print: Instant::now(),
+            window: (state.env_steps, state.updates, Instant::now()),
+            rates: (0.0, 0.0),
+        }
+    }
 }
 
 /// The training loop's live state.
@@ -243,6 +272,12 @@ impl Trainer {
     pub fn run(&mut self) -> Result<Summary> {
         let total = self.config.steps;
         self.run_until(total, true)?;
+        self.finish()
+    }
+
+    /// The end of a run: a last evaluation (unless one is at this step), a checkpoint and
+    /// `summary.json`.
+    fn finish(&mut self) -> Result<Summary> {
         if self.state.evals.last().map(|e| e.step) != Some(self.state.env_steps) {
             self.evaluate_now()?;
         }
@@ -257,51 +292,58 @@ impl Trainer {
     /// Runs vector steps until `env_steps ≥ until`; with `scheduled`, evaluates and
     /// checkpoints on schedule and prints progress.
     pub fn run_until(&mut self, until: u64, scheduled: bool) -> Result<()> {
-        let start = Instant::now();
-        let wall0 = self.state.wall_s;
-        let mut last_print = Instant::now();
-        let mut window = (self.state.env_steps, self.state.updates, Instant::now());
-        let mut rates = (0.0, 0.0);
-        while self.state.env_steps < until {
-            if scheduled && self.wall_budget_spent() {
-                eprintln!(
-                    "wall-time budget of {} spent at env step {}: stopping",
-                    fmt_secs(self.config.max_wall_s.unwrap_or(0.0)),
-                    self.state.env_steps
-                );
-                break;
-            }
-            self.vec_step()?;
-            self.state.wall_s = wall0 + start.elapsed().as_secs_f64();
-            let dt = window.2.elapsed().as_secs_f64();
-            if dt >= 1.0 {
-                rates = (
-                    (self.state.updates - window.1) as f64 / dt,
-                    (self.state.env_steps - window.0) as f64 / dt,
-                );
-                window = (self.state.env_steps, self.state.updates, Instant::now());
-            }
-            if !scheduled {
-                continue;
-            }
-            if self.state.env_steps >= self.state.next_eval {
-                self.state.next_eval += self.config.eval_every;
-                self.evaluate_with_rates(rates)?;
-            }
-            if self.state.env_steps >= self.state.next_checkpoint {
-                self.state.next_checkpoint += self.config.checkpoint_every;
-                self.checkpoint()?;
-            }
-            let p = self.config.progress_secs;
-            if p > 0.0 && last_print.elapsed().as_secs_f64() >= p {
-                last_print = Instant::now();
-                eprintln!(
-                    "{}",
-                    self.progress_line(rates, start.elapsed().as_secs_f64())
-                );
-            }
-        }
+        let mut pace = Pace::new(&self.state);
+        while self.advance(&mut pace, until, scheduled)? {}
         Ok(())
+    }
+
+    /// One vector step of a loop towards `until` env steps, with its scheduled work
+    /// (evaluation, checkpoint, progress line) when `scheduled`. Returns false, without
+    /// stepping, once `until` is reached or, scheduled, the wall budget is spent.
+    fn advance(&mut self, pace: &mut Pace, until: u64, scheduled: bool) -> Result<bool> {
+        if self.state.env_steps >= until {
+            return Ok(false);
+        }
+        if scheduled && self.wall_budget_spent() {
+            eprintln!(
+                "seed {}: wall-time budget of {} spent at env step {}: stopping",
+                self.config.seed,
+                fmt_secs(self.config.max_wall_s.unwrap_or(0.0)),
+                self.state.env_steps
+            );
+            return Ok(false);
+        }
+        self.vec_step()?;
+        self.state.wall_s = pace.wall0 + pace.start.elapsed().as_secs_f64();
+        let (env_steps0, updates0, since) = pace.window;
+        let dt = since.elapsed().as_secs_f64();
+        if dt >= 1.0 {
+            pace.rates = (
+                (self.state.updates - updates0) as f64 / dt,
+                (self.state.env_steps - env_steps0) as f64 / dt,
+            );
+            pace.window = (self.state.env_steps, self.state.updates, Instant::now());
+        }
+        if !scheduled {
+            return Ok(true);
+        }
+        if self.state.env_steps >= self.state.next_eval {
+            self.state.next_eval += self.config.eval_every;
+            self.evaluate_with_rates(pace.rates)?;
+        }
+        if self.state.env_steps >= self.state.next_checkpoint {
+            self.state.next_checkpoint += self.config.checkpoint_every;
+            self.checkpoint()?;
+        }
+        let p = self.config.progress_secs;
+        if p > 0.0 && pace.last_print.elapsed().as_secs_f64() >= p {
+            pace.last_print = Instant::now();
+            eprintln!(
+                "{}",
+                self.progress_line(pace.rates, pace.start.elapsed().as_secs_f64())
+            );
+        }
+        Ok(true)
     }
 
     /// Whether the run's `max_wall_s` (counted over all its sessions) is used up.
@@ -492,9 +534,10 @@ impl Trainer {
             (None, None) => "-".into(),
         };
         format!(
-            "{} {} | {}/{} steps {:.1}% | {:.0} upd/s {:.0} env/s on {} | eval {} | train {} | α {:.4} | {} | {} elapsed, ETA {}",
+            "{} {} seed {} | {}/{} steps {:.1}% | {:.0} upd/s {:.0} env/s on {} | eval {} | train {} | α {:.4} | {} | {} elapsed, ETA {}",
             self.config.algo.name(),
             self.config.env_id,
+            self.config.seed,
             s.env_steps,
             total,
             100.0 * s.env_steps as f64 / total as f64,
