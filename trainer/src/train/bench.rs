@@ -177,6 +177,8 @@ pub fn bench_agent(
         for _ in 0..count {
             group.iter_mut().try_for_each(Trainer::update)?;
         }
+        // The window ends when its updates have run, not when they were queued.
+        group.iter_mut().try_for_each(Trainer::read_stats)?;
         rates.push(count as f64 / start.elapsed().as_secs_f64());
     }
     let (updates_per_s, best_updates_per_s) = median_and_best(&rates);

@@ -99,6 +99,7 @@ impl Trainer {
             tuner,
             graphs: None,
             act_graph: None,
+            pending_stats: Vec::new(),
             config,
             agent,
             replay,
@@ -224,6 +225,7 @@ impl Trainer {
     /// Writes the checkpoint (agent, replay, loop state) to `checkpoint.tmp/` and swaps
     /// it in for `checkpoint/`; also refreshes the run directory's policy files.
     pub fn checkpoint(&mut self) -> Result<()> {
+        self.read_stats()?;
         let Some(run) = &self.run else { return Ok(()) };
         let root = run.root.clone();
         self.state.envs = self.venv.snapshot();

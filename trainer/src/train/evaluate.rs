@@ -123,6 +123,7 @@ impl Trainer {
     }
 
     pub(super) fn evaluate_with_rates(&mut self, rates: (f64, f64)) -> Result<()> {
+        self.read_stats()?;
         let (mean, std, len) = self.evaluate(Acting::Agent)?;
         // SAC's deployed action is its evaluation action, and the runtime cannot run it.
         let (single, int8) = match self.config.algo {

@@ -10,8 +10,8 @@
 //! recorded update gathers the rows into the tensors every graph reads. What else stays
 //! on the host between replays: copying newly stored transitions to the device,
 //! reseeding the generator and setting the progress (both outside the graph, read by it
-//! at replay), and reading the update's stats after the replay. Everything an update
-//! changes is a device tensor changed in place.
+//! at replay), and reading the stats of the last [`super::STATS_EVERY`] updates at once.
+//! Everything an update changes is a device tensor changed in place.
 
 use std::collections::HashMap;
 
@@ -143,8 +143,8 @@ impl UpdateGraphs {
     }
 
     /// Update number `update` of `agent` on the rows `indices` of `replay`: eagerly while
-    /// its variant warms up, then recorded and replayed. The stats are the update's,
-    /// ready to read.
+    /// its variant warms up, then recorded and replayed. The stats are the graph's
+    /// outputs, which the next replay of the variant overwrites.
     pub fn update(
         &mut self,
         agent: &mut dyn Agent,

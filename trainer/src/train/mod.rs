@@ -39,7 +39,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sim::env::{Env, EnvSpec, VecEnv, VecEnvSnapshot};
 use sim::run_dir::{write_json, Algo, RunDir};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::agents::Agent;
 use crate::replay::ReplayBuffer;
@@ -188,6 +188,21 @@ impl Pace {
     }
 }
 
+/// Updates whose stats are read from the device together ([`Trainer::read_stats`]): one
+/// synchronization per this many updates, not one per update, so that on a GPU the host
+/// queues the next work while an update runs.
+pub const STATS_EVERY: usize = 100;
+
+/// An update's stats, still on the device.
+struct PendingStats {
+    update: u64,
+    /// The env step the update ran at.
+    env_step: u64,
+    names: Vec<&'static str>,
+    /// One f64 per name.
+    values: Tensor,
+}
+
 /// The training loop's live state.
 pub struct Trainer {
     pub config: TrainConfig,
@@ -206,6 +221,8 @@ pub struct Trainer {
     graphs: Option<UpdateGraphs>,
     /// The recorded exploring action under `--cuda-graph` (made at the first action).
     act_graph: Option<ActGraph>,
+    /// Updates whose stats are not read yet.
+    pending_stats: Vec<PendingStats>,
 }
 
 impl Trainer {
@@ -252,6 +269,7 @@ impl Trainer {
             tuner,
             graphs: None,
             act_graph: None,
+            pending_stats: Vec::new(),
             config,
             agent,
             replay,
@@ -294,7 +312,7 @@ impl Trainer {
     pub fn run_until(&mut self, until: u64, scheduled: bool) -> Result<()> {
         let mut pace = Pace::new(&self.state);
         while self.advance(&mut pace, until, scheduled)? {}
-        Ok(())
+        self.read_stats()
     }
 
     /// One vector step of a loop towards `until` env steps, with its scheduled work
@@ -338,6 +356,7 @@ impl Trainer {
         let p = self.config.progress_secs;
         if p > 0.0 && pace.last_print.elapsed().as_secs_f64() >= p {
             pace.last_print = Instant::now();
+            self.read_stats()?;
             eprintln!(
                 "{}",
                 self.progress_line(pace.rates, pace.start.elapsed().as_secs_f64())
@@ -426,7 +445,8 @@ impl Trainer {
         Ok(())
     }
 
-    /// One agent update with the NaN/Inf guard.
+    /// One agent update. Its stats stay on the device until [`Trainer::read_stats`]
+    /// (at most [`STATS_EVERY`] updates later), which applies the NaN/Inf guard.
     fn update(&mut self) -> Result<()> {
         let u = self.state.updates;
         let mut rng = StdRng::seed_from_u64(derive_seed(self.config.seed, SEED_SAMPLE, u));
@@ -449,38 +469,69 @@ impl Trainer {
             start = Instant::now();
             self.agent.update(&batch, u)
         };
-        let mut stats: Vec<(&str, f64)> = stats
-            .into_iter()
-            .map(|(name, value)| (name, value.double_value(&[])))
+        // One tensor of the update's stats: a copy (a replayed graph overwrites its
+        // outputs), read with the others in one synchronization.
+        let (names, values): (Vec<&'static str>, Vec<Tensor>) = stats.into_iter().unzip();
+        let values: Vec<Tensor> = values
+            .iter()
+            .map(|v| v.to_kind(Kind::Double).reshape([1]))
             .collect();
+        self.pending_stats.push(PendingStats {
+            update: u,
+            env_step: self.state.env_steps,
+            names,
+            values: Tensor::cat(&values, 0),
+        });
         if let Some(threads) = self.tuner.as_mut().and_then(|t| t.record(start.elapsed())) {
             tch::set_num_threads(threads as i32);
         }
-        if self.config.inject_nan_at_update == Some(u) {
-            if let Some(s) = stats.first_mut() {
-                s.1 = f64::NAN;
+        self.state.updates += 1;
+        if self.pending_stats.len() >= STATS_EVERY {
+            self.read_stats()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the pending updates' stats from the device in one copy, and in update order
+    /// applies the NaN/Inf guard (a non-finite stat stops the run, naming the update and
+    /// its env step) and records them (`last_stats`, `window_stats`). Runs before every
+    /// evaluation, checkpoint and progress line, so none of them sees an unread update.
+    fn read_stats(&mut self) -> Result<()> {
+        if self.pending_stats.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending_stats);
+        let all: Vec<&Tensor> = pending.iter().map(|p| &p.values).collect();
+        let all = Vec::<f64>::try_from(Tensor::cat(&all, 0).to_device(Device::Cpu))?;
+        let mut values = all.into_iter();
+        for p in pending {
+            let mut stats: Vec<(&str, f64)> = p.names.iter().copied().zip(&mut values).collect();
+            if self.config.inject_nan_at_update == Some(p.update) {
+                if let Some(s) = stats.first_mut() {
+                    s.1 = f64::NAN;
+                }
+            }
+            if let Some((name, value)) = stats.iter().find(|(_, v)| !v.is_finite()) {
+                let kept = match &self.run {
+                    Some(run) if checkpoint_dir(&run.root).is_some() => format!(
+                        "the last good checkpoint is kept in {}",
+                        run.root.join("checkpoint").display()
+                    ),
+                    _ => "no checkpoint had been written yet".to_string(),
+                };
+                bail!(
+                    "{name} became {value} at env step {} (update {}); training stopped, {kept}",
+                    p.env_step,
+                    p.update
+                );
+            }
+            for (k, v) in stats {
+                self.state.last_stats.insert(k.to_string(), v);
+                let (sum, count) = self.state.window_stats.entry(k.to_string()).or_default();
+                *sum += v;
+                *count += 1;
             }
         }
-        if let Some((name, value)) = stats.iter().find(|(_, v)| !v.is_finite()) {
-            let kept = match &self.run {
-                Some(run) if checkpoint_dir(&run.root).is_some() => format!(
-                    "the last good checkpoint is kept in {}",
-                    run.root.join("checkpoint").display()
-                ),
-                _ => "no checkpoint had been written yet".to_string(),
-            };
-            bail!(
-                "{name} became {value} at env step {} (update {u}); training stopped, {kept}",
-                self.state.env_steps
-            );
-        }
-        for (k, v) in stats {
-            self.state.last_stats.insert(k.to_string(), v);
-            let (sum, count) = self.state.window_stats.entry(k.to_string()).or_default();
-            *sum += v;
-            *count += 1;
-        }
-        self.state.updates += 1;
         Ok(())
     }
 
