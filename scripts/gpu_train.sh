@@ -9,11 +9,13 @@
 #                                          # in parallel for WALL_S seconds each, export
 #                                          # the flow policies, pack each run directory
 #                                          # into OUT/<run>.tar.gz
-#   scripts/gpu_train.sh graphs OUT        # on the GPU machine (~3 min): CUDA graphs —
-#                                          # the self-check of `trainer devices`, `trainer
-#                                          # bench` of SAC and FLAME-M eager and with
-#                                          # --cuda-graph, and one short run each way whose
-#                                          # curves should agree; all output in OUT/
+#   scripts/gpu_train.sh graphs OUT        # on the GPU machine (~5 min): CUDA graphs and
+#                                          # lanes — the self-checks of `trainer devices`,
+#                                          # `trainer bench` of SAC and FLAME-M eager and
+#                                          # with --cuda-graph for one seed and for five,
+#                                          # one short run each way whose curves should
+#                                          # agree, and a two-seed group whose seed 1 must
+#                                          # equal seed 1 alone; all output in OUT/
 #
 # RUNS lists the runs as ALGO:SEED[:FLAG,VALUE,...] (default "flame-m:0 flame-r:0 sac:0");
 # the flags go to `trainer train` and are named in the run directory, e.g.
@@ -96,27 +98,64 @@ run() {
     ls -la "$out"
 }
 
-# The device checks of `--cuda-graph` (issue 18), in one call: does a graph record and
-# replay, how fast are the updates eager and replayed, and does a replayed run learn like
-# the eager one (same seed; the same numbers up to kernel choice).
+# The device checks of `--cuda-graph` and `--seeds` (issue 18), in one call: do a graph
+# and the lanes record and replay, how fast are the updates eager and replayed, for one
+# seed and for five in one process, does a replayed run learn like the eager one (same
+# seed; the same numbers up to kernel choice), and is seed 1 of a two-seed group the
+# single run of seed 1. DEVICE=cpu runs the eager half on the CPU (a dry run of the
+# script itself; BENCH_UPDATES and IP_STEPS shorten it).
 graphs() {
     local out=$1
+    local device=${DEVICE:-cuda}
+    local -a modes=("" --cuda-graph)
+    [ "$device" = cpu ] && modes=("")
     use_staged_trainer
     mkdir -p "$out"
     "$trainer" devices | tee "$out/devices.txt"
-    for graph in "" --cuda-graph; do
-        timeout 120 "$trainer" bench --device cuda --algo sac,flame-m --updates 500 \
-            --loop-steps 500 $graph 2>&1 | tee -a "$out/bench.txt" || echo "bench $graph failed: $?"
+    local mode seeds
+    for seeds in 1 5; do
+        for mode in "${modes[@]}"; do
+            SECONDS=0
+            timeout 150 "$trainer" bench --device "$device" --algo sac,flame-m \
+                --updates "${BENCH_UPDATES:-300}" --loop-steps 300 --seeds $seeds $mode 2>&1 | tee -a "$out/bench.txt" \
+                || echo "bench --seeds $seeds $mode failed: $?"
+            echo "(bench --seeds $seeds $mode: ${SECONDS}s)"
+        done
     done
-    for graph in "" --cuda-graph; do
-        local dir="$out/ip-flame-m${graph:+-graph}"
+    # ip_run DIR FLAGS...: a short FLAME-M InvertedPendulum run.
+    ip_run() {
+        local dir=$1
+        shift
         rm -rf "$dir"
-        timeout 120 "$trainer" train --algo flame-m --env InvertedPendulum-v5 --device cuda \
-            --steps 4000 --num-envs 1 --learning-starts 1000 --eval-every 1000 \
+        timeout 150 "$trainer" train --algo flame-m --env InvertedPendulum-v5 --device "$device" \
+            --steps "${IP_STEPS:-3000}" --num-envs 1 --learning-starts 1000 --eval-every 1000 \
             --eval-episodes 5 --policy-frequency 1 --candidates 16 --particles 8 \
-            --progress-every 0 --out "$dir" $graph >"$dir.log" 2>&1 || echo "run $graph failed: $?"
-        grep "eval @" "$dir.log" || tail -5 "$dir.log"
+            --progress-every 0 --out "$dir" "$@" >"$dir.log" 2>&1 || echo "run $* failed: $?"
+    }
+    for mode in "${modes[@]}"; do
+        ip_run "$out/ip-flame-m${mode:+-graph}" --seed 1 $mode
+        grep "eval @" "$out/ip-flame-m${mode:+-graph}.log" || tail -5 "$out/ip-flame-m${mode:+-graph}.log"
     done
+    mode=${modes[-1]}
+    ip_run "$out/ip-group${mode:+-graph}" --seeds 0,1 $mode
+    # Seed 1 of the group against seed 1 alone, both run the same way: every evaluation
+    # row but its timings.
+    ${PYTHON:-python3} - "$out/ip-group${mode:+-graph}/seed-1/metrics.jsonl" \
+        "$out/ip-flame-m${mode:+-graph}/metrics.jsonl" <<'PY' | tee "$out/group-vs-single.txt"
+import json, sys
+def rows(path):
+    timing = ("wall_s", "updates_per_s", "env_steps_per_s")
+    return [{k: v for k, v in json.loads(l).items() if k not in timing} for l in open(path)]
+group, single = (rows(p) for p in sys.argv[1:3])
+same = group == single
+print(f"seed 1 of the group {'equals' if same else 'differs from'} seed 1 alone "
+      f"({len(group)} and {len(single)} evaluations)")
+if not same:
+    for g, s in zip(group, single):
+        if g != s:
+            print("first difference at step", g.get("step"), ":", g, "vs", s)
+            break
+PY
 }
 
 case "${1:-}" in

@@ -1,5 +1,6 @@
 // CUDA graphs of a training update: record the kernels one update launches, then replay
-// them with one launch per update. Eager tch on a GPU is launch bound (a FLAME-M update
+// them with one launch per update; and lanes, which let several trainers' graphs replay
+// concurrently on one GPU. Eager tch on a GPU is launch bound (a FLAME-M update
 // is a few hundred small kernels), which is what a graph removes.
 //
 // Why C++: tch has no graph API. `at::cuda::CUDAGraph` is libtorch's own (the one under
@@ -17,11 +18,13 @@
 #include "last_error.h"
 
 #ifdef FLAME_CUDA_GRAPHS
+#include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/core/StreamGuard.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <mutex>
 #include <optional>
 #endif
 
@@ -92,6 +95,39 @@ extern "C" const char* flame_cuda_graph_replay(FlameCudaGraph* g) {
 
 extern "C" void flame_cuda_graph_free(FlameCudaGraph* g) { delete g; }
 
+// A lane: one trainer's own stream and random-number state, so that several trainers'
+// graphs replay concurrently on one GPU. A graph reads its random seed and offset from
+// device tensors of the generator state it was recorded with, which each replay fills
+// on the replaying stream; graphs of one shared state on several streams would race on
+// those tensors. Entering a lane makes its stream current and shares its state into the
+// default CUDA generator (`graphsafe_set_state`, what `torch.cuda.graph` does for
+// generators it is handed): everything libtorch then draws, records or reseeds
+// (`manual_seed`) uses the lane's state.
+struct FlameCudaLane {
+  c10::cuda::CUDAStream stream;
+  at::Generator generator;
+
+  explicit FlameCudaLane(c10::DeviceIndex device)
+      : stream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device)),
+        generator(at::cuda::detail::createCUDAGenerator(device)) {}
+};
+
+extern "C" const char* flame_cuda_lane_new(int device, FlameCudaLane** out) {
+  FLAME_TRY(*out = new FlameCudaLane(static_cast<c10::DeviceIndex>(device)))
+}
+
+extern "C" const char* flame_cuda_lane_enter(FlameCudaLane* lane) {
+  FLAME_TRY({
+    c10::cuda::setCurrentCUDAStream(lane->stream);
+    at::Generator current =
+        at::cuda::detail::getDefaultCUDAGenerator(lane->stream.device_index());
+    std::lock_guard<std::mutex> lock(current.mutex());
+    current.graphsafe_set_state(lane->generator);
+  })
+}
+
+extern "C" void flame_cuda_lane_free(FlameCudaLane* lane) { delete lane; }
+
 #else
 
 struct FlameCudaGraph;
@@ -111,5 +147,10 @@ extern "C" const char* flame_cuda_graph_capture_begin(FlameCudaGraph*) { return 
 extern "C" const char* flame_cuda_graph_capture_end(FlameCudaGraph*) { return unavailable(); }
 extern "C" const char* flame_cuda_graph_replay(FlameCudaGraph*) { return unavailable(); }
 extern "C" void flame_cuda_graph_free(FlameCudaGraph*) {}
+
+struct FlameCudaLane;
+extern "C" const char* flame_cuda_lane_new(int, FlameCudaLane**) { return unavailable(); }
+extern "C" const char* flame_cuda_lane_enter(FlameCudaLane*) { return unavailable(); }
+extern "C" void flame_cuda_lane_free(FlameCudaLane*) {}
 
 #endif

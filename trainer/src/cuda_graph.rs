@@ -10,6 +10,11 @@
 //! gets its own graph. Random numbers are drawn from libtorch's CUDA generator, which
 //! the graph registers: a replay draws from the generator's seed and offset at the time
 //! of the replay, so reseeding before each update works as it does eagerly.
+//!
+//! Several trainers on one GPU (`trainer train --seeds`) each get a [`CudaLane`]: a stream
+//! of their own, so one seed's replay runs while the host steps another seed's envs, and
+//! a random-number state of their own, so concurrent replays do not share the device
+//! tensors a replay reads its seed and offset from.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr::NonNull;
@@ -25,6 +30,9 @@ extern "C" {
     fn flame_cuda_graph_capture_end(graph: *mut c_void) -> *const c_char;
     fn flame_cuda_graph_replay(graph: *mut c_void) -> *const c_char;
     fn flame_cuda_graph_free(graph: *mut c_void);
+    fn flame_cuda_lane_new(device: c_int, out: *mut *mut c_void) -> *const c_char;
+    fn flame_cuda_lane_enter(lane: *mut c_void) -> *const c_char;
+    fn flame_cuda_lane_free(lane: *mut c_void);
 }
 
 /// The shim's answer: null, or the message of what libtorch refused.
@@ -102,6 +110,89 @@ impl CudaGraph {
     }
 }
 
+/// One trainer's own CUDA stream and random-number state on a GPU shared by several
+/// trainers. While a lane is entered, libtorch launches on its stream, and the default
+/// CUDA generator draws, records into graphs and reseeds with its state.
+pub struct CudaLane {
+    handle: NonNull<c_void>,
+}
+
+impl CudaLane {
+    /// A lane on `device` (a CUDA device: the CPU runs one thing at a time anyway).
+    pub fn new(device: Device) -> Result<Self> {
+        let Device::Cuda(index) = device else {
+            bail!("CUDA lanes are for CUDA devices, and this run is on {device:?}");
+        };
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: the shim writes a fresh lane into `raw` or answers with an error.
+        check("lane", unsafe {
+            flame_cuda_lane_new(index as c_int, &mut raw)
+        })?;
+        Ok(Self {
+            handle: NonNull::new(raw).expect("the shim returned a lane"),
+        })
+    }
+
+    /// Makes this lane's stream current and its random-number state the default
+    /// generator's, until another lane is entered.
+    pub fn enter(&self) -> Result<()> {
+        // SAFETY: the handle is the live lane owned by `self`.
+        check("lane", unsafe {
+            flame_cuda_lane_enter(self.handle.as_ptr())
+        })
+    }
+}
+
+impl Drop for CudaLane {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `flame_cuda_lane_new` and is freed once.
+        unsafe { flame_cuda_lane_free(self.handle.as_ptr()) }
+    }
+}
+
+/// Two lanes on `device`, each recording a graph that draws normal numbers, replayed in
+/// turn after reseeds: each replay must draw what an eager draw after the same reseed
+/// draws on that lane, and the lanes must differ (`trainer devices` reports it).
+pub fn lanes_self_check(device: Device) -> Result<()> {
+    let n = 4096;
+    let opts = (Kind::Float, device);
+    let lanes = [CudaLane::new(device)?, CudaLane::new(device)?];
+    let mut graphs = Vec::new();
+    let mut outputs = Vec::new();
+    for lane in &lanes {
+        lane.enter()?;
+        let out = Tensor::zeros([n], opts);
+        let draw = || out.shallow_clone().copy_(&Tensor::randn([n], opts));
+        let mut graph = CudaGraph::new(device)?;
+        graph.warm_up(draw)?;
+        graph.record(draw)?;
+        graphs.push(graph);
+        outputs.push(out);
+    }
+    let seed = |round: i64, lane: usize| 100 + 10 * round + lane as i64;
+    for round in 0..3 {
+        for (i, lane) in lanes.iter().enumerate() {
+            lane.enter()?;
+            tch::manual_seed(seed(round, i));
+            graphs[i].replay()?;
+        }
+        for (i, lane) in lanes.iter().enumerate() {
+            lane.enter()?;
+            tch::manual_seed(seed(round, i));
+            let eager = Tensor::randn([n], opts);
+            ensure!(
+                outputs[i].equal(&eager),
+                "lane {i}, round {round}: the replay drew other numbers than an eager draw after the same reseed"
+            );
+        }
+        ensure!(
+            !outputs[0].equal(&outputs[1]),
+            "round {round}: two lanes reseeded differently drew the same numbers"
+        );
+    }
+    Ok(())
+}
+
 /// Records `x += 1` on a small tensor of `device`, replays it three times and checks
 /// the result: whether CUDA graphs work there, end to end (`trainer devices` reports it).
 pub fn self_check(device: Device) -> Result<()> {
@@ -151,11 +242,23 @@ mod tests {
     }
 
     /// Where libtorch sees a GPU, a recorded in-place update replays with fresh effect:
-    /// the graph really recorded the kernels (this part needs a GPU).
+    /// the graph really recorded the kernels; and lanes replay their own random streams
+    /// (this part needs a GPU).
     #[test]
     fn replays_repeat_the_recorded_kernels_where_a_gpu_exists() {
         if tch::Cuda::is_available() {
             self_check(Device::Cuda(0)).unwrap();
+            lanes_self_check(Device::Cuda(0)).unwrap();
         }
+    }
+
+    /// On the CPU a lane is refused.
+    #[test]
+    fn lanes_are_refused_on_the_cpu() {
+        let err = CudaLane::new(Device::Cpu)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("CUDA lanes are for CUDA devices"), "{err}");
     }
 }

@@ -502,9 +502,7 @@ fn train(a: &TrainArgs) -> Result<()> {
             let mut group = if is_group {
                 SeedGroup::resume(dir, a.steps, a.max_wall, a.threads)?
             } else {
-                SeedGroup {
-                    trainers: vec![Trainer::resume(dir, a.steps, a.max_wall, a.threads)?],
-                }
+                SeedGroup::single(Trainer::resume(dir, a.steps, a.max_wall, a.threads)?)
             };
             if a.cuda_graph {
                 group.use_cuda_graph()?;
@@ -519,9 +517,7 @@ fn train(a: &TrainArgs) -> Result<()> {
             let out = a.out.as_ref().expect("clap requires --out");
             match &a.seeds {
                 Some(seeds) => SeedGroup::new(c, seeds, out)?,
-                None => SeedGroup {
-                    trainers: vec![Trainer::new(c, Some(out))?],
-                },
+                None => SeedGroup::single(Trainer::new(c, Some(out))?),
             }
         }
     };
@@ -652,7 +648,14 @@ fn run(cli: Cli) -> Result<()> {
                 match trainer::train::parse_device(&d)? {
                     tch::Device::Cpu => println!("{d}"),
                     cuda => match trainer::cuda_graph::self_check(cuda) {
-                        Ok(()) => println!("{d} (CUDA graphs: recorded and replayed)"),
+                        Ok(()) => match trainer::cuda_graph::lanes_self_check(cuda) {
+                            Ok(()) => println!(
+                                "{d} (CUDA graphs: recorded and replayed; lanes for --seeds: each replays its own random stream)"
+                            ),
+                            Err(e) => println!(
+                                "{d} (CUDA graphs: recorded and replayed; lanes for --seeds failed: {e:#})"
+                            ),
+                        },
                         Err(e) => println!("{d} (CUDA graphs unavailable: {e:#})"),
                     },
                 }

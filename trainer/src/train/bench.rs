@@ -10,7 +10,7 @@ use serde::Serialize;
 use sim::run_dir::Algo;
 use tch::{Device, Tensor};
 
-use super::{Pace, TrainConfig, Trainer};
+use super::{Pace, SeedGroup, TrainConfig, Trainer};
 
 /// `trainer bench` for one agent: update throughput at the configured sizes, and env
 /// steps/s of the whole training loop (acting, env stepping, storing, updating).
@@ -52,16 +52,16 @@ impl AgentBench {
 
 impl std::fmt::Display for AgentBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let seeds = match self.seeds {
-            1 => String::new(),
-            s => format!(
-                ", {s} seeds: {:.1} updates/s for all (per seed:)",
-                s as f64 * self.updates_per_s
+        let (seeds, per_seed) = match self.seeds {
+            1 => (String::new(), String::new()),
+            s => (
+                format!(", {s} seeds"),
+                format!(" per seed, {:.1} for all", s as f64 * self.updates_per_s),
             ),
         };
         write!(
             f,
-            "{:<8} {:<20} batch {} on {}{seeds}: {:>7.1} updates/s (median of {BENCH_WINDOWS} windows, best {:.1}); training loop {:>7.1} env steps/s ({:.1} updates/s); {:.3} GFLOP/update → {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s matmul peak (best window {:.0}%)",
+            "{:<8} {:<20} batch {} on {}{seeds}: {:>7.1} updates/s{per_seed} (median of {BENCH_WINDOWS} windows, best {:.1}); training loop {:>7.1} env steps/s ({:.1} updates/s); {:.3} GFLOP/update → {:.1} GFLOP/s = {:.0}% of the {:.0} GFLOP/s matmul peak (best window {:.0}%)",
             self.algo.name(),
             self.env_id,
             self.batch_size,
@@ -139,19 +139,26 @@ pub fn bench_agent(
     let warm = (config.batch_size as u64).max(1000);
     config.learning_starts = warm;
     config.steps = warm + loop_steps;
-    let mut group = (config.seed..config.seed + seeds as u64)
+    let trainers = (config.seed..config.seed + seeds as u64)
         .map(|seed| {
             let mut c = config.clone();
             c.seed = seed;
             Trainer::new(c, None)
         })
         .collect::<Result<Vec<_>>>()?;
-    for t in group.iter_mut().skip(1) {
-        t.tuner = None;
-    }
+    let mut group = SeedGroup::of(trainers)?.trainers;
+    // One update of each seed in turn, each on its lane (a GPU shared by several seeds).
+    let update_each = |group: &mut [Trainer]| -> Result<()> {
+        for t in group {
+            t.enter_lane()?;
+            t.update()?;
+        }
+        Ok(())
+    };
     // Warm-up transitions (random actions), no updates yet; then a few untimed updates
     // (under --cuda-graph: the eager warm-ups and the recording).
     for t in &mut group {
+        t.enter_lane()?;
         t.config.learning_starts = u64::MAX;
         t.run_until(warm, false)?;
         t.config.learning_starts = warm;
@@ -175,10 +182,13 @@ pub fn bench_agent(
         let count = updates * (k + 1) / windows - updates * k / windows;
         let start = Instant::now();
         for _ in 0..count {
-            group.iter_mut().try_for_each(Trainer::update)?;
+            update_each(&mut group)?;
         }
         // The window ends when its updates have run, not when they were queued.
-        group.iter_mut().try_for_each(Trainer::read_stats)?;
+        for t in &mut group {
+            t.enter_lane()?;
+            t.read_stats()?;
+        }
         rates.push(count as f64 / start.elapsed().as_secs_f64());
     }
     let (updates_per_s, best_updates_per_s) = median_and_best(&rates);

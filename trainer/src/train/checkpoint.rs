@@ -100,6 +100,7 @@ impl Trainer {
             graphs: None,
             act_graph: None,
             pending_stats: Vec::new(),
+            lane: None,
             config,
             agent,
             replay,

@@ -42,6 +42,7 @@ use sim::run_dir::{write_json, Algo, RunDir};
 use tch::{Device, Kind, Tensor};
 
 use crate::agents::Agent;
+use crate::cuda_graph::CudaLane;
 use crate::replay::ReplayBuffer;
 use crate::threads::{ThreadTuner, Threads};
 use graphs::{ActGraph, UpdateGraphs};
@@ -223,6 +224,9 @@ pub struct Trainer {
     act_graph: Option<ActGraph>,
     /// Updates whose stats are not read yet.
     pending_stats: Vec<PendingStats>,
+    /// Its own CUDA stream and random-number state when it shares a GPU with other seeds'
+    /// trainers ([`SeedGroup`]); entered before each of its steps.
+    lane: Option<CudaLane>,
 }
 
 impl Trainer {
@@ -270,6 +274,7 @@ impl Trainer {
             graphs: None,
             act_graph: None,
             pending_stats: Vec::new(),
+            lane: None,
             config,
             agent,
             replay,
@@ -296,6 +301,7 @@ impl Trainer {
     /// The end of a run: a last evaluation (unless one is at this step), a checkpoint and
     /// `summary.json`.
     fn finish(&mut self) -> Result<Summary> {
+        self.enter_lane()?;
         if self.state.evals.last().map(|e| e.step) != Some(self.state.env_steps) {
             self.evaluate_now()?;
         }
@@ -322,6 +328,7 @@ impl Trainer {
         if self.state.env_steps >= until {
             return Ok(false);
         }
+        self.enter_lane()?;
         if scheduled && self.wall_budget_spent() {
             eprintln!(
                 "seed {}: wall-time budget of {} spent at env step {}: stopping",
@@ -363,6 +370,11 @@ impl Trainer {
             );
         }
         Ok(true)
+    }
+
+    /// Makes this trainer's lane current, if it has one (a no-op for a lone trainer).
+    fn enter_lane(&self) -> Result<()> {
+        self.lane.as_ref().map_or(Ok(()), CudaLane::enter)
     }
 
     /// Whether the run's `max_wall_s` (counted over all its sessions) is used up.

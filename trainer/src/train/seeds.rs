@@ -12,15 +12,20 @@
 //! action, update and evaluation), so nothing one trainer does between another's steps
 //! reaches that other's numbers. `tests/seed_group.rs` checks it.
 //!
-//! On a GPU, one process holds the device for all seeds: with `--cuda-graph` each seed
-//! records its own update graphs and replays them one after the other, so the host's
-//! work for one seed (env stepping, minibatch indices) overlaps the others' replays.
+//! On a GPU, one process holds the device for all seeds, and each trainer has a lane
+//! ([`CudaLane`]): its own stream, so one seed's update runs on the GPU while the host
+//! steps the next seed's envs and queues its work, and its own random-number state, so
+//! with `--cuda-graph` the seeds' recorded updates replay concurrently, each drawing from
+//! its own (seed, counter) reseeds as a lone run does.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 
+use tch::Device;
+
 use super::{Pace, Summary, TrainConfig, Trainer};
+use crate::cuda_graph::CudaLane;
 use crate::threads::Threads;
 
 /// Run directory of `seed` in a group directory.
@@ -79,7 +84,14 @@ impl SeedGroup {
                 Trainer::new(c, Some(&seed_dir(out, seed)))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self::of(trainers))
+        Self::of(trainers)
+    }
+
+    /// A group of one: a plain run.
+    pub fn single(trainer: Trainer) -> Self {
+        Self {
+            trainers: vec![trainer],
+        }
     }
 
     /// Reopens every seed run of the group directory `dir` from its last checkpoint, with
@@ -100,16 +112,22 @@ impl SeedGroup {
             .iter()
             .map(|run| Trainer::resume(run, steps, max_wall_s, threads))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self::of(trainers))
+        Self::of(trainers)
     }
 
-    /// One thread tuner for the group: the first seed's (the seeds' updates are alike,
-    /// and tuners of their own would overrule each other's thread count).
-    fn of(mut trainers: Vec<Trainer>) -> Self {
+    /// The group of `trainers`: one thread tuner, the first seed's (the seeds' updates
+    /// are alike, and tuners of their own would overrule each other's thread count); on
+    /// a GPU, a lane per trainer ([`CudaLane`]) once there are several.
+    pub(super) fn of(mut trainers: Vec<Trainer>) -> Result<Self> {
         for t in trainers.iter_mut().skip(1) {
             t.tuner = None;
         }
-        Self { trainers }
+        if trainers.len() > 1 {
+            for t in trainers.iter_mut().filter(|t| t.device != Device::Cpu) {
+                t.lane = Some(CudaLane::new(t.device)?);
+            }
+        }
+        Ok(Self { trainers })
     }
 
     /// `--cuda-graph` given with `--resume`, for every seed.
