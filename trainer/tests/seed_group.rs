@@ -5,68 +5,23 @@
 //! Its own test binary: the runs reseed torch's one global generator, and the
 //! library's unit tests draw from it on parallel threads of their own process.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use runtime::blob::Algorithm;
 use sim::run_dir::Algo;
-use tch::Tensor;
-use trainer::agents::flame::FlameConfig;
-use trainer::threads::Threads;
-use trainer::train::{group_runs, seed_dir, EvalRow, SeedGroup, TrainConfig, Trainer};
+use trainer::train::{group_runs, seed_dir, SeedGroup, TrainConfig, Trainer};
 
-/// Tests here reseed torch's global generator; cargo runs them on parallel threads.
-static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+#[path = "common/in_process.rs"]
+mod in_process;
+use in_process::{agent_state, scratch, serial, timeless};
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    TORCH_RNG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flame-seeds-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-/// `algo` on InvertedPendulum with small networks and two envs; evaluations during the
-/// warm-up (at 150) and after it, a checkpoint at 300.
+/// `algo` on InvertedPendulum with small networks and two envs, 600 steps; evaluations
+/// during the warm-up (at 150) and after it, a checkpoint at 300.
 fn tiny(algo: Algo) -> TrainConfig {
-    let mut c = TrainConfig::defaults(algo, "InvertedPendulum-v5");
+    let mut c = in_process::tiny(algo);
     c.steps = 600;
     c.num_envs = 2;
-    c.learning_starts = 200;
-    c.batch_size = 32;
-    c.buffer_size = 10_000;
     c.eval_every = 150;
-    c.eval_episodes = 2;
-    c.checkpoint_every = 300;
-    c.progress_secs = 0.0;
-    c.threads = Threads::Fixed(1);
-    if let Some(sac) = c.sac.as_mut() {
-        sac.policy_hidden = vec![32, 32];
-        sac.critic_hidden = vec![32, 32];
-    }
-    if let Some(flame) = c.flame.as_mut() {
-        *flame = FlameConfig {
-            alpha_every: 4,
-            ..FlameConfig::small_for_tests(Algorithm::FlameM)
-        };
-    }
     c
-}
-
-/// An evaluation row without its timing fields.
-fn timeless(rows: &[EvalRow]) -> Vec<EvalRow> {
-    rows.iter()
-        .map(|r| EvalRow {
-            wall_s: 0.0,
-            updates_per_s: 0.0,
-            env_steps_per_s: 0.0,
-            ..r.clone()
-        })
-        .collect()
 }
 
 /// Asserts that `a` and `b` trained the same agent through the same evaluations.
@@ -79,8 +34,7 @@ fn assert_same_run(a: &Trainer, b: &Trainer, what: &str) {
         timeless(&b.state.evals),
         "{what}: evaluations"
     );
-    let sa: HashMap<String, Tensor> = a.agent.state().into_iter().collect();
-    let sb: HashMap<String, Tensor> = b.agent.state().into_iter().collect();
+    let (sa, sb) = (agent_state(a), agent_state(b));
     assert_eq!(sa.len(), sb.len(), "{what}: state entries");
     for (name, ta) in &sa {
         assert!(ta.equal(&sb[name]), "{what}: {name} differs");

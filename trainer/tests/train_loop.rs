@@ -4,62 +4,20 @@
 //! last good checkpoint resumable; the run directory has its outputs; the thread count
 //! (which `--threads auto` changes while training) does not change the numbers.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-
 use sim::run_dir::Algo;
-use tch::Tensor;
 use trainer::threads::Threads;
 use trainer::train::{checkpoint_dir, EvalRow, TrainConfig, Trainer};
 
-/// Training reseeds torch's one global generator before every agent call; tests in this
-/// binary run on parallel threads, so each holds this lock to keep its draws its own.
-static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+#[path = "common/in_process.rs"]
+mod in_process;
+use in_process::{agent_state, scratch, serial, timeless};
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    TORCH_RNG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flame-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-/// SAC on InvertedPendulum with small networks: a few seconds.
+/// SAC on InvertedPendulum with small networks, 700 steps, evaluations at 350 and 700.
 fn tiny() -> TrainConfig {
-    let mut c = TrainConfig::defaults(Algo::Sac, "InvertedPendulum-v5");
+    let mut c = in_process::tiny(Algo::Sac);
     c.steps = 700;
-    c.learning_starts = 200;
-    c.batch_size = 32;
-    c.buffer_size = 10_000;
     c.eval_every = 350;
-    c.eval_episodes = 2;
-    c.checkpoint_every = 300;
-    c.progress_secs = 0.0;
-    c.threads = Threads::Fixed(1);
-    let sac = c.sac.as_mut().unwrap();
-    sac.policy_hidden = vec![32, 32];
-    sac.critic_hidden = vec![32, 32];
     c
-}
-
-/// An evaluation row without its timing fields.
-fn timeless(rows: &[EvalRow]) -> Vec<EvalRow> {
-    rows.iter()
-        .map(|r| EvalRow {
-            wall_s: 0.0,
-            updates_per_s: 0.0,
-            env_steps_per_s: 0.0,
-            ..r.clone()
-        })
-        .collect()
-}
-
-fn agent_state(t: &Trainer) -> HashMap<String, Tensor> {
-    t.agent.state().into_iter().collect()
 }
 
 #[test]
