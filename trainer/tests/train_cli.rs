@@ -147,6 +147,7 @@ fn invalid_train_flags_are_refused() {
         (vec!["train", "--threads", "many", "--out", out], "`many`"),
         (vec!["bench", "--threads", "0"], "--threads"),
         (vec!["bench", "--updates", "0"], "--updates"),
+        (vec!["bench", "--seeds", "0"], "--seeds must be positive"),
         (
             vec!["init", "--algo", "sac", "--out", out],
             "flame-m or flame-r",
