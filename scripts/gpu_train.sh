@@ -20,7 +20,9 @@
 # RUNS lists the runs as ALGO:SEED[:FLAG,VALUE,...] (default "flame-m:0 flame-r:0 sac:0");
 # the flags go to `trainer train` and are named in the run directory, e.g.
 # RUNS="flame-m:1 flame-m:0:--q-grad-weight,0" gives runs/gpu-flame-m-s1 and
-# runs/gpu-flame-m-s0-q-grad-weight-0. DEVICE (default cuda) and PYTHON (the one with
+# runs/gpu-flame-m-s0-q-grad-weight-0. SEED may be a list, a seed group in one process
+# (`--seeds`): RUNS="flame-m:0,1,2,3,4:--cuda-graph" gives runs/gpu-flame-m-s0-1-2-3-4-
+# cuda-graph with seed-0/ … seed-4/ inside. DEVICE (default cuda) and PYTHON (the one with
 # torch, default python3) can be set; a run that dies within its first 60 s on cuda is
 # restarted on the CPU so the session still yields a run.
 set -euo pipefail
@@ -70,14 +72,21 @@ run() {
     }
     for spec in ${RUNS:-flame-m:0 flame-r:0 sac:0}; do
         IFS=: read -r algo seed flags <<<"$spec"
-        name="gpu-$algo-s$seed${flags:+-$(sed "s/--//g; s/,/-/g" <<<"$flags")}"
+        name="gpu-$algo-s${seed//,/-}${flags:+-$(sed "s/--//g; s/,/-/g" <<<"$flags")}"
         names+=("$name")
-        args+=("--algo $algo --seed $seed ${flags//,/ }")
+        if [ "${seed#*,}" != "$seed" ]; then
+            args+=("--algo $algo --seeds $seed ${flags//,/ }")
+        else
+            args+=("--algo $algo --seed $seed ${flags//,/ }")
+        fi
     done
     for i in "${!names[@]}"; do start "$i" "$device" "$wall"; done
     sleep 60
     for i in "${!names[@]}"; do
-        if ! kill -0 "${pids[$i]}" 2>/dev/null && [ ! -f "runs/${names[$i]}/summary.json" ]; then
+        # A run (or any seed of a group) that finished has its summary.json.
+        if ! kill -0 "${pids[$i]}" 2>/dev/null \
+            && ! compgen -G "runs/${names[$i]}/summary.json" >/dev/null \
+            && ! compgen -G "runs/${names[$i]}/seed-*/summary.json" >/dev/null; then
             echo "${names[$i]} died on $device:" && tail -5 "runs/${names[$i]}.log"
             cp "runs/${names[$i]}.log" "runs/${names[$i]}.$device-failure.log"
             start "$i" cpu $((wall - 60))
@@ -85,11 +94,13 @@ run() {
     done
     for i in "${!names[@]}"; do wait "${pids[$i]}" || echo "${names[$i]} exited with $?"; done
     for name in "${names[@]}"; do
-        local dir="runs/$name"
-        if [ "${name#gpu-sac}" = "$name" ] && [ -f "$dir/policy.safetensors" ]; then
-            "$trainer" export "$dir" --out "$dir/policy.blob" >"$dir/export.log" 2>&1 \
-                || echo "export of $name failed: $(tail -2 "$dir/export.log")"
-        fi
+        local dir="runs/$name" seed_dir
+        for seed_dir in "$dir" "$dir"/seed-*; do
+            if [ "${name#gpu-sac}" = "$name" ] && [ -f "$seed_dir/policy.safetensors" ]; then
+                "$trainer" export "$seed_dir" --out "$seed_dir/policy.blob" >"$seed_dir/export.log" 2>&1 \
+                    || echo "export of $seed_dir failed: $(tail -2 "$seed_dir/export.log")"
+            fi
+        done
         tail -4 "$dir.log" || true
         cp "$dir".*log "$dir/" 2>/dev/null || true
         tar -czf "$out/$name.tar.gz" --exclude=checkpoint --exclude=checkpoint.old \
