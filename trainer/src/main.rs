@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use sim::run_dir::Algo;
+use sim::run_dir::{group_runs, Algo};
 use trainer::export::{export, ExportOptions};
 use trainer::init::{init, InitOptions};
 use trainer::threads::Threads;
-use trainer::train::{bench_agent, group_runs, SeedGroup, TrainConfig, Trainer};
+use trainer::train::{bench_agent, SeedGroup, TrainConfig, Trainer};
 
 #[derive(Parser)]
 #[command(

@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
-use sim::run_dir::Algo;
-use trainer::train::{group_runs, seed_dir, SeedGroup, TrainConfig, Trainer};
+use sim::run_dir::{group_runs, seed_dir, Algo};
+use trainer::train::{SeedGroup, TrainConfig, Trainer};
 
 #[path = "common/in_process.rs"]
 mod in_process;

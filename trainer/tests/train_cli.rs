@@ -295,6 +295,8 @@ fn seeds_train_in_one_process_resume_together_and_average() {
     assert!(ok, "{err}");
     assert_eq!(stdout.matches("450 env steps").count(), 2, "{stdout}");
     assert_eq!(err.matches("resuming").count(), 2, "{err}");
+    let (ok, _, err) = trainer(&["export", out, "--out", dir.join("p.blob").to_str().unwrap()]);
+    assert!(!ok && err.contains("is a seed group"), "{err}");
     let results = dir.join("results");
     let (ok, stdout, err) = trainer(&["results", out, "--out", results.to_str().unwrap()]);
     assert!(ok, "{err}");

@@ -7,6 +7,8 @@
 //! policy.safetensors   the policy network's weights (tch VarStore)
 //! states.bin           observations seen in the run, f32 LE rows (calibration, held-out)
 //! ```
+//!
+//! A seed group (`trainer train --seeds 0,1,…`) is a directory of such runs, `seed-N/`.
 
 use std::path::{Path, PathBuf};
 
@@ -100,6 +102,33 @@ impl Normalizer {
     }
 }
 
+/// Run directory of `seed` in a seed group's directory (`trainer train --seeds`).
+pub fn seed_dir(group: &Path, seed: u64) -> PathBuf {
+    group.join(format!("seed-{seed}"))
+}
+
+/// The seed runs of a group directory (`seed-N/` holding a `config.json`), by seed; empty
+/// when `dir` holds none (a single run, or not a run at all).
+pub fn group_runs(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut runs = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        let seed = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("seed-"))
+            .and_then(|s| s.parse::<u64>().ok());
+        if let Some(seed) = seed.filter(|_| path.join("config.json").is_file()) {
+            runs.push((seed, path));
+        }
+    }
+    runs.sort();
+    Ok(runs.into_iter().map(|(_, path)| path).collect())
+}
+
 /// Paths of a run directory's files.
 pub struct RunDir {
     pub root: PathBuf,
@@ -131,6 +160,13 @@ impl RunDir {
             root.display()
         );
         let run = Self::new(root);
+        if !run.config().is_file() && !group_runs(root)?.is_empty() {
+            bail!(
+                "{} is a seed group (`trainer train --seeds`), not a run: name one of its runs, {}",
+                root.display(),
+                root.join("seed-N").display()
+            );
+        }
         for p in [run.config(), run.normalizer(), run.weights(), run.states()] {
             if !p.is_file() {
                 bail!(

@@ -106,7 +106,7 @@ pub fn results(runs: &[PathBuf], opts: &ResultsOptions) -> Result<String> {
 fn expand_groups(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut runs = Vec::new();
     for dir in dirs {
-        let members = crate::train::group_runs(dir)?;
+        let members = sim::run_dir::group_runs(dir)?;
         if dir.join("config.json").is_file() || members.is_empty() {
             runs.push(dir.clone());
         } else {

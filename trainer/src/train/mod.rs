@@ -60,7 +60,7 @@ use config::make_agent;
 pub use config::{parse_device, TrainConfig};
 pub use evaluate::{Acting, EvalRow};
 pub use graphs::StaticInputs;
-pub use seeds::{group_runs, seed_dir, SeedGroup};
+pub use seeds::SeedGroup;
 
 /// Counters and history: everything of the loop's state besides agent and replay.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -18,42 +18,16 @@
 //! with `--cuda-graph` the seeds' recorded updates replay concurrently, each drawing from
 //! its own (seed, counter) reseeds as a lone run does.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
+use sim::run_dir::{group_runs, seed_dir};
 
 use tch::Device;
 
 use super::{Pace, Summary, TrainConfig, Trainer};
 use crate::cuda_graph::CudaLane;
 use crate::threads::Threads;
-
-/// Run directory of `seed` in a group directory.
-pub fn seed_dir(group: &Path, seed: u64) -> PathBuf {
-    group.join(format!("seed-{seed}"))
-}
-
-/// The seed runs of a group directory (`seed-N/` holding a `config.json`), by seed; empty
-/// when `dir` holds none (a single run, or not a run at all).
-pub fn group_runs(dir: &Path) -> Result<Vec<PathBuf>> {
-    if !dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut runs = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        let seed = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("seed-"))
-            .and_then(|s| s.parse::<u64>().ok());
-        if let Some(seed) = seed.filter(|_| path.join("config.json").is_file()) {
-            runs.push((seed, path));
-        }
-    }
-    runs.sort();
-    Ok(runs.into_iter().map(|(_, path)| path).collect())
-}
 
 /// The trainers of a seed group.
 pub struct SeedGroup {
