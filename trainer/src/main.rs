@@ -299,9 +299,12 @@ struct TrainArgs {
     #[arg(long, value_enum)]
     time_embedding: Option<sim::float_policy::TimeEmbedding>,
     /// FLAME: pass each time embedding through a learned MLP (d → 2d → d, mish) before
-    /// the trunk, as the official network [off].
-    #[arg(long)]
+    /// the trunk, as the official network [flame-m on; flame-r off].
+    #[arg(long, overrides_with = "no_time_mlp")]
     time_mlp: bool,
+    /// FLAME: the time embedding enters the trunk directly, no time MLP.
+    #[arg(long, overrides_with = "time_mlp")]
+    no_time_mlp: bool,
     /// FLAME-M: where the training anchors put the noise; `official` is the official
     /// MeanFlow code's t = 1-clean anchors beside a sampler that starts from noise at
     /// (0, 1) [consistent].
@@ -372,7 +375,9 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             time_embedding <- time_embedding, time_convention <- time_convention,
             td_entropy <- td_entropy, init <- init);
         f.critic_lr = a.q_lr.or(f.critic_lr);
-        f.time_mlp |= a.time_mlp;
+        if a.time_mlp || a.no_time_mlp {
+            f.time_mlp = a.time_mlp;
+        }
         if a.no_autotune {
             f.autotune = false;
         }
@@ -407,7 +412,7 @@ fn sac_only_flags(a: &TrainArgs) -> [(&'static str, bool); 3] {
 }
 
 /// The flags only FLAME-M / FLAME-R have, and whether each was given.
-fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 26] {
+fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 27] {
     [
         ("--lr", a.lr.is_some()),
         ("--final-policy-lr", a.final_policy_lr.is_some()),
@@ -420,6 +425,7 @@ fn flame_only_flags(a: &TrainArgs) -> [(&'static str, bool); 26] {
         ("--td-entropy", a.td_entropy.is_some()),
         ("--init", a.init.is_some()),
         ("--time-mlp", a.time_mlp),
+        ("--no-time-mlp", a.no_time_mlp),
         ("--entropy-steps", a.entropy_steps.is_some()),
         ("--log-det", a.log_det.is_some()),
         ("--entropy-states", a.entropy_states.is_some()),

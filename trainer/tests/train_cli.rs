@@ -346,5 +346,23 @@ fn flame_run_evaluates_the_int8_runtime_beside_the_float_policy() {
             "int8 {int8} vs float {float}: {row}"
         );
     }
+    // FLAME-M's default network has the time MLPs (folded into the blob's biases);
+    // --no-time-mlp leaves them out, and config.json then does not name them.
+    let time_mlp = |dir: &std::path::Path| {
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        config["shape"]["time_mlp"].as_bool()
+    };
+    assert_eq!(time_mlp(&dir), Some(true));
+    let plain = scratch("flame-no-time-mlp");
+    let (ok, _, err) = tiny_train(
+        "flame-m",
+        &["--no-time-mlp", "--candidates", "8", "--particles", "4"],
+        plain.to_str().unwrap(),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(time_mlp(&plain), None);
+    let _ = std::fs::remove_dir_all(&plain);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -158,7 +158,9 @@ pub struct FlameConfig {
     pub critic_steps: usize,
     /// Pass each time embedding through a learned MLP `Linear(d → 2d) → mish →
     /// Linear(2d → d)` before the trunk, as the official network does (off: the
-    /// embedding enters the trunk directly). Left out of config.json when off.
+    /// embedding enters the trunk directly). FLAME-M's default since the sixth session's
+    /// run (`docs/ablations.md`). Left out of config.json when off, so a config.json
+    /// without it (every run before) reads as off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub time_mlp: bool,
     /// How the flow times (r, t) are drawn: `nested` (t uniform, r uniform below it) or
@@ -330,7 +332,7 @@ impl FlameConfig {
             init: Init::Torch,
             time_dim: 16,
             time_embedding: TimeEmbedding::Scaled,
-            time_mlp: false,
+            time_mlp: true,
             alpha_every: 100,
             weight_temperature: WeightTemperature::ExpAlpha,
             td_action: TdAction::OnlineBest,
@@ -354,6 +356,9 @@ impl FlameConfig {
                 tau: 0.005,
                 critic_steps: 1,
                 weight_temperature: WeightTemperature::Alpha,
+                // FLAME-M's time MLPs were decided by a FLAME-M run; FLAME-R keeps the
+                // embedding straight into the trunk until a FLAME-R run decides them.
+                time_mlp: false,
                 ..mean_flow
             },
         }
@@ -1090,7 +1095,9 @@ impl Agent for Flame {
 
 impl FlameConfig {
     /// `algorithm`'s defaults with networks and samplers small enough for tests: two
-    /// hidden layers of 32, K = 16, N_p = 8, at most 5 flow and entropy-chain steps.
+    /// hidden layers of 32, K = 16, N_p = 8, at most 5 flow and entropy-chain steps, and
+    /// the embedding straight into the trunk (tests add the time MLPs where they test
+    /// them).
     pub fn small_for_tests(algorithm: Algorithm) -> Self {
         let config = FlameConfig::for_algorithm(algorithm);
         FlameConfig {
@@ -1102,6 +1109,7 @@ impl FlameConfig {
             time_dim: 8,
             nfe: config.nfe.min(5),
             entropy_steps: config.entropy_steps.min(5),
+            time_mlp: false,
             ..config
         }
     }
