@@ -173,7 +173,7 @@ pub fn bench_agent(
         .as_ref()
         .is_some_and(|tuner| !tuner.decided())
     {
-        group.iter_mut().try_for_each(Trainer::update)?;
+        update_each(&mut group)?;
     }
     let threads = group[0].threads_label();
     let windows = BENCH_WINDOWS.min(updates);
