@@ -14,7 +14,7 @@ use crate::policy_net::FlowPolicyNet;
 use sim::env;
 use sim::float_policy::{PolicyShape, TimeEmbedding};
 use sim::rollout::random_states;
-use sim::run_dir::{git_revision, write_json, Algo, Normalizer, RunConfig, RunDir};
+use sim::run_dir::{write_json, Algo, Normalizer, RunConfig, RunDir};
 
 pub struct InitOptions {
     pub algo: Algo,
@@ -79,7 +79,7 @@ pub fn init(out: &Path, opts: &InitOptions) -> Result<RunConfig> {
         noise_std: 0.5,
         obs_clip: 10.0,
         env_steps: 0,
-        git_revision: git_revision(),
+        git_revision: build_revision::REVISION.into(),
         train: None,
     };
     write_json(&run.config(), &config)?;

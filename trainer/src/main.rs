@@ -14,7 +14,7 @@ use trainer::train::{bench_agent, SeedGroup, TrainConfig, Trainer};
 #[derive(Parser)]
 #[command(
     name = "trainer",
-    version,
+    version = build_revision::VERSION,
     about = "Train FLAME policies on MuJoCo v5 tasks and export them for the MCU runtime"
 )]
 struct Cli {

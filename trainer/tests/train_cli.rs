@@ -197,6 +197,16 @@ fn sac_run_has_its_outputs_resumes_and_is_refused_by_export() {
     ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
+    // config.json names the revision this binary was built from.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let revision = config["git_revision"].as_str().unwrap();
+    let (ok, version, err) = trainer(&["--version"]);
+    assert!(ok, "{err}");
+    assert!(
+        !revision.is_empty() && version.ends_with(&format!("({revision})")),
+        "config.json's git_revision {revision:?}, trainer --version {version:?}"
+    );
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "header + 2 evaluations:\n{csv}");
     assert!(csv.lines().next().unwrap().contains("q_loss"), "{csv}");

@@ -64,6 +64,8 @@ pub struct RunConfig {
     pub obs_clip: f32,
     /// Env steps the policy was trained on (0: untrained).
     pub env_steps: u64,
+    /// The git revision of the trainer binary that last wrote this file (recorded when
+    /// the binary was built: `build_revision::REVISION`).
     pub git_revision: String,
     /// `trainer train`'s full configuration (every hyperparameter); absent for runs made
     /// by `trainer init`.
@@ -224,29 +226,4 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
-}
-
-/// The checkout's git revision (with `-dirty`), or "unknown" outside a checkout.
-pub fn git_revision() -> String {
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "--short=12", "HEAD"]) {
-        Some(rev) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{rev}-dirty")
-            } else {
-                rev
-            }
-        }
-        None => "unknown".into(),
-    }
 }

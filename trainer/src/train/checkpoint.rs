@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use sim::env::VecEnv;
 use sim::float_policy::{PolicyShape, TimeEmbedding};
-use sim::run_dir::{git_revision, read_json, write_json, RunConfig, RunDir};
+use sim::run_dir::{read_json, write_json, RunConfig, RunDir};
 use tch::{Device, Tensor};
 
 use super::config::{make_agent, parse_device, TrainConfig};
@@ -147,7 +147,7 @@ impl Trainer {
             // The agents consume raw observations (identity normalizer): no clipping.
             obs_clip: 1e6,
             env_steps: self.state.env_steps,
-            git_revision: git_revision(),
+            git_revision: build_revision::REVISION.into(),
             train: Some(serde_json::to_value(&self.config)?),
         })
     }
