@@ -2,7 +2,7 @@
 //! run: one-line errors naming the problem, exit code ≠ 0; a SAC run has every output
 //! and export refuses it clearly.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn trainer(args: &[&str]) -> (bool, String, String) {
@@ -21,6 +21,11 @@ fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flame-train-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// The run's config.json as JSON, so a test can tell a field left out from one set.
+fn config_json(dir: &Path) -> serde_json::Value {
+    sim::run_dir::read_json(&dir.join("config.json")).unwrap()
 }
 
 /// `trainer train --algo ALGO` on InvertedPendulum-v5 at a tiny size (16×16 networks,
@@ -198,8 +203,7 @@ fn sac_run_has_its_outputs_resumes_and_is_refused_by_export() {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     // config.json names the revision this binary was built from.
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let config = config_json(&dir);
     let revision = config["git_revision"].as_str().unwrap();
     let (ok, version, err) = trainer(&["--version"]);
     assert!(ok, "{err}");
@@ -358,12 +362,7 @@ fn flame_run_evaluates_the_int8_runtime_beside_the_float_policy() {
     }
     // FLAME-M's default network has the time MLPs (folded into the blob's biases);
     // --no-time-mlp leaves them out, and config.json then does not name them.
-    let time_mlp = |dir: &std::path::Path| {
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
-                .unwrap();
-        config["shape"]["time_mlp"].as_bool()
-    };
+    let time_mlp = |dir: &Path| config_json(dir)["shape"]["time_mlp"].as_bool();
     assert_eq!(time_mlp(&dir), Some(true));
     let plain = scratch("flame-no-time-mlp");
     let (ok, _, err) = tiny_train(
